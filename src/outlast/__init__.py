@@ -7,6 +7,11 @@ library. Integrations live in public submodules (``outlast.sqlalchemy``,
 
 from __future__ import annotations
 
+from ._backoff import Backoff, Retry
+from ._breaker import Breaker
+from ._classify import classify
+from ._clock import Clock
+from ._dsn import parse_dsn
 from ._errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -14,18 +19,55 @@ from ._errors import (
     DatabaseUnavailable,
     OutlastError,
 )
+from ._events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerOpened,
+    DatabaseDown,
+    DatabaseRecovered,
+    Event,
+    RetryGaveUp,
+    RetryScheduled,
+    log_event,
+)
 from ._fault import Fault, FaultKind
+from ._guard import Guard
+from ._loop import loop
+from ._redact import redact
+from ._state import DatabaseState
 from ._version import __version__
+from ._web import RequestBudgetExceeded, budget_remaining
 
 __all__ = [
+    "Backoff",
+    "Breaker",
+    "BreakerClosed",
+    "BreakerHalfOpen",
+    "BreakerOpened",
+    "Clock",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "DatabaseDown",
     "DatabaseNotReady",
+    "DatabaseRecovered",
+    "DatabaseState",
     "DatabaseUnavailable",
+    "Event",
     "Fault",
     "FaultKind",
+    "Guard",
     "OutlastError",
+    "RequestBudgetExceeded",
+    "Retry",
+    "RetryGaveUp",
+    "RetryScheduled",
     "__version__",
+    "budget_remaining",
+    "classify",
+    "log_event",
+    "loop",
+    "parse_dsn",
+    "redact",
 ]
 
 for _name in __all__:

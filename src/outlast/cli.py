@@ -52,7 +52,11 @@ def _load_subcommands() -> None:
                 raise
 
 
-_SUBCOMMAND_MODULES: list[str] = []
+_SUBCOMMAND_MODULES: list[str] = [
+    "outlast._cli_proxy",
+    "outlast._cli_drill",
+    "outlast._cli_demo",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

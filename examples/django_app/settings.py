@@ -1,0 +1,63 @@
+"""Settings for the Django example (everything from the environment)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import BUDGET, DATABASE_URL, ENABLED
+
+_url = urlsplit(DATABASE_URL)
+
+SECRET_KEY = "example-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+ROOT_URLCONF = "django_app.urls"
+INSTALLED_APPS = ["django_app"]
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+_options: dict[str, object] = {}
+if ENABLED:
+    # Hardened connections: a dead or frozen link fails in seconds, not minutes.
+    _options = {
+        "connect_timeout": 2,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 3,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 3000,
+        "options": "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=10000",
+    }
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(_url.path.lstrip("/")) or "postgres",
+        "USER": unquote(_url.username or "postgres"),
+        "PASSWORD": unquote(_url.password or ""),
+        "HOST": _url.hostname or "127.0.0.1",
+        "PORT": str(_url.port or 5432),
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": _options,
+    }
+}
+
+MIDDLEWARE: list[str] = []
+if ENABLED:
+    MIDDLEWARE = ["outlast.django.OutlastMiddleware"]
+    OUTLAST = {
+        "GUARD": "django_app.db.guard",
+        "BUDGET": BUDGET,
+        "EXEMPT": ["/api/ping"],
+    }
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"outlast": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,509 @@
+"""The I/O-free half of supervision, shared by the thread and asyncio supervisors.
+
+`Supervisor` (threads, `_supervisor`) and `AsyncSupervisor` (asyncio, `_asupervisor`)
+are thin shells around `_SupervisorBase`: it owns the task records, the restart
+decision (policy + restart intensity + backoff), crash/stall logging, `status()` and
+`health()`. Only waiting, starting and joining differ between the two shells.
+
+Restart rule (Erlang/OTP): every restart — after a crash, or after a normal return
+under ``restart="always"`` — counts towards the intensity limit; a task restarted
+more than `max_restarts` times within `within` seconds is marked ``failed``. The
+backoff before a restart grows with the number of restarts inside that window, so
+it resets once a task has run `within` seconds without being restarted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import dataclasses
+import datetime
+import logging
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+from ._backoff import Backoff
+from ._backoff import seconds as _seconds
+from ._clock import waits_disabled
+from ._errors import ConfigurationError
+from ._redact import redact
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "OnFailure",
+    "RestartPolicy",
+    "TaskContext",
+    "TaskState",
+    "TaskStatus",
+    "beat",
+    "current",
+]
+
+logger = logging.getLogger("outlast")
+
+TaskState = Literal["running", "restarting", "stalled", "failed", "stopped", "finished"]
+RestartPolicy = Literal["always", "on_failure", "never"]
+OnFailure = Literal["escalate"] | Callable[["TaskStatus"], object] | None
+
+_RESTART_POLICIES: Final = ("always", "on_failure", "never")
+#: Seconds; the defaults a `Supervisor()` uses when `start()` does not override them.
+DEFAULT_MAX_RESTARTS: Final = 10
+DEFAULT_WITHIN: Final = 300.0
+DEFAULT_STOP_TIMEOUT: Final = 10.0
+#: 0.5 s, 1 s, 2 s, ... up to 30 s between restarts (each shortened by up to half).
+DEFAULT_BACKOFF: Final = Backoff(initial=0.5, multiplier=2.0, cap=30.0, jitter=0.5)
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+UNSET: Final = _Unset()
+
+
+def seconds(value: float | datetime.timedelta, what: str, *, allow_zero: bool = True) -> float:
+    """Validate a duration given as seconds or a `timedelta` (ConfigurationError if bad)."""
+    try:
+        return _seconds(value, what, allow_zero=allow_zero)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def as_backoff(value: Backoff | float | datetime.timedelta | None) -> Backoff | None:
+    """`None`/0 mean "restart at once"; a number is a constant delay."""
+    if value is None:
+        return None
+    if isinstance(value, float | int | datetime.timedelta) and not isinstance(value, bool):
+        delay = seconds(value, "backoff")
+        if delay == 0:
+            return None
+        return Backoff(initial=delay, multiplier=1.0, cap=delay, jitter=0.0)
+    if isinstance(value, Backoff):
+        return value
+    raise ConfigurationError("backoff must be an outlast.Backoff, a number of seconds or None")
+
+
+def restart_delay(backoff: Backoff | None, restart: int) -> float:
+    """The wait before restart number `restart` (1-based) in the current window."""
+    if backoff is None or waits_disabled():
+        return 0.0
+    return backoff.delay(restart, random.random())
+
+
+def wall(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A snapshot of one supervised task; `as_dict()` is JSON-serialisable."""
+
+    name: str
+    kind: Literal["thread", "task"]
+    state: TaskState
+    restarts: int
+    """Restarts since the task was started (crashes and, under "always", returns)."""
+    last_error: str | None
+    """The last crash, redacted (`"ValueError: ..."`, or only the type name)."""
+    last_error_at: float | None
+    """Wall-clock time (epoch seconds) of the last crash."""
+    last_heartbeat: float | None
+    """Wall-clock time (epoch seconds) of the last `ctx.beat()` or (re)start."""
+    heartbeat: float | None
+    """The heartbeat limit in seconds, or None when the task is not watched."""
+    started_at: float | None
+    """Wall-clock time (epoch seconds) the current run began."""
+
+    def as_dict(self) -> dict[str, Any]:
+        age = None if self.last_heartbeat is None else max(0.0, time.time() - self.last_heartbeat)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "last_error_at": wall(self.last_error_at),
+            "last_heartbeat": wall(self.last_heartbeat),
+            "heartbeat_age_s": None if age is None else round(age, 3),
+            "heartbeat_limit_s": self.heartbeat,
+            "started_at": wall(self.started_at),
+        }
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """A one-line summary and the traceback text, both redacted (no passwords or
+    SQL parameters: driver messages can carry both)."""
+    summary = redact(f"{type(exc).__qualname__}: {exc}").replace("\n", " ")
+    return summary, redact("".join(traceback.format_exception(exc)))
+
+
+class Record:
+    """The mutable state of one task. Guarded by the supervisor's lock, except
+    `beat()` which only stores two floats."""
+
+    __slots__ = (
+        "backoff",
+        "heartbeat",
+        "kind",
+        "last_beat",
+        "last_beat_wall",
+        "last_error",
+        "last_error_at",
+        "max_restarts",
+        "name",
+        "restart",
+        "restart_times",
+        "restarts",
+        "stall_logged",
+        "started_at",
+        "state",
+        "within",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: Literal["thread", "task"],
+        *,
+        restart: RestartPolicy,
+        backoff: Backoff | None,
+        max_restarts: int | None,
+        within: float,
+        heartbeat: float | None,
+    ) -> None:
+        self.name = name
+        self.kind: Literal["thread", "task"] = kind
+        self.restart = restart
+        self.backoff = backoff
+        self.max_restarts = max_restarts
+        self.within = within
+        self.heartbeat = heartbeat
+        self.state: TaskState = "running"
+        self.restarts = 0
+        self.restart_times: collections.deque[float] = collections.deque()
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_beat = time.monotonic()
+        self.last_beat_wall = time.time()
+        self.started_at: float | None = None
+        self.stall_logged = False
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+        self.last_beat_wall = time.time()
+
+    def begin_run(self) -> None:
+        self.state = "running"
+        self.started_at = time.time()
+        self.stall_logged = False
+        self.beat()
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("running", "restarting", "stalled")
+
+    def silent_for(self, now: float) -> float | None:
+        """Seconds past the heartbeat limit, or None when not stalled."""
+        if self.heartbeat is None or self.state != "running":
+            return None
+        silent = now - self.last_beat
+        return silent if silent > self.heartbeat else None
+
+    def snapshot(self, now: float) -> TaskStatus:
+        state: TaskState = "stalled" if self.silent_for(now) is not None else self.state
+        return TaskStatus(
+            name=self.name,
+            kind=self.kind,
+            state=state,
+            restarts=self.restarts,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+            last_heartbeat=self.last_beat_wall,
+            heartbeat=self.heartbeat,
+            started_at=self.started_at,
+        )
+
+
+class TaskContext:
+    """What a supervised function receives: its name, the stop signal, `beat()`.
+
+    `ThreadTaskContext` adds a blocking ``sleep()``, `AsyncTaskContext` an
+    awaitable one. Inside a task, `outlast.supervise.current()` returns it too.
+    """
+
+    __slots__ = ("_record", "_stopping")
+
+    def __init__(self, record: Record, stopping: Callable[[], bool]) -> None:
+        self._record = record
+        self._stopping = stopping
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def restarts(self) -> int:
+        """How many times this task has been restarted so far."""
+        return self._record.restarts
+
+    @property
+    def stopping(self) -> bool:
+        """True once the supervisor was asked to stop: return soon."""
+        return self._stopping()
+
+    def beat(self) -> None:
+        """Record a heartbeat (cheap: call it every iteration)."""
+        self._record.beat()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} stopping={self.stopping}>"
+
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "outlast_supervised_task", default=None
+)
+
+
+def current() -> TaskContext | None:
+    """The context of the supervised task running this code, or None outside one."""
+    return _current.get()
+
+
+def beat() -> None:
+    """Heartbeat for the current supervised task; a no-op outside one."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.beat()
+
+
+class SupervisorBase:
+    """Records, restart decisions, logging and reporting; no threads, no event loop."""
+
+    _kind: Literal["thread", "task"] = "thread"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        backoff: Backoff | float | datetime.timedelta | None,
+        max_restarts: int | None,
+        within: float | datetime.timedelta,
+        stop_timeout: float | datetime.timedelta,
+        on_failure: OnFailure,
+    ) -> None:
+        self.name = name
+        self._backoff = as_backoff(backoff)
+        self._max_restarts = self._check_max(max_restarts)
+        self._within = seconds(within, "within", allow_zero=False)
+        self.stop_timeout = seconds(stop_timeout, "stop_timeout")
+        if on_failure is not None and on_failure != "escalate" and not callable(on_failure):
+            raise ConfigurationError('on_failure must be None, "escalate" or a callable')
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self._records: dict[str, Record] = {}
+        self._escalated = False
+
+    @staticmethod
+    def _check_max(value: int | None) -> int | None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigurationError("max_restarts must be an int >= 0 or None")
+        if value is not None and value < 0:
+            raise ConfigurationError("max_restarts must be >= 0 or None")
+        return value
+
+    def _new_record(
+        self,
+        name: str,
+        *,
+        restart: str,
+        backoff: Backoff | float | datetime.timedelta | _Unset | None,
+        max_restarts: int | _Unset | None,
+        within: float | datetime.timedelta | None,
+        heartbeat: float | datetime.timedelta | None,
+    ) -> Record:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("a task needs a non-empty name")
+        if restart not in _RESTART_POLICIES:
+            raise ConfigurationError(f"restart must be one of {_RESTART_POLICIES}, got {restart!r}")
+        record = Record(
+            name,
+            self._kind,
+            restart=restart,  # type: ignore[arg-type]  # checked above
+            backoff=self._backoff if isinstance(backoff, _Unset) else as_backoff(backoff),
+            max_restarts=(
+                self._max_restarts
+                if isinstance(max_restarts, _Unset)
+                else self._check_max(max_restarts)
+            ),
+            within=self._within if within is None else seconds(within, "within", allow_zero=False),
+            heartbeat=None
+            if heartbeat is None
+            else seconds(heartbeat, "heartbeat", allow_zero=False),
+        )
+        with self._lock:
+            old = self._records.get(name)
+            if old is not None and old.live:
+                raise ConfigurationError(f"a task named {name!r} is already running")
+            self._records[name] = record
+        return record
+
+    # -- decisions --------------------------------------------------------------------
+
+    def _after_exit(
+        self, record: Record, exc: BaseException | None, stopping: bool
+    ) -> float | None:
+        """Decide what happens after a run ended; return the restart delay or None."""
+        now = time.monotonic()
+        summary, trace = describe_error(exc) if exc is not None else ("", "")
+        delay: float | None = None
+        over_limit = False
+        with self._lock:
+            if exc is not None:
+                record.last_error = summary
+                record.last_error_at = time.time()
+            if stopping:
+                record.state = "stopped"
+            elif record.restart == "never" or (record.restart == "on_failure" and exc is None):
+                record.state = "finished" if exc is None else "failed"
+            else:
+                window = record.restart_times
+                while window and window[0] <= now - record.within:
+                    window.popleft()
+                if record.max_restarts is not None and len(window) >= record.max_restarts:
+                    record.state = "failed"
+                    over_limit = True
+                else:
+                    window.append(now)
+                    record.restarts += 1
+                    record.state = "restarting"
+                    delay = restart_delay(record.backoff, len(window))
+            restarts = record.restarts
+            failed = record.state == "failed"
+        if exc is not None:
+            if delay is not None:
+                action = f"restart_in={delay:.2f}s"
+            else:
+                action = "action=stop" if stopping else "action=give_up"
+            logger.error(
+                "[THREAD_CRASH] name=%s kind=%s restarts=%d %s err=%s\n%s",
+                record.name,
+                record.kind,
+                restarts,
+                action,
+                summary,
+                trace.rstrip("\n"),
+                extra={"outlast_task": record.name, "outlast_event": "task_crashed"},
+            )
+        if over_limit:
+            logger.error(
+                "[TASK_FAILED] name=%s restarts=%d limit=%s/%gs last_error=%s",
+                record.name,
+                restarts,
+                record.max_restarts,
+                record.within,
+                record.last_error,
+                extra={"outlast_task": record.name, "outlast_event": "task_failed"},
+            )
+        if failed:
+            self._escalate(record)
+        return delay
+
+    def _escalate(self, record: Record) -> None:
+        handler = self._on_failure
+        if handler is None:
+            return
+        if handler == "escalate":
+            logger.error(
+                "[SUPERVISOR_ESCALATE] supervisor=%s task=%s failed: stopping every task",
+                self.name,
+                record.name,
+                extra={"outlast_task": record.name, "outlast_event": "supervisor_escalated"},
+            )
+            self._escalated = True
+            self._request_stop()
+            return
+        with self._lock:
+            status = record.snapshot(time.monotonic())
+        try:
+            handler(status)
+        except Exception:
+            logger.exception("[SUPERVISOR_ESCALATE] on_failure callback of %s raised", self.name)
+
+    def _request_stop(self) -> None:  # pragma: no cover - overridden by both shells
+        raise NotImplementedError
+
+    def _check_stalls(self) -> float:
+        """Log stalls once each (and their end); return the next check interval."""
+        now = time.monotonic()
+        interval = 1.0
+        events: list[tuple[str, Record, float]] = []
+        with self._lock:
+            for record in self._records.values():
+                if record.heartbeat is None:
+                    continue
+                interval = min(interval, record.heartbeat / 4)
+                silent = record.silent_for(now)
+                if silent is not None and not record.stall_logged:
+                    record.stall_logged = True
+                    events.append(("stalled", record, silent))
+                elif silent is None and record.stall_logged and record.state == "running":
+                    record.stall_logged = False
+                    events.append(("alive", record, now - record.last_beat))
+        for what, record, silent in events:
+            if what == "stalled":
+                logger.warning(
+                    "[TASK_STALLED] name=%s silent=%.1fs limit=%gs",
+                    record.name,
+                    silent,
+                    record.heartbeat,
+                    extra={"outlast_task": record.name, "outlast_event": "task_stalled"},
+                )
+            else:
+                logger.info(
+                    "[TASK_ALIVE] name=%s heartbeat resumed",
+                    record.name,
+                    extra={"outlast_task": record.name, "outlast_event": "task_alive"},
+                )
+        return max(0.02, interval)
+
+    # -- reporting --------------------------------------------------------------------
+
+    @property
+    def escalated(self) -> bool:
+        """True once a failed task made the supervisor stop everything."""
+        return self._escalated
+
+    def status(self) -> dict[str, TaskStatus]:
+        """A snapshot of every task, by name."""
+        now = time.monotonic()
+        with self._lock:
+            return {name: rec.snapshot(now) for name, rec in self._records.items()}
+
+    def status_dict(self) -> dict[str, dict[str, Any]]:
+        """`status()` as JSON-serialisable dicts."""
+        return {name: st.as_dict() for name, st in self.status().items()}
+
+    def health(self) -> dict[str, Any]:
+        """IETF-health-check style summary: ``{"status": "pass"|"warn"|"fail", "tasks": …}``.
+
+        ``fail`` when a task failed; ``warn`` when one is stalled or restarting.
+        """
+        tasks = self.status()
+        states = {st.state for st in tasks.values()}
+        status = (
+            "fail"
+            if "failed" in states
+            else "warn"
+            if states & {"stalled", "restarting"}
+            else "pass"
+        )
+        return {"status": status, "tasks": {n: st.as_dict() for n, st in tasks.items()}}

@@ -1,0 +1,577 @@
+"""One proxied connection: a client transport, an upstream transport, its faults.
+
+The fast path (no fault on the link) hands each chunk from one transport's
+``data_received`` straight to the other transport's ``write``; flow control
+pauses the reading side while the writing side's buffer is full. Everything
+else (startup, delays, holds, cuts, terminate) goes through the slow path.
+
+Boundary tracking: unless the proxy was built with ``track=False``, each
+direction keeps a `MessageTracker` that reads only the 5-byte message headers,
+so a ``terminate`` can slip an ErrorResponse in between whole server messages
+and ``cut_after`` can find a client's COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import socket
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+from ._faults import TERMINATE_ERROR, FaultSpec
+from ._protocol import (
+    MessageTracker,
+    ProtocolViolation,
+    error_response,
+    parse_startup_packet,
+    query_text,
+)
+
+if TYPE_CHECKING:
+    from ._proxy import Proxy
+
+__all__ = ["Link", "abort_with_rst"]
+
+C2S = 0  # client -> server ("upstream")
+S2C = 1  # server -> client ("downstream")
+_DIR_NAMES = {"upstream": (C2S,), "downstream": (S2C,), "both": (C2S, S2C)}
+_QUEUE_HIGH = 1 << 20
+_QUEUE_LOW = 1 << 18
+_CUT_REPLY_TIMEOUT = 30.0
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def abort_with_rst(transport: asyncio.Transport | None) -> None:
+    """Close `transport` with a TCP RST instead of a FIN."""
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+    transport.abort()
+
+
+class _Side(asyncio.Protocol):
+    """The protocol object of one socket of a link."""
+
+    __slots__ = ("link", "transport")
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+
+
+class ClientSide(_Side):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.link.client_made(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        link.bytes_up += len(data)
+        if link.fast_up:
+            tracker = link.tracker_up
+            if tracker is not None:
+                tracker.feed(data)
+            link.upstream.write(data)  # type: ignore[union-attr]
+        else:
+            link.client_data(data)
+
+    def eof_received(self) -> bool:
+        self.link.side_closed(C2S)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.side_closed(C2S)
+
+    def pause_writing(self) -> None:
+        self.link.pause(S2C, "flow")
+
+    def resume_writing(self) -> None:
+        self.link.resume(S2C, "flow")
+
+
+class UpstreamSide(_Side):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        link.bytes_down += len(data)
+        if link.fast_down:
+            tracker = link.tracker_down
+            if tracker is not None:
+                tracker.feed(data)
+            link.client.write(data)  # type: ignore[union-attr]
+        else:
+            link.server_data(data)
+
+    def eof_received(self) -> bool:
+        self.link.side_closed(S2C)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.side_closed(S2C)
+
+    def pause_writing(self) -> None:
+        self.link.pause(C2S, "flow")
+
+    def resume_writing(self) -> None:
+        self.link.resume(C2S, "flow")
+
+
+class Link:
+    """A client connection and its upstream connection, with the faults applied to it."""
+
+    def __init__(self, proxy: Proxy, link_id: int, *, track: bool) -> None:
+        self.proxy = proxy
+        self.id = link_id
+        self.loop = proxy.loop
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.closed = False
+        self.fast_up = False
+        self.fast_down = False
+        self.faults: dict[str, FaultSpec] = {}
+        self.rejecting: FaultSpec | None = None
+        self._connecting = False
+        self._pending: list[bytes] = []  # client bytes before the upstream is ready
+        self._paused: tuple[set[str], set[str]] = (set(), set())  # read pauses per source
+        self._queues: tuple[deque[tuple[float, bytes]], deque[tuple[float, bytes]]] = (
+            deque(),
+            deque(),
+        )
+        self._queued = [0, 0]
+        self._last_due = [0.0, 0.0]
+        self._timers: list[asyncio.TimerHandle | None] = [None, None]
+        self._sent = [0, 0]  # bytes counted for limit_data since attached
+        self._close_after_drain = False
+        self._slow_closing = False
+        self._startup = bytearray()  # untyped startup packets, while tracking them
+        self._expect_reply_byte = False
+        self.tracker_up: MessageTracker | None = MessageTracker() if track else None
+        self.tracker_down: MessageTracker | None = MessageTracker() if track else None
+        self._in_startup = track
+        self._statements: dict[bytes, bytes] = {}
+        self._portals: dict[bytes, bytes] = {}
+        self._terminate_pending = False
+        self._cut: FaultSpec | None = None  # set once a cut_after fired
+        self._cut_timer: asyncio.TimerHandle | None = None
+        self._dropped = False  # blackholed at some point: close when lifted
+
+    # ----------------------------------------------------------- lifecycle
+
+    def client_made(self, transport: asyncio.Transport) -> None:
+        self.client = transport
+        _nodelay(transport)
+        self.proxy.link_opened(self)
+
+    def start_upstream(self) -> None:
+        if self._connecting or self.closed or self.rejecting is not None:
+            return
+        self._connecting = True
+        self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        host, port = self.proxy.upstream
+        try:
+            transport, _ = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamSide(self), host, port),
+                self.proxy.connect_timeout,
+            )
+        except (TimeoutError, OSError):
+            abort_with_rst(self.client)
+            self.close()
+            return
+        if self.closed:
+            transport.abort()
+            return
+        self.upstream = transport
+        _nodelay(transport)
+        if self._paused[S2C]:
+            transport.pause_reading()
+        self.refresh()
+
+    def side_closed(self, direction: int) -> None:
+        """The client (C2S) or the server (S2C) closed its socket."""
+        if self.closed or self._slow_closing:
+            return
+        delay = max((f.params["delay_ms"] for f in self._of("slow_close")), default=0.0)
+        if delay:
+            self._slow_closing = True
+            self.loop.call_later(delay / 1000.0, self.close)
+        elif self._queues[direction] and self._other(direction) is not None:
+            self._close_after_drain = True  # deliver what is delayed, then close
+        else:
+            self.close()
+
+    def _other(self, direction: int) -> asyncio.Transport | None:
+        return self.upstream if direction == C2S else self.client
+
+    def close(self, *, rst: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.fast_up = self.fast_down = False
+        for i, timer in enumerate(self._timers):
+            if timer is not None:
+                timer.cancel()
+                self._timers[i] = None
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
+        if rst:
+            abort_with_rst(self.client)
+        elif self.client is not None:
+            self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        self._queues[0].clear()
+        self._queues[1].clear()
+        self.proxy.link_closed(self)
+
+    # ----------------------------------------------------------- faults
+
+    def _of(self, kind: str) -> list[FaultSpec]:
+        return [f for f in self.faults.values() if f.kind == kind]
+
+    def attach(self, spec: FaultSpec) -> None:
+        self.faults[spec.id] = spec
+        if spec.kind == "blackhole":
+            self._dropped = True
+        if spec.kind in ("limit_data",):
+            self._sent = [0, 0]
+        self.refresh()
+
+    def detach(self, fault_id: str) -> None:
+        spec = self.faults.pop(fault_id, None)
+        if spec is None or self.closed:
+            return
+        if spec.kind == "blackhole" and not self._of("blackhole"):
+            self.close()  # its data went nowhere: the stream cannot continue
+            return
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the fast-path flags and holds after a change."""
+        if self.closed:
+            return
+        held = bool(self._of("freeze"))
+        for direction in (C2S, S2C):
+            if held:
+                self.pause(direction, "hold")
+            else:
+                self.resume(direction, "hold")
+                if self._queues[direction] and self._timers[direction] is None:
+                    self._schedule(direction)
+        if self._cut is None and self.tracker_up is not None:
+            self.tracker_up.set_capture(bool(self._of("cut_after")))
+        simple = not self.faults and self._cut is None and self.rejecting is None
+        ready = self.upstream is not None and not self._in_startup
+        self.fast_up = simple and ready and not self._queues[C2S]
+        self.fast_down = simple and ready and not self._queues[S2C] and not self._terminate_pending
+        if self.upstream is None and not held and not self._of("blackhole"):
+            self.start_upstream()
+        elif self._pending and self.upstream is not None and not held:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        self.resume(C2S, "pending")
+        for chunk in pending:
+            self.client_data(chunk)
+
+    def terminate(self) -> None:
+        """Send FATAL 57P01 between two server messages, then close."""
+        tracker = self.tracker_down
+        if self.rejecting is not None or self.upstream is None or self._in_startup:
+            self.close()
+        elif tracker is not None and tracker.at_boundary:
+            self._finish_with_error()
+        elif tracker is None or tracker.broken:
+            self.close()
+        else:
+            self._terminate_pending = True
+            self.refresh()
+
+    def _finish_with_error(self) -> None:
+        e = TERMINATE_ERROR
+        self._send(S2C, error_response(e.severity, e.code, e.message))
+        if self.upstream is not None:
+            self.upstream.close()
+        self.fast_up = self.fast_down = False
+        if self._queues[S2C]:
+            self._close_after_drain = True
+        else:
+            self.close()
+
+    # ----------------------------------------------------------- slow path
+
+    def client_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.rejecting is not None:
+            self._reject_feed(data)
+            return
+        if self._of("blackhole"):
+            return
+        if self.upstream is None or self._paused[C2S] & {"hold"}:
+            self._pending.append(data)
+            self.pause(C2S, "pending")
+            return
+        if self._in_startup:
+            self._track_startup(data)
+        else:
+            tracker = self.tracker_up
+            if tracker is not None:
+                cut = self._find_cut(tracker.feed(data)) if self._cut is None else None
+                self._send(C2S, data)
+                if cut is not None:
+                    self._start_cut(cut)
+                return
+        self._send(C2S, data)
+
+    def server_data(self, data: bytes) -> None:
+        if self.closed or self._of("blackhole"):
+            return
+        if self._expect_reply_byte and data:
+            self._expect_reply_byte = False
+            if data[:1] != b"N":
+                # TLS or GSS encryption ('S'/'G') or an error: stop following the protocol.
+                self._untrack()
+            else:
+                self._send(S2C, data[:1])
+                data = data[1:]
+        tracker = self.tracker_down
+        if self._cut is not None:
+            if tracker is not None:
+                for message, _ in tracker.feed(data):
+                    if message[:1] == b"Z":
+                        self.close()
+                        return
+            return  # the client must never see the reply
+        if self._terminate_pending and tracker is not None:
+            end = tracker.feed_to_boundary(data)
+            if end is not None:
+                self._send(S2C, data[:end])
+                self._terminate_pending = False
+                self._finish_with_error()
+                return
+            if tracker.broken:
+                self.close()
+                return
+        elif tracker is not None:
+            tracker.feed(data)
+        self._send(S2C, data)
+
+    def _untrack(self) -> None:
+        self.tracker_up = self.tracker_down = None
+        self._in_startup = False
+        self._startup.clear()
+        self.refresh()
+
+    def _track_startup(self, data: bytes) -> None:
+        self._startup += data
+        try:
+            packet = parse_startup_packet(self._startup)
+        except ProtocolViolation:
+            self._untrack()
+            return
+        if packet is None:
+            return
+        rest = bytes(self._startup[packet.length :])
+        self._startup.clear()
+        if packet.kind in ("ssl", "gssenc"):
+            self._expect_reply_byte = True
+            if rest:
+                self._untrack()  # bytes after an encryption request: direct TLS etc.
+            return
+        if packet.kind == "cancel":
+            self._untrack()
+            return
+        self._in_startup = False
+        if rest and self.tracker_up is not None:
+            self.tracker_up.feed(rest)
+        self.refresh()
+
+    def _find_cut(self, messages: list[tuple[bytes, int]]) -> FaultSpec | None:
+        cuts = self._of("cut_after")
+        if not cuts:
+            return None
+        for message, _ in messages:
+            text = query_text(message, self._statements, self._portals)
+            if text is None:
+                continue
+            for spec in cuts:
+                matched = re.search(spec.params["pattern"], text, re.IGNORECASE)
+                if matched and self.proxy.cut_fired(spec):
+                    return spec
+        return None
+
+    def _start_cut(self, spec: FaultSpec) -> None:
+        self._cut = spec
+        self.fast_up = self.fast_down = False
+        if self.tracker_up is not None:
+            self.tracker_up.set_capture(False)
+        if self.tracker_down is not None:
+            self.tracker_down.set_capture(True)
+        if not spec.params["wait_reply"] and self.client is not None:
+            self.client.close()
+        self._cut_timer = self.loop.call_later(_CUT_REPLY_TIMEOUT, self.close)
+
+    # ----------------------------------------------------------- reject_login
+
+    def _reject_feed(self, data: bytes) -> None:
+        assert self.rejecting is not None and self.client is not None
+        self._startup += data
+        while True:
+            try:
+                packet = parse_startup_packet(self._startup)
+            except ProtocolViolation:
+                self.close(rst=True)
+                return
+            if packet is None:
+                return
+            del self._startup[: packet.length]
+            if packet.kind in ("ssl", "gssenc"):
+                self.client.write(b"N")  # never an error in reply (CVE-2024-10977)
+                continue
+            if packet.kind == "startup":
+                e = self.rejecting.login_error
+                self.client.write(
+                    error_response(e.severity, e.code, e.message, detail=e.detail, hint=e.hint)
+                )
+            self.close()
+            return
+
+    # ----------------------------------------------------------- delivery
+
+    def _send(self, direction: int, data: bytes) -> None:
+        """Forward `data`, through delays and limits when faults ask for them."""
+        if not data:
+            return
+        limits = [
+            f for f in self._of("limit_data") if direction in _DIR_NAMES[f.params["direction"]]
+        ]
+        over = False
+        if limits:
+            self._sent[direction] += len(data)
+            total = (
+                sum(self._sent)
+                if limits[0].params["direction"] == "both"
+                else self._sent[direction]
+            )
+            allowed = min(f.params["bytes"] for f in limits)
+            if total >= allowed:
+                data = data[: max(0, len(data) - (total - allowed))]
+                over = True
+        delay = self._delay(direction, len(data))
+        if delay is None and not self._queues[direction]:
+            target = self._other(direction)
+            if target is not None and data:
+                target.write(data)
+        elif data:
+            now = self.loop.time()
+            due = max(now + (delay or 0.0), self._last_due[direction])
+            due = self._throttle(direction, due, len(data))
+            self._last_due[direction] = due
+            self._queues[direction].append((due, data))
+            self._queued[direction] += len(data)
+            if self._queued[direction] > _QUEUE_HIGH:
+                self.pause(direction, "queue")
+            if self._timers[direction] is None:
+                self._schedule(direction)
+        if over:
+            if self._queues[direction]:
+                self._close_after_drain = True
+            else:
+                self.close()
+
+    def _delay(self, direction: int, size: int) -> float | None:
+        total: float | None = None
+        for spec in self.faults.values():
+            if spec.kind == "latency" and direction in _DIR_NAMES[spec.params["direction"]]:
+                jitter = spec.params["jitter_ms"]
+                ms = spec.params["ms"] + (random.uniform(-jitter, jitter) if jitter else 0.0)
+                total = (total or 0.0) + max(0.0, ms) / 1000.0
+            elif spec.kind == "bandwidth" and direction in _DIR_NAMES[spec.params["direction"]]:
+                total = total or 0.0
+        return total
+
+    def _throttle(self, direction: int, due: float, size: int) -> float:
+        rates: list[float] = [
+            f.params["kbps"] * 1000.0
+            for f in self._of("bandwidth")
+            if direction in _DIR_NAMES[f.params["direction"]]
+        ]
+        if not rates:
+            return due
+        return due + size / min(rates)
+
+    def _schedule(self, direction: int) -> None:
+        due = self._queues[direction][0][0]
+        self._timers[direction] = self.loop.call_at(due, self._deliver, direction)
+
+    def _deliver(self, direction: int) -> None:
+        self._timers[direction] = None
+        if self.closed or "hold" in self._paused[direction]:
+            return
+        queue = self._queues[direction]
+        now = self.loop.time()
+        target = self._other(direction)
+        while queue and queue[0][0] <= now:
+            _, data = queue.popleft()
+            self._queued[direction] -= len(data)
+            if target is not None:
+                target.write(data)
+        if self._queued[direction] < _QUEUE_LOW:
+            self.resume(direction, "queue")
+        if queue:
+            self._schedule(direction)
+        elif self._close_after_drain and not self._queues[1 - direction]:
+            self.close()
+        else:
+            self.refresh()
+
+    def pause(self, direction: int, reason: str) -> None:
+        """Stop reading from the source of `direction` (C2S: the client)."""
+        reasons = self._paused[direction]
+        source = self.client if direction == C2S else self.upstream
+        if not reasons and source is not None and not source.is_closing():
+            source.pause_reading()
+        reasons.add(reason)
+
+    def resume(self, direction: int, reason: str) -> None:
+        reasons = self._paused[direction]
+        if reason not in reasons:
+            return
+        reasons.discard(reason)
+        source = self.client if direction == C2S else self.upstream
+        if not reasons and source is not None and not source.is_closing():
+            source.resume_reading()
+
+    def info(self) -> dict[str, Any]:
+        peer = self.client.get_extra_info("peername") if self.client else None
+        return {
+            "id": self.id,
+            "client": f"{peer[0]}:{peer[1]}" if peer else None,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "faults": sorted(self.faults),
+        }
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass

@@ -1,0 +1,510 @@
+"""`Proxy`: a fault-injecting TCP proxy for PostgreSQL on its own event loop thread.
+
+Every public method is thread-safe and blocking for at most a few event-loop
+iterations: it hands the work to the proxy's loop and waits for the answer.
+So the same object serves sync code, async code (whose loop is never the
+proxy's), and the admin API (which runs on yet another thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from ._faults import FaultSpec, make_spec
+from ._link import ClientSide, Link, abort_with_rst
+
+__all__ = ["Address", "Proxy", "parse_address"]
+
+Address = tuple[str, int]
+T = TypeVar("T")
+_LINK_FAULTS = frozenset(
+    {"blackhole", "freeze", "latency", "bandwidth", "slow_close", "limit_data", "cut_after"}
+)
+_CALL_TIMEOUT = 30.0
+_ids = itertools.count(1)
+logger = logging.getLogger("outlast.chaos")
+
+
+def parse_address(value: str | tuple[str, int], *, what: str = "address") -> Address:
+    """``"host:port"``, ``"[::1]:port"``, ``":port"`` or ``(host, port)`` -> ``(host, port)``."""
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"{what} must be (host, port), not {value!r}")
+        host, port = value
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+            raise ValueError(f"{what} must be (host: str, port: int), not {value!r}")
+    elif isinstance(value, str):
+        text = value.strip()
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"{what} must look like HOST:PORT, not {value!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port = int(port_text)
+        host = host or "127.0.0.1"
+    else:
+        raise ValueError(f"{what} must be 'HOST:PORT' or (host, port), not {value!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{what} port must be between 0 and 65535, not {port}")
+    if not host:
+        raise ValueError(f"{what} has an empty host")
+    return host, port
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """An event loop of `kind`: ``"asyncio"``, ``"uvloop"`` or ``"auto"`` (uvloop if installed)."""
+    if kind not in ("asyncio", "uvloop", "auto"):
+        raise ValueError(f"loop must be 'asyncio', 'uvloop' or 'auto', not {kind!r}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ValueError("loop='uvloop' needs the uvloop package") from None
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
+
+
+class Proxy:
+    """A TCP proxy in front of a PostgreSQL server that injects faults on demand.
+
+    ::
+
+        with Proxy(listen=("127.0.0.1", 0), upstream=("127.0.0.1", 5432)) as proxy:
+            with proxy.fault("reject_login", preset="starting_up"):
+                ...  # connections to proxy.port fail with FATAL 57P03
+
+    `track=False` skips the message-boundary bookkeeping (``terminate`` then
+    closes live sessions without an ErrorResponse and ``cut_after`` never
+    fires). `loop` picks the event loop: ``"asyncio"``, ``"uvloop"`` or
+    ``"auto"`` (uvloop when installed).
+    """
+
+    def __init__(
+        self,
+        listen: str | Address = ("127.0.0.1", 0),
+        upstream: str | Address = ("127.0.0.1", 5432),
+        *,
+        name: str | None = None,
+        loop: str = "asyncio",
+        track: bool = True,
+        connect_timeout: float = 10.0,
+        backlog: int = 1024,
+    ) -> None:
+        self.listen_address = parse_address(listen, what="listen")
+        self.upstream = parse_address(upstream, what="upstream")
+        self.name = name or f"proxy{next(_ids)}"
+        new_event_loop("asyncio" if loop == "auto" else loop).close()  # validate now
+        self._loop_kind = loop
+        self.track = track
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be > 0")
+        self.connect_timeout = float(connect_timeout)
+        self._backlog = backlog
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._listening: socket.socket | None = None
+        self._placeholder: socket.socket | None = None
+        self._address: Address | None = None
+        self._links: dict[int, Link] = {}
+        self._link_ids = itertools.count(1)
+        self._faults: dict[str, FaultSpec] = {}
+        self._fault_timers: dict[str, asyncio.TimerHandle] = {}
+        self._cut_counts: dict[str, int] = {}
+        self._fault_ids = itertools.count(1)
+        self._total = 0
+        self._closed_bytes = [0, 0]
+        self._started_at = 0.0
+
+    # ----------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> Address:
+        """The ``(host, port)`` the proxy listens on (the real port after binding port 0)."""
+        if self._address is None:
+            raise RuntimeError("the proxy is not running")
+        return self._address
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Proxy:
+        """Bind the listening socket and start forwarding; raises `OSError` if binding fails."""
+        if self._thread is not None:
+            raise RuntimeError("the proxy is already running")
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"outlast-chaos-{self.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self._thread.join()
+            self._thread = None
+            raise
+        return self
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = new_event_loop(self._loop_kind)
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as exc:
+            loop.close()
+            ready.set_exception(exc)
+            return
+        self._started_at = time.time()
+        ready.set_result(None)
+        try:
+            loop.run_forever()
+        finally:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self) -> None:
+        """Close every connection and the listening socket; idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        if thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._shutdown)
+            thread.join()
+        self._thread = None
+        self._address = None
+
+    def _shutdown(self) -> None:
+        for timer in self._fault_timers.values():
+            timer.cancel()
+        self._fault_timers.clear()
+        self._faults.clear()
+        for link in list(self._links.values()):
+            link.close()
+        if self._server is not None:
+            self._server.close()
+        elif self._listening is not None:
+            self._listening.close()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
+        # Let the transports finish closing before the loop stops.
+        self.loop.call_later(0.05, self.loop.stop)
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Proxy:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def __repr__(self) -> str:
+        where = f"{self._address[0]}:{self._address[1]}" if self._address else "stopped"
+        return f"<Proxy {self.name} {where} -> {self.upstream[0]}:{self.upstream[1]}>"
+
+    # ----------------------------------------------------------- listening
+
+    def _new_socket(self, host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                # Lets a bound, non-listening placeholder keep the port while "down".
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    def _bind(self) -> socket.socket:
+        """A listening socket on our address, bound and listening synchronously."""
+        host, port = self._address or self.listen_address
+        if self._address is None:
+            # Refuse a port someone else already listens on, even with SO_REUSEPORT.
+            probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            try:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            finally:
+                probe.close()
+        sock = self._new_socket(host, port)
+        try:
+            sock.listen(self._backlog)
+        except BaseException:
+            sock.close()
+            raise
+        bound = sock.getsockname()
+        self._address = (bound[0], bound[1])
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
+        return sock
+
+    async def _listen(self) -> None:
+        await self._serve(self._bind())
+
+    async def _serve(self, sock: socket.socket) -> None:
+        self._listening = sock
+        try:
+            server = await self.loop.create_server(
+                lambda: ClientSide(Link(self, next(self._link_ids), track=self.track)),
+                sock=sock,
+                backlog=self._backlog,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        if self._listening is not sock:  # went down again meanwhile
+            server.close()
+            return
+        self._server = server
+
+    def _go_down(self) -> None:
+        if self._listening is None or self._address is None:
+            return
+        try:
+            self._placeholder = self._new_socket(*self._address)
+        except OSError:
+            self._placeholder = None
+        if self._server is not None:
+            self._server.close()
+        else:
+            self._listening.close()
+        self._server = None
+        self._listening = None
+
+    def _go_up(self) -> None:
+        if self._listening is not None:
+            return
+        try:
+            sock = self._bind()
+        except OSError as exc:  # someone took the port meanwhile: stay down, say so
+            logger.error("proxy %s cannot listen again on %s: %s", self.name, self._address, exc)
+            return
+        self._listening = sock
+        self.loop.create_task(self._serve(sock))
+
+    # ----------------------------------------------------------- links
+
+    def link_opened(self, link: Link) -> None:
+        self._links[link.id] = link
+        self._total += 1
+        for spec in list(self._faults.values()):
+            if spec.kind in ("terminate",) or not _chosen(spec):
+                continue
+            if spec.kind in ("down", "reset"):
+                abort_with_rst(link.client)
+                link.close()
+                return
+            if spec.kind == "reject_login":
+                if link.rejecting is None:
+                    link.rejecting = spec
+                    link.loop.call_later(self.connect_timeout * 6, link.close)
+            elif spec.kind in _LINK_FAULTS:
+                link.faults[spec.id] = spec
+        link.refresh()
+
+    def link_closed(self, link: Link) -> None:
+        if self._links.pop(link.id, None) is not None:
+            self._closed_bytes[0] += link.bytes_up
+            self._closed_bytes[1] += link.bytes_down
+
+    def cut_fired(self, spec: FaultSpec) -> bool:
+        """Count one cut for a ``cut_after`` fault; False once its count is used up."""
+        if spec.id not in self._faults:
+            return False
+        used = self._cut_counts.get(spec.id, 0) + 1
+        self._cut_counts[spec.id] = used
+        count = spec.params["count"]
+        if count is not None and used >= count:
+            self._remove(spec.id)
+        return count is None or used <= count
+
+    # ----------------------------------------------------------- calls into the loop
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self.running:
+            raise RuntimeError(f"the proxy {self.name} is not running")
+        if self._thread is threading.current_thread():
+            return fn(*args)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(_CALL_TIMEOUT)
+
+    # ----------------------------------------------------------- faults
+
+    def add_fault(
+        self,
+        kind: str,
+        duration: float | None = None,
+        toxicity: float = 1.0,
+        **params: Any,
+    ) -> str:
+        """Start a fault now; returns its id. Raises `ValueError` for a bad option.
+
+        `duration` (seconds) removes it automatically; `toxicity` is the share of
+        connections it applies to (each connection is drawn once).
+        """
+        return self.add_fault_from(kind, duration=duration, toxicity=toxicity, params=params)
+
+    def add_fault_from(
+        self,
+        kind: object,
+        *,
+        duration: object = None,
+        toxicity: object = 1.0,
+        params: Mapping[str, Any] | None = None,
+    ) -> str:
+        """`add_fault` for untrusted input (the admin API): every value is checked."""
+        spec = make_spec("", kind, duration=duration, toxicity=toxicity, params=params)
+        return self._call(self._add, spec)
+
+    def _add(self, spec: FaultSpec) -> str:
+        fault_id = f"{spec.kind}-{next(self._fault_ids)}"
+        spec = FaultSpec(fault_id, spec.kind, spec.params, spec.toxicity, spec.duration)
+        self._faults[fault_id] = spec
+        if spec.duration is not None:
+            self._fault_timers[fault_id] = self.loop.call_later(
+                spec.duration, self._remove, fault_id
+            )
+        if spec.kind == "down" and spec.toxicity >= 1.0:
+            self._go_down()
+        for link in list(self._links.values()):
+            if link.closed or not _chosen(spec):
+                continue
+            if spec.kind == "down":
+                link.close()
+            elif spec.kind == "reset":
+                link.close(rst=True)
+            elif spec.kind == "terminate":
+                link.terminate()
+            elif spec.kind in _LINK_FAULTS:
+                link.attach(spec)
+        return fault_id
+
+    def remove_fault(self, fault_id: str) -> None:
+        """Stop a fault; raises `KeyError` if no such fault is active."""
+        if not self._call(self._remove, fault_id):
+            raise KeyError(fault_id)
+
+    def _remove(self, fault_id: str) -> bool:
+        spec = self._faults.pop(fault_id, None)
+        if spec is None:
+            return False
+        timer = self._fault_timers.pop(fault_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._cut_counts.pop(fault_id, None)
+        if spec.kind == "down" and not any(
+            f.kind == "down" and f.toxicity >= 1.0 for f in self._faults.values()
+        ):
+            self._go_up()
+        if spec.kind in _LINK_FAULTS:
+            for link in list(self._links.values()):
+                link.detach(fault_id)
+        return True
+
+    def clear(self) -> None:
+        """Remove every fault (connections that survived them keep going)."""
+        self._call(self._clear)
+
+    def _clear(self) -> None:
+        for fault_id in list(self._faults):
+            self._remove(fault_id)
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The active faults, oldest first."""
+        return self._call(lambda: [f.as_dict() for f in self._faults.values()])
+
+    @contextlib.contextmanager
+    def fault(
+        self, kind: str, duration: float | None = None, toxicity: float = 1.0, **params: Any
+    ) -> Iterator[str]:
+        """Apply a fault for the duration of a ``with`` block."""
+        fault_id = self.add_fault(kind, duration=duration, toxicity=toxicity, **params)
+        try:
+            yield fault_id
+        finally:
+            if self.running:
+                self._call(self._remove, fault_id)
+
+    def close_connections(self) -> int:
+        """Close every live connection (FIN); returns how many were closed."""
+
+        def run() -> int:
+            links = list(self._links.values())
+            for link in links:
+                link.close()
+            return len(links)
+
+        return self._call(run)
+
+    def stats(self, *, connections: bool = False) -> dict[str, Any]:
+        """Counters: live and total connections, bytes each way, faults, state."""
+
+        def run() -> dict[str, Any]:
+            live = list(self._links.values())
+            host, port = self.address
+            out: dict[str, Any] = {
+                "name": self.name,
+                "listen": f"{host}:{port}",
+                "upstream": f"{self.upstream[0]}:{self.upstream[1]}",
+                "listening": self._listening is not None,
+                "connections": len(live),
+                "total_connections": self._total,
+                "bytes_up": self._closed_bytes[0] + sum(x.bytes_up for x in live),
+                "bytes_down": self._closed_bytes[1] + sum(x.bytes_down for x in live),
+                "faults": [f.as_dict() for f in self._faults.values()],
+            }
+            if connections:
+                out["links"] = [x.info() for x in live]
+            return out
+
+        return self._call(run)
+
+
+def _chosen(spec: FaultSpec) -> bool:
+    return spec.toxicity >= 1.0 or random.random() < spec.toxicity

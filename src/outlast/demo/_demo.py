@@ -1,0 +1,216 @@
+"""``outlast demo``: embedded Postgres, two chaos proxies, the reference service
+with and without outlast, and the drill on both at once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["DEMO_SCENARIOS", "add_arguments", "run_demo"]
+
+DEMO_SCENARIOS = "down,blackhole,freeze,terminate,neon_endpoint_disabled,flapping"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenarios", default=DEMO_SCENARIOS, help="comma-separated scenarios")
+    p.add_argument("--budget", type=float, default=3.0, help="seconds a request may take")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds each fault lasts")
+    p.add_argument("--report", default="outlast-report.html", help="HTML report path")
+    p.add_argument("--json", action="store_true", help="print both results as JSON")
+    p.add_argument("--only", choices=("outlast", "plain"), help="drill one service only")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    import httpx
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited ({proc.returncode}):\n{_tail(log)}")
+        try:
+            if httpx.get(url, timeout=2.0, trust_env=False).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the service did not start within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _start_service(
+    name: str, db_url: str, *, enabled: bool, budget: float, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    from outlast.testing import free_port
+
+    port = free_port()
+    log = workdir / f"{name}.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "OUTLAST_ENABLED": "1" if enabled else "0",
+        "OUTLAST_BUDGET": str(budget),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "outlast.demo._service:app_from_env",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+        )
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _comparison(results: list[object]) -> Table:
+    from outlast.drill import DrillResult
+
+    rs = [r for r in results if isinstance(r, DrillResult)]
+    table = Table(title="outage drill: the same service with and without outlast", show_lines=True)
+    table.add_column("scenario", style="bold")
+    for r in rs:
+        table.add_column(r.label)
+    names: list[str] = []
+    for r in rs:
+        names += [s.name for s in r.scenarios if s.name not in names]
+    for n in names:
+        cells: list[Text] = []
+        for r in rs:
+            s = next((x for x in r.scenarios if x.name == n), None)
+            if s is None:
+                cells.append(Text("-"))
+            elif s.passed:
+                extra = f" (recovered in {s.recovery:.1f}s)" if s.recovery is not None else ""
+                cells.append(Text("✓ pass" + extra, style="green"))
+            else:
+                failed = ", ".join(c.title for c in s.checks if c.passed is False)
+                cells.append(Text("✗ " + (failed or s.error or "error"), style="red"))
+        table.add_row(n, *cells)
+    return table
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from outlast.chaos import AdminServer, Proxy
+    from outlast.drill import DrillConfig, DrillRun, Route, resolve, write_report
+    from outlast.drill._cli import AdminInjector, run_with_progress, scorecard_table
+    from outlast.testing import EmbeddedPostgres
+
+    console = Console(stderr=True)
+    out = Console()
+    started = time.monotonic()
+    names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
+    workdir = Path(tempfile.mkdtemp(prefix="outlast-demo-"))
+    with contextlib.ExitStack() as stack:
+        console.print("[bold]outlast demo[/]: starting PostgreSQL (embedded) ...")
+        pg = EmbeddedPostgres(workdir / "pg")
+        stack.callback(pg.cleanup)
+        stack.callback(pg.stop)
+        pg.start()
+
+        def restart() -> None:
+            pg.restart()
+
+        services = [("outlast", True), ("plain", False)]
+        if args.only:
+            services = [s for s in services if s[0] == args.only]
+        proxies = []
+        for name, _ in services:
+            pg.create_database(f"leads_{name}")
+            proxy = Proxy(listen=("127.0.0.1", 0), upstream=("127.0.0.1", pg.port), name=name)
+            proxy.start()
+            stack.callback(proxy.stop)
+            proxies.append(proxy)
+        admin = AdminServer(proxies, listen=("127.0.0.1", 0)).start()
+        stack.callback(admin.stop)
+        console.print("starting the service with outlast and the same service without it ...")
+        runs = []
+        for (name, enabled), proxy in zip(services, proxies, strict=True):
+            db_url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/leads_{name}"
+            # The service answers within its own budget, a little under the
+            # client's (the drill's), so that a 503 at the deadline still
+            # reaches the client in time.
+            service_budget = max(0.5, args.budget - 0.5)
+            proc, url, log = _start_service(
+                name, db_url, enabled=enabled, budget=service_budget, workdir=workdir
+            )
+            stack.callback(_stop, proc)
+            _wait_http(url + "/health/live", proc, 60.0, log)
+            label = "with outlast" if enabled else "without outlast"
+            config = DrillConfig(
+                url=url,
+                scenarios=resolve(names, duration=args.duration, budget=args.budget),
+                ping=Route("GET", "/api/ping"),
+                budget=args.budget,
+                warmup=1.5,
+                settle=1.0,
+                max_recovery=5.0,
+                readback_timeout=10.0,
+                label=label,
+            )
+            runs.append(DrillRun(config, AdminInjector(admin.url, name), restart=restart))
+        console.print(
+            f"drilling {len(runs)} service(s) through {len(names)} scenarios "
+            f"({args.duration:g} s faults, {args.budget:g} s budget) ..."
+        )
+        results = asyncio.run(run_with_progress(runs, console))
+    elapsed = time.monotonic() - started
+    write_report(args.report, results, title="outlast demo: outage drill")
+    if args.json:
+        import json
+
+        json.dump([r.as_dict() for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        out.print(_comparison(list(results)))
+        for r in results:
+            out.print(scorecard_table(r))
+        out.print(f"report: {args.report}   ({elapsed:.0f} s)")
+    if args.keep:
+        console.print(f"kept {workdir}")
+    else:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    with_outlast = [r for r in results if r.label == "with outlast"]
+    return 0 if all(r.passed for r in with_outlast) else 1

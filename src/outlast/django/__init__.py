@@ -1,0 +1,47 @@
+"""Django: 503 with ``Retry-After`` while the database is down, and honest health endpoints.
+
+settings.py::
+
+    MIDDLEWARE = [
+        "outlast.django.OutlastMiddleware",      # first, or right after SecurityMiddleware
+        ...
+    ]
+    OUTLAST = {
+        "GUARD": "myproject.db.guard",   # dotted path to an outlast.Guard (or the Guard)
+        "BUDGET": 5.0,                   # seconds per database request
+        "EXEMPT": ["/api/ping"],         # path prefixes that never touch the database
+        "READY_FAIL_ON_DB": False,
+        "SUPERVISOR": None,              # dotted path to an outlast.supervise supervisor
+        "DATABASE": "default",           # the alias /health/db pings
+    }
+
+urls.py::
+
+    path("health/", include("outlast.django.urls")),
+
+The middleware starts the request budget and calls ``guard.check()`` before
+every database view (all views except `EXEMPT` prefixes, the health views and
+views decorated with `no_db`; with ``"DB_ROUTES": "marked"`` only views
+decorated with `db_route`), turns `DatabaseUnavailable`, `CommitOutcomeUnknown`
+and every classified database fault except PERMANENT ones into a 503
+``application/problem+json`` with ``Retry-After`` (PERMANENT: a generic 500),
+logs each fault once on the ``outlast`` logger and reports it to the Guard.
+Django closes a connection that saw an error at the end of the request, and
+``ATOMIC_REQUESTS`` rolls the transaction back, so there is no session to roll
+back by hand.
+"""
+
+from __future__ import annotations
+
+from outlast._web import RequestBudgetExceeded, budget_remaining, db_route, no_db
+
+from ._middleware import OutlastMiddleware, runtime
+
+__all__ = [
+    "OutlastMiddleware",
+    "RequestBudgetExceeded",
+    "budget_remaining",
+    "db_route",
+    "no_db",
+    "runtime",
+]

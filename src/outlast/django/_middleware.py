@@ -1,0 +1,196 @@
+"""The Django middleware and its settings (``settings.OUTLAST``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
+
+from outlast._errors import ConfigurationError, DatabaseUnavailable
+from outlast._web import (
+    DEFAULT_BUDGET,
+    DEFAULT_HEALTH_TIMEOUT,
+    PROBLEM_CONTENT_TYPE,
+    Mapped,
+    RequestBudget,
+    SyncProbe,
+    WebConfig,
+    call_within_budget,
+    log_fault,
+    map_exception,
+    record_fault,
+    record_success,
+)
+
+if TYPE_CHECKING:
+    from outlast._guard import Guard
+
+__all__ = ["OutlastMiddleware", "Runtime", "runtime"]
+
+_KEYS = frozenset(
+    {
+        "GUARD",
+        "BUDGET",
+        "HEALTH_PREFIX",
+        "READY_FAIL_ON_DB",
+        "SUPERVISOR",
+        "DB_ROUTES",
+        "EXEMPT",
+        "HEALTH_TIMEOUT",
+        "DATABASE",
+        "ATTEMPT_RESERVE",
+        "RECORD_FAULTS",
+    }
+)
+
+
+def _load(value: Any) -> Any:
+    return import_string(value) if isinstance(value, str) else value
+
+
+class Runtime:
+    """What the middleware and the health views share, built from ``settings.OUTLAST``."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - _KEYS)
+        if unknown:
+            raise ConfigurationError(f"unknown OUTLAST setting(s): {', '.join(unknown)}")
+        self.config = WebConfig(
+            budget=float(options.get("BUDGET", DEFAULT_BUDGET)),
+            db_routes=options.get("DB_ROUTES", "all"),
+            exempt=tuple(options.get("EXEMPT", ())),
+            health_prefix=options.get("HEALTH_PREFIX", "/health"),
+            ready_fail_on_db=bool(options.get("READY_FAIL_ON_DB", False)),
+            health_timeout=float(options.get("HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT)),
+            attempt_reserve=float(options.get("ATTEMPT_RESERVE", 0.0)),
+            record_faults=bool(options.get("RECORD_FAULTS", True)),
+        )
+        self.budget = RequestBudget(self.config.budget)
+        guard = _load(options.get("GUARD"))
+        if guard is None:
+            from outlast._guard import Guard
+
+            guard = Guard(str(options.get("DATABASE", "default")))
+        self.guard: Guard = guard
+        self.supervisor = _load(options.get("SUPERVISOR"))
+        self.alias: str = options.get("DATABASE", "default")
+        self.probe = SyncProbe(self.guard, self._ping, self.config.health_timeout)
+
+    def _ping(self) -> None:
+        from django.db import connections
+
+        # A connection of its own: the probe runs in a helper thread, and
+        # Django connections are per thread; close it so none is left behind.
+        conn = connections.create_connection(self.alias)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            conn.close()
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``guard.call`` with the rest of the request budget as deadline."""
+        return call_within_budget(
+            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process's `Runtime` (built on first use from ``settings.OUTLAST``)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(dict(getattr(settings, "OUTLAST", {}) or {}))
+        return _runtime
+
+
+def _reset_runtime(**_: Any) -> None:
+    global _runtime
+    with _lock:
+        _runtime = None
+
+
+def _route(request: HttpRequest) -> str:
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None) if match is not None else None
+    return f"{request.method} /{route}" if route else f"{request.method} {request.path}"
+
+
+def _problem(mapped: Mapped) -> HttpResponse:
+    response = HttpResponse(mapped.body, status=mapped.status, content_type=PROBLEM_CONTENT_TYPE)
+    for name, value in mapped.headers:
+        response[name] = value
+    return response
+
+
+class OutlastMiddleware:
+    """Breaker check and budget before database views; 503s for database faults."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.rt = runtime()
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            response = self.get_response(request)
+        finally:
+            token = getattr(request, "_outlast_budget", None)
+            if token is not None:
+                RequestBudget.finish(token)
+        if getattr(request, "_outlast_clean", False) and response.status_code < 500:
+            record_success(self.rt.guard, _route(request))
+        return response
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponse | None:
+        rt = self.rt
+        if not rt.config.is_db_route(request.path_info, view_func):
+            return None
+        request._outlast_budget = rt.budget.start()
+        try:
+            rt.guard.check()
+        except DatabaseUnavailable as exc:
+            return self.process_exception(request, exc)
+        request._outlast_clean = True
+        return None
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        rt = self.rt
+        mapped = map_exception(exception, rt.guard)
+        if mapped is None:
+            return None
+        request._outlast_clean = False
+        route = _route(request)
+        if rt.config.record_faults:
+            record_fault(rt.guard, exception, route)
+        log_fault(exception, mapped, route)
+        return _problem(mapped)
+
+
+def _connect_reset() -> None:
+    from django.core.signals import setting_changed
+
+    def on_change(setting: str, **kwargs: Any) -> None:
+        if setting == "OUTLAST":
+            _reset_runtime()
+
+    setting_changed.connect(on_change, weak=False, dispatch_uid="outlast-runtime-reset")
+
+
+_connect_reset()

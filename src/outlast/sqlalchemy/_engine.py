@@ -1,0 +1,372 @@
+"""Hardened SQLAlchemy engines (psycopg 3, psycopg2, asyncpg dialects).
+
+`create_engine` / `create_async_engine` return ordinary SQLAlchemy engines;
+`install` hardens an engine the application already has. What gets installed:
+
+- connect arguments: libpq ``connect_timeout``, keepalives and
+  ``tcp_user_timeout`` (psycopg, psycopg2); ``timeout`` and ``command_timeout``
+  (asyncpg, whose socket gets keepalives and ``TCP_USER_TIMEOUT`` after
+  connecting); server timeouts as startup options where allowed;
+- ``connect`` listener: ``SET`` the server timeouts where startup options are
+  not allowed (poolers), stamp the connection's jittered expiry;
+- ``checkout`` listener: retire expired connections, ping with a deadline of
+  its own (``pool_pre_ping`` has none and would hang on a frozen link), and
+  invalidate the whole pool when the ping shows the server restarted;
+- ``before/after_cursor_execute``: a client-side deadline per statement
+  (server ``statement_timeout`` + grace) that shuts the socket down when the
+  server cannot answer at all;
+- ``handle_error``: report every fault to the Guard and mark restart-class
+  faults (57P01/02/03, 25006, lost or refused connections) as disconnects, so
+  SQLAlchemy drops every pooled connection instead of handing out stale ones.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection, ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+import outlast
+from outlast._hardening import (
+    FaultReporter,
+    Hardening,
+    apply_socket_options,
+    check_startup_options,
+    connection_fileno,
+    is_restart_fault,
+    jittered_lifetime,
+    libpq_params,
+    preset_for,
+    session_settings,
+    session_setup_sql,
+    socket_deadline,
+    transport_socket,
+    without_settings,
+)
+
+__all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
+
+_LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg_async", "psycopgbinary"})
+_ASYNCPG = "asyncpg"
+_KEY = "outlast"  # connection-record info key
+_ENGINES: weakref.WeakKeyDictionary[Engine, _Hooks] = weakref.WeakKeyDictionary()
+
+
+def _parse_url(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except (exc.ArgumentError, ValueError, TypeError):
+        # SQLAlchemy's message quotes the URL, password included: do not chain it.
+        raise outlast.ConfigurationError(
+            "malformed SQLAlchemy URL (expected postgresql+<driver>://user@host:port/db)"
+        ) from None
+    if parsed.get_backend_name() != "postgresql":
+        raise outlast.ConfigurationError(
+            f"outlast.sqlalchemy supports PostgreSQL URLs, not {parsed.get_backend_name()!r}"
+        )
+    return parsed
+
+
+def _driver(url: URL) -> str:
+    driver = url.get_driver_name()
+    if driver not in _LIBPQ_DRIVERS and driver != _ASYNCPG:
+        raise outlast.ConfigurationError(
+            f"unsupported PostgreSQL driver {driver!r} (use psycopg, psycopg2 or asyncpg)"
+        )
+    return driver
+
+
+def _connect_args(
+    url: URL, driver: str, preset: Hardening, user_args: Mapping[str, Any]
+) -> tuple[dict[str, Any], Hardening]:
+    """Merge the preset into connect_args; the user's own values win."""
+    args = dict(user_args)
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+    if driver == _ASYNCPG:
+        server = dict(args.get("server_settings") or {})
+        preset = without_settings(preset, _user_settings(server, preset, source="server_settings"))
+        args.setdefault("timeout", preset.connect_timeout)
+        if preset.statement_deadline is not None:
+            args.setdefault("command_timeout", preset.statement_deadline)
+        if preset.application_name:
+            server.setdefault("application_name", preset.application_name)
+        if preset.startup_options:
+            for name, value in session_settings(preset).items():
+                server.setdefault(name, value)
+        args["server_settings"] = server
+        return args, preset
+    user_options = args.get("options", query.get("options"))
+    names = check_startup_options(user_options, preset)
+    preset = without_settings(preset, names)
+    for key, value in libpq_params(preset).items():
+        if key == "options" and user_options:
+            args["options"] = f"{user_options} {value}"
+        elif key not in args and key not in query:
+            args[key] = value
+    return args, preset
+
+
+def _user_settings(server: Mapping[str, Any], preset: Hardening, *, source: str) -> set[str]:
+    names = {name for name in session_settings(Hardening()) if name in server}
+    if names and not preset.startup_options:
+        raise outlast.ConfigurationError(
+            f"preset {preset.name!r} connects through a pooler that rejects startup "
+            f"parameters ({', '.join(sorted(names))} in {source}); drop them and let "
+            "outlast apply the settings with SET after connecting"
+        )
+    return names
+
+
+def _engine_kwargs(kwargs: dict[str, Any], preset: Hardening) -> dict[str, Any]:
+    out = dict(kwargs)
+    poolclass = out.get("poolclass")
+    if poolclass is None or hasattr(poolclass, "_timeout"):
+        out.setdefault("pool_timeout", preset.pool_timeout)
+    # Our checkout listener pings with a deadline; SQLAlchemy's own pre-ping
+    # would ping a second time, without one.
+    out.setdefault("pool_pre_ping", False)
+    return out
+
+
+def create_engine(
+    url: str | URL,
+    *,
+    guard: FaultReporter | None = None,
+    preset: str | Hardening = "default",
+    **kwargs: Any,
+) -> Engine:
+    """`sqlalchemy.create_engine` with the preset's hardening installed.
+
+    ``connect_args`` and URL query parameters given by the caller win over the
+    preset; every other keyword goes to SQLAlchemy unchanged.
+    """
+    parsed = _parse_url(url)
+    driver = _driver(parsed)
+    if driver == _ASYNCPG:
+        raise outlast.ConfigurationError(
+            "asyncpg is an async driver: use outlast.sqlalchemy.create_async_engine"
+        )
+    hardening = preset_for(parsed.host, preset)
+    connect_args, hardening = _connect_args(
+        parsed, driver, hardening, kwargs.pop("connect_args", None) or {}
+    )
+    engine = sqlalchemy.create_engine(
+        parsed, connect_args=connect_args, **_engine_kwargs(kwargs, hardening)
+    )
+    _install(engine, guard, hardening, driver)
+    return engine
+
+
+def create_async_engine(
+    url: str | URL,
+    *,
+    guard: FaultReporter | None = None,
+    preset: str | Hardening = "default",
+    **kwargs: Any,
+) -> AsyncEngine:
+    """`sqlalchemy.ext.asyncio.create_async_engine` with the preset's hardening."""
+    parsed = _parse_url(url)
+    driver = _driver(parsed)
+    if driver == "psycopg2":
+        raise outlast.ConfigurationError("psycopg2 has no asyncio support: use psycopg or asyncpg")
+    hardening = preset_for(parsed.host, preset)
+    connect_args, hardening = _connect_args(
+        parsed, driver, hardening, kwargs.pop("connect_args", None) or {}
+    )
+    engine = _sa_create_async_engine(
+        parsed, connect_args=connect_args, **_engine_kwargs(kwargs, hardening)
+    )
+    _install(engine.sync_engine, guard, hardening, driver)
+    return engine
+
+
+def install(
+    engine: Engine | AsyncEngine,
+    guard: FaultReporter | None = None,
+    *,
+    preset: str | Hardening = "default",
+) -> Engine | AsyncEngine:
+    """Harden an engine the application built itself; returns it.
+
+    Connect arguments cannot be changed after the fact, so this installs the
+    listeners only (session ``SET`` after connect, checkout ping with a
+    deadline, jittered lifetime, statement deadline, fault reporting and
+    whole-pool invalidation). For ``connect_timeout`` and keepalives, build the
+    engine with `create_engine` or pass them in ``connect_args``.
+    """
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    if sync_engine in _ENGINES:
+        raise outlast.ConfigurationError("outlast is already installed on this engine")
+    driver = _driver(sync_engine.url)
+    hardening = preset_for(sync_engine.url.host, preset)
+    # Startup options already in the engine's URL keep their settings; SET
+    # after connect carries ours (we cannot add startup options afterwards).
+    _connect_args(sync_engine.url, driver, hardening, {})
+    _install(sync_engine, guard, replace(hardening, startup_options=False), driver)
+    return engine
+
+
+def hardening_of(engine: Engine | AsyncEngine) -> Hardening | None:
+    """The hardening installed on an engine, or None."""
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    hooks = _ENGINES.get(sync_engine)
+    return hooks.preset if hooks is not None else None
+
+
+class _Hooks:
+    """The listeners of one engine; a plain object so the engine keeps it alive."""
+
+    def __init__(self, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
+        self.guard = guard
+        self.preset = preset
+        self.driver = driver
+        self.setup_sql = session_setup_sql(preset)
+        self.deadline = preset.statement_deadline
+
+    # -- pool events -----------------------------------------------------------
+
+    def before_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+        if self.guard is not None:
+            self.guard.check()
+
+    def on_connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        if self.driver == _ASYNCPG:
+            raw = getattr(dbapi_connection, "driver_connection", None)
+            sock = transport_socket(raw)
+            if sock is not None:
+                apply_socket_options(sock, self.preset)
+        if self.setup_sql:
+            cursor = dbapi_connection.cursor()
+            try:
+                for statement in self.setup_sql:
+                    cursor.execute(statement)
+            finally:
+                cursor.close()
+            # SET inside a transaction that is rolled back later is undone.
+            dbapi_connection.commit()
+        record.info[_KEY] = _ConnInfo(
+            fileno=connection_fileno(dbapi_connection),
+            expires=time.monotonic() + jittered_lifetime(self.preset),
+        )
+        if self.guard is not None:
+            self.guard.record_success(op="connect")
+
+    def on_checkout(
+        self,
+        dbapi_connection: DBAPIConnection,
+        record: ConnectionPoolEntry,
+        proxy: PoolProxiedConnection,
+    ) -> None:
+        info = record.info.get(_KEY)
+        if not isinstance(info, _ConnInfo):
+            return
+        if self.guard is not None:
+            # The breaker is open: fail fast instead of pinging a dead server.
+            self.guard.check()
+        if info.fresh:
+            info.fresh = False
+            return
+        if time.monotonic() >= info.expires:
+            raise exc.DisconnectionError("connection reached its max_lifetime")
+        try:
+            self._ping(dbapi_connection, info.fileno)
+        except Exception as error:
+            fault = self.guard.record_failure(error, op="ping") if self.guard else None
+            if fault is None:
+                fault = outlast.classify(error)
+            if is_restart_fault(fault) or fault is None:
+                # The server went away under this connection, so under all of
+                # them: drop every pooled connection made before now.
+                raise exc.InvalidatePoolError("ping failed; server restarted or link lost") from (
+                    None
+                )
+            raise exc.DisconnectionError("ping failed") from None
+        if self.guard is not None:
+            self.guard.record_success(op="ping")
+
+    def _ping(self, dbapi_connection: DBAPIConnection, fileno: int | None) -> None:
+        token = socket_deadline.arm(fileno, self.preset.ping_timeout) if fileno is not None else 0
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        finally:
+            if token:
+                socket_deadline.disarm(token)
+
+    # -- engine events ---------------------------------------------------------
+
+    def before_execute(  # noqa: PLR0917 - SQLAlchemy event signature
+        self,
+        conn: sqlalchemy.Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if self.deadline is None or context is None:
+            return
+        info = conn.info.get(_KEY)
+        if isinstance(info, _ConnInfo) and info.fileno is not None:
+            context.outlast_deadline = socket_deadline.arm(info.fileno, self.deadline)
+
+    def after_execute(  # noqa: PLR0917 - SQLAlchemy event signature
+        self,
+        conn: sqlalchemy.Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        token = getattr(context, "outlast_deadline", 0)
+        if token:
+            context.outlast_deadline = 0
+            socket_deadline.disarm(token)
+
+    def handle_error(self, context: ExceptionContext) -> None:
+        conn = context.connection
+        token = getattr(context.execution_context, "outlast_deadline", 0)
+        if token:
+            context.execution_context.outlast_deadline = 0  # type: ignore[union-attr]
+            socket_deadline.disarm(token)
+        error = context.original_exception
+        if self.guard is not None:
+            fault = self.guard.record_failure(error, op="connect" if conn is None else "execute")
+        else:
+            fault = outlast.classify(error)
+        if is_restart_fault(fault) and not context.is_disconnect:
+            context.is_disconnect = True
+
+
+class _ConnInfo:
+    __slots__ = ("expires", "fileno", "fresh")
+
+    def __init__(self, *, fileno: int | None, expires: float) -> None:
+        self.fileno = fileno
+        self.expires = expires
+        self.fresh = True
+
+
+def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
+    hooks = _Hooks(guard, preset, driver)
+    _ENGINES[engine] = hooks
+    event.listen(engine, "do_connect", hooks.before_connect)
+    event.listen(engine.pool, "connect", hooks.on_connect)
+    event.listen(engine.pool, "checkout", hooks.on_checkout)
+    event.listen(engine, "before_cursor_execute", hooks.before_execute)
+    event.listen(engine, "after_cursor_execute", hooks.after_execute)
+    event.listen(engine, "handle_error", hooks.handle_error)

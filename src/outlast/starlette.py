@@ -1,0 +1,384 @@
+"""Starlette and FastAPI: 503 with ``Retry-After`` while the database is down, honest health.
+
+::
+
+    from fastapi import FastAPI
+    import outlast
+    from outlast.starlette import install, no_db
+
+    guard = outlast.Guard("main")
+    app = FastAPI()
+    web = install(app, guard=guard, budget=5.0, engine=async_engine)
+
+    @app.get("/api/leads")
+    async def leads():
+        return await web.acall(fetch_leads, idempotent=True)   # deadline = rest of budget
+
+    @app.get("/api/ping")
+    @no_db
+    async def ping(): return {"ok": True}
+
+`install()` adds exception handlers for `DatabaseUnavailable` and
+`CommitOutcomeUnknown`, a pure-ASGI middleware, and the health routes
+(``/health/live``, ``/health/ready``, ``/health/db``). For database routes the
+middleware starts the request budget, calls ``guard.check()`` before the
+route runs (an open breaker answers 503 in microseconds), wraps the route in
+``asyncio.timeout(budget)`` until the response starts (a timeout is a 503),
+and maps every classified database fault to a 503 ``application/problem+json``
+(PERMANENT faults to a generic 500) after rolling back `session`, logging the
+fault once and reporting it to the Guard.
+
+Database routes: every route except the health endpoints, `exempt` path
+prefixes and endpoints marked `no_db` (``db_routes="all"``, the default), or
+only endpoints marked `db_route` (``db_routes="marked"``). In FastAPI the
+dependency `require_database` marks a route as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
+from ._web import (
+    DEFAULT_BUDGET,
+    DEFAULT_HEALTH_TIMEOUT,
+    HEALTH_CONTENT_TYPE,
+    PROBLEM_CONTENT_TYPE,
+    DbRoutes,
+    Mapped,
+    RequestBudget,
+    RequestBudgetExceeded,
+    SyncProbe,
+    WebConfig,
+    acall_within_budget,
+    async_engine_ping,
+    budget_remaining,
+    call_within_budget,
+    db_route,
+    engine_ping,
+    health_db,
+    health_db_async,
+    health_live,
+    health_paths,
+    health_ready,
+    log_fault,
+    map_exception,
+    no_db,
+    record_fault,
+    record_success,
+)
+
+if TYPE_CHECKING:
+    from ._guard import Guard
+
+__all__ = [
+    "Outlast",
+    "OutlastMiddleware",
+    "RequestBudgetExceeded",
+    "budget_remaining",
+    "db_route",
+    "install",
+    "no_db",
+    "require_database",
+]
+
+_ROLLBACK_TIMEOUT = 1.0
+
+
+class Outlast:
+    """What `install()` returns (also at ``app.state.outlast``)."""
+
+    def __init__(
+        self,
+        *,
+        guard: Guard | None = None,
+        budget: float = DEFAULT_BUDGET,
+        health_prefix: str = "/health",
+        ready_fail_on_db: bool = False,
+        supervisor: Any = None,
+        session: Any = None,
+        engine: Any = None,
+        ping: Callable[[], Any] | None = None,
+        db_routes: DbRoutes = "all",
+        exempt: Sequence[str] = (),
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        ready: Callable[[], bool] | None = None,
+        attempt_reserve: float = 0.0,
+        record_faults: bool = True,
+        name: str = "default",
+    ) -> None:
+        self.config = WebConfig(
+            budget=budget,
+            db_routes=db_routes,
+            exempt=tuple(exempt),
+            health_prefix=health_prefix,
+            ready_fail_on_db=ready_fail_on_db,
+            health_timeout=health_timeout,
+            attempt_reserve=attempt_reserve,
+            record_faults=record_faults,
+        )
+        self.budget = RequestBudget(budget)
+        if guard is None:
+            from ._guard import Guard
+
+            guard = Guard(name)
+        self.guard: Guard = guard
+        self.supervisor = supervisor
+        self.session = session
+        self.engine = engine
+        self.ping = ping
+        self.ready = ready
+        self._probe: SyncProbe | None = None
+        self.routes: Sequence[Any] = ()
+
+    # -- what endpoints use -------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``guard.call`` with the rest of the request budget as deadline (sync routes)."""
+        return call_within_budget(
+            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
+    async def acall(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        """``guard.acall`` with the rest of the request budget as deadline."""
+        return await acall_within_budget(
+            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
+    # -- fault handling ---------------------------------------------------------
+
+    async def handle(self, exc: BaseException, scope: Scope) -> Mapped | None:
+        """Map, roll back, record and log one exception (None: not a database fault)."""
+        mapped = map_exception(exc, self.guard)
+        if mapped is None:
+            return None
+        route = _route(scope)
+        scope["outlast.fault"] = True
+        await self._rollback()
+        if self.config.record_faults:
+            record_fault(self.guard, exc, route)
+        log_fault(exc, mapped, route)
+        return mapped
+
+    async def _rollback(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            result = session.rollback()
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(_ROLLBACK_TIMEOUT):
+                    await result
+        except Exception:
+            pass
+
+    # -- health -----------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        status, doc = health_live()
+        return _health_response(status, doc)
+
+    async def ready_endpoint(self, request: Request) -> Response:
+        status, doc = health_ready(
+            self.guard,
+            fail_on_db=self.config.ready_fail_on_db,
+            supervisor=self.supervisor,
+            ready=self.ready,
+        )
+        return _health_response(status, doc)
+
+    async def db(self, request: Request) -> Response:
+        ping = self.ping
+        engine = self.engine
+        timeout = self.config.health_timeout
+        if ping is None and engine is not None and hasattr(engine, "sync_engine"):
+            ping = async_engine_ping(engine)
+        if ping is not None and inspect.iscoroutinefunction(ping):
+            status, doc, retry_after = await health_db_async(self.guard, ping, timeout)
+            return _health_response(status, doc, retry_after)
+        if self._probe is None:
+            if ping is None and engine is not None:
+                ping = engine_ping(engine)
+            if ping is not None:
+                self._probe = SyncProbe(self.guard, ping, timeout)
+        status, doc, retry_after = await asyncio.to_thread(health_db, self.guard, self._probe)
+        return _health_response(status, doc, retry_after)
+
+    def is_db_route(self, scope: Scope) -> bool:
+        return self.config.is_db_route(scope["path"], _endpoint(self.routes, scope))
+
+
+class OutlastMiddleware:
+    """Pure-ASGI middleware: breaker check, request budget, fault mapping."""
+
+    def __init__(self, app: ASGIApp, outlast: Outlast) -> None:
+        self.app = app
+        self.outlast = outlast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ol = self.outlast
+        started = False
+        status = 0
+        timeout_cm: asyncio.Timeout | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = int(message["status"])
+                if timeout_cm is not None:
+                    timeout_cm.reschedule(None)  # the budget covers the work, not streaming
+            await send(message)
+
+        if not ol.is_db_route(scope):
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception as exc:
+                if started or not await self._answer(exc, scope, send):
+                    raise
+            return
+
+        token = ol.budget.start()
+        try:
+            ol.guard.check()
+            async with asyncio.timeout(ol.budget.seconds) as timeout_cm:
+                await self.app(scope, receive, send_wrapper)
+            if status < 500 and not scope.get("outlast.fault"):
+                record_success(ol.guard, _route(scope))
+        except Exception as exc:
+            if timeout_cm is not None and timeout_cm.expired() and isinstance(exc, TimeoutError):
+                exc = RequestBudgetExceeded(
+                    "request budget exhausted", retry_after=_retry_after(ol.guard)
+                )
+            if started or not await self._answer(exc, scope, send):
+                raise
+        finally:
+            RequestBudget.finish(token)
+
+    async def _answer(self, exc: BaseException, scope: Scope, send: Send) -> bool:
+        mapped = await self.outlast.handle(exc, scope)
+        if mapped is None:
+            return False
+        headers = [
+            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+            (b"content-length", str(len(mapped.body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in mapped.headers),
+        ]
+        await send({"type": "http.response.start", "status": mapped.status, "headers": headers})
+        await send({"type": "http.response.body", "body": mapped.body})
+        return True
+
+
+def install(
+    app: Starlette,
+    *,
+    guard: Guard | None = None,
+    budget: float = DEFAULT_BUDGET,
+    health_prefix: str = "/health",
+    ready_fail_on_db: bool = False,
+    supervisor: Any = None,
+    session: Any = None,
+    engine: Any = None,
+    ping: Callable[[], Any] | None = None,
+    db_routes: DbRoutes = "all",
+    exempt: Sequence[str] = (),
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+    ready: Callable[[], bool] | None = None,
+    attempt_reserve: float = 0.0,
+    record_faults: bool = True,
+) -> Outlast:
+    """Install outlast on a Starlette or FastAPI app (before it starts serving)."""
+    ol = Outlast(
+        guard=guard,
+        budget=budget,
+        health_prefix=health_prefix,
+        ready_fail_on_db=ready_fail_on_db,
+        supervisor=supervisor,
+        session=session,
+        engine=engine,
+        ping=ping,
+        db_routes=db_routes,
+        exempt=exempt,
+        health_timeout=health_timeout,
+        ready=ready,
+        attempt_reserve=attempt_reserve,
+        record_faults=record_faults,
+    )
+    ol.routes = app.router.routes
+    paths = health_paths(ol.config.health_prefix)
+    app.add_route(paths["live"], ol.live, methods=["GET"], include_in_schema=False)
+    app.add_route(paths["ready"], ol.ready_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_route(paths["db"], ol.db, methods=["GET"], include_in_schema=False)
+
+    async def on_fault(request: Request, exc: Exception) -> Response:
+        mapped = await ol.handle(exc, request.scope)
+        if mapped is None:  # pragma: no cover - only registered for mapped classes
+            raise exc
+        return Response(
+            mapped.body,
+            status_code=mapped.status,
+            headers=dict(mapped.headers),
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+
+    app.add_exception_handler(DatabaseUnavailable, on_fault)
+    app.add_exception_handler(CommitOutcomeUnknown, on_fault)
+    app.add_middleware(OutlastMiddleware, outlast=ol)
+    app.state.outlast = ol
+    return ol
+
+
+def require_database(request: Request) -> None:
+    """FastAPI dependency: ``Depends(require_database)`` fails fast while the breaker is open.
+
+    Useful with ``db_routes="marked"`` for routers where marking each endpoint
+    is awkward; the middleware already does this for database routes.
+    """
+    ol: Outlast = request.app.state.outlast
+    ol.guard.check()
+
+
+def _retry_after(guard: Guard) -> float:
+    try:
+        return float(guard.retry_after) or 1.0
+    except Exception:
+        return 1.0
+
+
+def _endpoint(routes: Sequence[Any], scope: Scope) -> Any:
+    for route in routes:
+        try:
+            match, _child = route.matches(scope)
+        except Exception:
+            continue
+        if match == Match.FULL:
+            return getattr(route, "endpoint", None)
+    return None
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None) or scope.get("path", "?")
+    return f"{scope.get('method', '?')} {path}"
+
+
+def _health_response(status: int, doc: dict[str, Any], retry_after: str | None = None) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    return Response(
+        json.dumps(doc), status_code=status, headers=headers, media_type=HEALTH_CONTENT_TYPE
+    )

@@ -1,0 +1,104 @@
+"""outlast.asyncpg: hardened asyncpg connections and pools on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+import outlast
+from outlast._hardening import PRESETS
+from outlast.asyncpg import connect, connect_kwargs, create_pool
+
+SLACK = 1.5
+
+
+def test_connect_kwargs() -> None:
+    params, preset = connect_kwargs("postgresql://app@db/app")
+    assert params["timeout"] == 3.0
+    assert params["command_timeout"] == 32.0  # statement_timeout + grace
+    assert params["server_settings"]["statement_timeout"] == "30000"
+    params, preset = connect_kwargs("postgresql://app@ep-a-pooler.neon.tech/app")
+    assert "statement_timeout" not in params["server_settings"]
+    with pytest.raises(outlast.ConfigurationError, match="rejects startup parameters"):
+        connect_kwargs(
+            "postgresql://app@db/app",
+            preset="pgbouncer",
+            kwargs={"server_settings": {"statement_timeout": "1000"}},
+        )
+    with pytest.raises(outlast.ConfigurationError) as info:
+        connect_kwargs("postgresql://app:hunter2@db:port/app")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("preset", ["default", "pgbouncer"])
+async def test_pool_applies_settings_and_socket_options(pg_database: Any, preset: str) -> None:
+    async with create_pool(
+        pg_database.url(driver=None), preset=preset, min_size=1, max_size=2
+    ) as pool:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "30s"
+            sock = conn._con._transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10_000
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
+async def test_connect_applies_settings(pg_database: Any) -> None:
+    conn = await connect(pg_database.url(driver=None), preset="pgbouncer")
+    try:
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+    finally:
+        await conn.close()
+
+
+async def test_a_restart_class_fault_expires_every_pooled_connection(pg_database: Any) -> None:
+    guard = outlast.Guard("asyncpg-pool")
+    async with create_pool(
+        pg_database.url(driver=None), guard=guard, min_size=2, max_size=2
+    ) as pool:
+        async with pool.acquire() as a, pool.acquire() as b:
+            pids = {a.get_server_pid(), b.get_server_pid()}
+            generation = pool._generation
+            with pytest.raises((asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)):
+                await a.execute(f"SELECT pg_terminate_backend({a.get_server_pid()})")
+        for _ in range(100):  # the expiry is scheduled as a task
+            if pool._generation > generation:
+                break
+            await asyncio.sleep(0.05)
+        assert pool._generation > generation
+        async with pool.acquire() as a, pool.acquire() as b:
+            assert {a.get_server_pid(), b.get_server_pid()}.isdisjoint(pids)
+        assert guard.state.last_fault is not None
+        assert guard.state.last_fault.sqlstate == "57P01"
+
+
+@pytest.mark.parametrize("kind", ["blackhole", "freeze"])
+async def test_pool_fails_fast_on_a_dead_link(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, kind: str
+) -> None:
+    guard = outlast.Guard("asyncpg-pool")
+    async with create_pool(
+        pg_proxy.url(pg_database.name, driver=None), guard=guard, min_size=1, max_size=2
+    ) as pool:
+        await pool.fetchval("SELECT 1")
+        with db_outage(kind):
+            start = time.monotonic()
+            with pytest.raises(Exception) as info:  # noqa: PT011 - classified below
+                await pool.fetchval("SELECT 1")
+            elapsed = time.monotonic() - start
+        print(f"asyncpg pool {kind}: failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE, info.value
+        assert elapsed < PRESETS["default"].ping_timeout + SLACK
+        assert not guard.state.up
+        # The next request gets a fresh connection attempt, bounded by the connect timeout.
+        with db_outage(kind):
+            start = time.monotonic()
+            with pytest.raises((OSError, asyncio.TimeoutError)):
+                await pool.fetchval("SELECT 1")
+            assert time.monotonic() - start < PRESETS["default"].connect_timeout + SLACK

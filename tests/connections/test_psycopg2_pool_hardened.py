@@ -1,0 +1,133 @@
+"""outlast.psycopg2.ConnectionPool: no leaked slots, no dead connections, a checkout timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg2
+import psycopg2.pool
+import pytest
+
+import outlast
+from outlast.psycopg2 import ConnectionPool, PoolTimeout, connect
+
+
+def test_connect_applies_the_session_settings(pg_database: Any) -> None:
+    conn = connect(pg_database.dsn(), preset="pgbouncer")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone() == ("30s",)
+    finally:
+        conn.close()
+
+
+def test_a_broken_connection_given_back_frees_its_slot(pg_database: Any) -> None:
+    with ConnectionPool(pg_database.dsn(), max_size=1, timeout=2) as pool:
+        conn = pool.getconn()
+        pid = conn.get_backend_pid()
+        pg_database.psql(f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(psycopg2.OperationalError), conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert conn.closed == 2  # libpq saw the link die
+        pool.putconn(conn)
+        assert pool.size == 0  # discarded, slot free
+        again = pool.getconn()  # psycopg2's own pool would now be exhausted for ever
+        assert again.get_backend_pid() != pid
+        pool.putconn(again)
+
+
+def test_a_connection_that_died_while_idle_is_replaced_on_getconn(pg_database: Any) -> None:
+    guard = outlast.Guard("psycopg2-pool")
+    with ConnectionPool(pg_database.dsn(), guard=guard, max_size=1) as pool:
+        with pool.connection() as conn:
+            pid = conn.get_backend_pid()
+        pg_database.psql(f"SELECT pg_terminate_backend({pid})")
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None and row[0] != pid
+        assert pool.size == 1
+
+
+def test_an_exhausted_pool_waits_then_times_out(pg_database: Any) -> None:
+    with ConnectionPool(pg_database.dsn(), max_size=1, timeout=0.5) as pool:
+        held = pool.getconn()
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            pool.getconn()
+        assert time.monotonic() - start >= 0.45
+        assert issubclass(PoolTimeout, psycopg2.pool.PoolError)
+
+        # A waiter gets the connection as soon as it is given back.
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.getconn(timeout=30)))
+        waiter.start()
+        time.sleep(0.2)
+        pool.putconn(held)
+        waiter.join(timeout=30)
+        assert got == [held]
+        pool.putconn(held)
+
+
+def test_connection_context_rolls_back_and_returns_on_error(pg_database: Any) -> None:
+    with ConnectionPool(pg_database.dsn(), max_size=1) as pool:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (x int)")
+        with pytest.raises(ZeroDivisionError), pool.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO t VALUES (1)")
+            raise ZeroDivisionError
+        assert pool.idle == 1
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM t")
+            assert cur.fetchone() == (0,)
+
+
+def test_a_transaction_left_open_is_rolled_back_on_putconn(pg_database: Any) -> None:
+    with ConnectionPool(pg_database.dsn(), max_size=1) as pool:
+        conn = pool.getconn()
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE leak (x int)")
+        pool.putconn(conn)  # not committed
+        again = pool.getconn()
+        assert again is conn
+        assert again.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        with again.cursor() as cur:
+            cur.execute("SELECT to_regclass('pg_temp.leak')")
+            assert cur.fetchone() == (None,)
+        pool.putconn(again)
+
+
+def test_foreign_connections_and_bad_sizes_are_refused(pg_database: Any) -> None:
+    with pytest.raises(outlast.ConfigurationError):
+        ConnectionPool(pg_database.dsn(), max_size=0)
+    with pytest.raises(outlast.ConfigurationError):
+        ConnectionPool(pg_database.dsn(), min_size=3, max_size=2)
+    with ConnectionPool(pg_database.dsn(), max_size=1) as pool:
+        stranger = psycopg2.connect(pg_database.dsn())
+        try:
+            with pytest.raises(psycopg2.pool.PoolError):
+                pool.putconn(stranger)
+        finally:
+            stranger.close()
+
+
+def test_ping_on_a_frozen_link_is_bounded(pg_proxy: Any, pg_database: Any, db_outage: Any) -> None:
+    guard = outlast.Guard("psycopg2-frozen")
+    with ConnectionPool(pg_proxy.dsn(pg_database.name), guard=guard, max_size=2) as pool:
+        with pool.connection():
+            pass
+        with db_outage("freeze"):
+            start = time.monotonic()
+            with pytest.raises(psycopg2.OperationalError) as info:
+                pool.getconn()
+            elapsed = time.monotonic() - start
+        print(f"psycopg2 pool freeze: failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
+        assert elapsed < pool.hardening.check_budget + 1.5
+        assert pool.size == 0  # the frozen connection was dropped, no slot leaked
+        assert not guard.state.up

@@ -1,0 +1,243 @@
+"""outlast.sqlalchemy against a real server, through the chaos proxy where faults are needed."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conn_kit import Traffic
+
+import outlast
+from outlast._hardening import PRESETS
+from outlast.sqlalchemy import create_async_engine, create_engine, hardening_of, install
+
+SELECT_1 = sa.text("SELECT 1")
+DEFAULT_BUDGET = PRESETS["default"].check_budget  # ping 1.5 s + connect 3 s
+SLACK = 1.5  # a shared 2-core machine
+
+
+def _show(conn: sa.Connection, name: str) -> str:
+    return str(conn.execute(sa.text(f"SHOW {name}")).scalar())
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+@pytest.mark.parametrize("preset", ["default", "pgbouncer"])
+def test_sync_engine_applies_the_session_settings(pg_database: Any, driver: str, preset: str) -> None:
+    engine = create_engine(pg_database.url(driver=driver), preset=preset)
+    try:
+        for _ in range(2):  # a fresh and a pooled (pinged) connection
+            with engine.connect() as conn:
+                assert _show(conn, "statement_timeout") == "30s"
+                assert _show(conn, "idle_in_transaction_session_timeout") == "1min"
+                assert _show(conn, "application_name") == "outlast"
+                conn.rollback()  # the SET survives the pool's rollback-on-return
+        assert hardening_of(engine) == PRESETS[preset]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+@pytest.mark.parametrize("preset", ["default", "pgbouncer"])
+async def test_async_engine_applies_the_session_settings(
+    pg_database: Any, driver: str, preset: str
+) -> None:
+    custom = PRESETS[preset].replace(statement_timeout=7)
+    engine = create_async_engine(pg_database.url(driver=driver), preset=custom)
+    try:
+        for _ in range(2):
+            async with engine.connect() as conn:
+                value = (await conn.execute(sa.text("SHOW statement_timeout"))).scalar()
+                assert value == "7s"
+                await conn.rollback()
+    finally:
+        await engine.dispose()
+
+
+async def test_asyncpg_sockets_get_keepalives_and_user_timeout(pg_database: Any) -> None:
+    engine = create_async_engine(pg_database.url(driver="asyncpg"))
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            sock = raw.driver_connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10_000
+    finally:
+        await engine.dispose()
+
+
+def test_install_hardens_an_existing_engine(pg_database: Any) -> None:
+    engine = sa.create_engine(pg_database.url(driver="psycopg"))
+    guard = outlast.Guard("installed")
+    assert install(engine, guard, preset="pgbouncer") is engine
+    try:
+        with engine.connect() as conn:
+            assert _show(conn, "statement_timeout") == "30s"
+        with pytest.raises(outlast.ConfigurationError, match="already installed"):
+            install(engine, guard)
+    finally:
+        engine.dispose()
+
+
+def test_configuration_errors_never_show_the_password() -> None:
+    with pytest.raises(outlast.ConfigurationError) as info:
+        create_engine("postgresql+psycopg://app:hunter2-secret@db:notaport/app")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(outlast.ConfigurationError, match="PostgreSQL"):
+        create_engine("sqlite://")
+    with pytest.raises(outlast.ConfigurationError, match="unknown preset"):
+        create_engine("postgresql+psycopg://app:hunter2@db/app", preset="nope")
+    with pytest.raises(outlast.ConfigurationError, match="rejects startup options"):
+        create_engine(
+            "postgresql+psycopg://app:hunter2@ep-x-pooler.aws.neon.tech/app",
+            connect_args={"options": "-c statement_timeout=5000"},
+        )
+    with pytest.raises(outlast.ConfigurationError, match="rejects startup parameters"):
+        create_async_engine(
+            "postgresql+asyncpg://app:hunter2@db/app",
+            preset="pgbouncer",
+            connect_args={"server_settings": {"statement_timeout": "5000"}},
+        )
+    with pytest.raises(outlast.ConfigurationError, match="create_async_engine"):
+        create_engine("postgresql+asyncpg://app@db/app")
+
+
+def test_user_startup_options_win_over_the_preset(pg_database: Any) -> None:
+    engine = create_engine(
+        pg_database.url(driver="psycopg"),
+        connect_args={"options": "-c statement_timeout=4000"},
+    )
+    try:
+        with engine.connect() as conn:
+            assert _show(conn, "statement_timeout") == "4s"
+            assert _show(conn, "idle_in_transaction_session_timeout") == "1min"
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------- chaos proxy
+
+
+@pytest.mark.parametrize("kind", ["blackhole", "freeze"])
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_sync_engine_fails_fast_on_a_dead_link(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, driver: str, kind: str
+) -> None:
+    guard = outlast.Guard("sa-sync")
+    engine = create_engine(pg_proxy.url(pg_database.name, driver=driver), guard=guard)
+    try:
+        with engine.connect() as conn:  # a pooled connection that will go stale
+            conn.execute(SELECT_1)
+        with db_outage(kind):
+            start = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError) as info, engine.connect() as conn:
+                conn.execute(SELECT_1)
+            elapsed = time.monotonic() - start
+        print(f"sqlalchemy+{driver} {kind}: failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
+        assert elapsed < DEFAULT_BUDGET + SLACK
+        assert not guard.state.up
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["blackhole", "freeze"])
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_async_engine_fails_fast_on_a_dead_link(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, driver: str, kind: str
+) -> None:
+    guard = outlast.Guard("sa-async")
+    engine = create_async_engine(pg_proxy.url(pg_database.name, driver=driver), guard=guard)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(SELECT_1)
+        with db_outage(kind):
+            start = time.monotonic()
+            with pytest.raises(Exception) as info:  # noqa: PT011 - classified below
+                async with engine.connect() as conn:
+                    await conn.execute(SELECT_1)
+            elapsed = time.monotonic() - start
+        print(f"sqlalchemy+{driver} (async) {kind}: failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE, info.value
+        assert elapsed < DEFAULT_BUDGET + SLACK
+        assert not guard.state.up
+    finally:
+        await engine.dispose()
+
+
+def test_a_statement_in_flight_on_a_frozen_link_hits_the_client_deadline(
+    pg_proxy: Any, pg_database: Any, db_outage: Any
+) -> None:
+    preset = PRESETS["default"].replace(statement_timeout=1.0, deadline_grace=1.0)
+    engine = create_engine(pg_proxy.url(pg_database.name), preset=preset)
+    try:
+        with engine.connect() as conn:
+            conn.execute(SELECT_1)  # checked out and pinged before the freeze
+            with db_outage("freeze"):
+                start = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError) as info:
+                    conn.execute(SELECT_1)
+                elapsed = time.monotonic() - start
+            assert conn.invalidated
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.reason == "connection_lost"
+        assert 1.5 < elapsed < 2.0 + SLACK + 1.0
+        with engine.connect() as conn:  # the pool recovered by itself
+            assert conn.execute(SELECT_1).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------- restart
+
+
+def _restart_under_traffic(pg_control: Any, engine: sa.Engine) -> tuple[Traffic, float]:
+    def request() -> None:
+        with engine.connect() as conn:
+            conn.execute(SELECT_1)
+
+    traffic = Traffic(request, threads=3).start()
+    try:
+        deadline = time.monotonic() + 30
+        while traffic.successes_after(0) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pg_control.restart()
+        up_at = time.monotonic()
+        deadline = up_at + 30
+        while traffic.successes_after(up_at) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        traffic.stop()
+    return traffic, up_at
+
+
+@pytest.mark.destructive
+def test_no_request_meets_a_stale_connection_after_a_restart(
+    pg_control: Any, pg_database: Any
+) -> None:
+    guard = outlast.Guard("restart")
+    hardened = create_engine(pg_database.url(), guard=guard, pool_size=5)
+    try:
+        traffic, up_at = _restart_under_traffic(pg_control, hardened)
+    finally:
+        hardened.dispose()
+    assert traffic.successes_after(up_at) >= 30
+    assert traffic.stale_failures() == []
+
+
+@pytest.mark.destructive
+def test_a_plain_engine_meets_stale_connections_after_a_restart(
+    pg_control: Any, pg_database: Any
+) -> None:
+    plain = sa.create_engine(pg_database.url(), pool_size=5)
+    try:
+        traffic, up_at = _restart_under_traffic(pg_control, plain)
+    finally:
+        plain.dispose()
+    assert traffic.successes_after(up_at) >= 30
+    assert len(traffic.stale_failures()) >= 1

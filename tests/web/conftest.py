@@ -1,0 +1,133 @@
+"""Real example services on loopback, in subprocesses, behind the chaos proxy."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from outlast.testing._postgres import free_port
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+START_TIMEOUT = 60.0
+BUDGET = 5.0
+_dbs = itertools.count(1)
+
+
+def server_command(framework: str, port: int) -> list[str]:
+    py = sys.executable
+    if framework == "fastapi":
+        return [
+            py, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(EXAMPLES),
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+    target = {"flask": "flask_app:app", "django": "django_app.wsgi:application"}[framework]
+    return [
+        py, "-m", "gunicorn", "-k", "gthread", "--threads", "16", "-w", "1",
+        "-b", f"127.0.0.1:{port}", "--chdir", str(EXAMPLES), "--timeout", "120",
+        "--graceful-timeout", "2", "--log-level", "warning", target,
+    ]  # fmt: skip
+
+
+@dataclass
+class Service:
+    """One example service running in a subprocess."""
+
+    framework: str
+    enabled: bool
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0)
+
+    def get(self, path: str) -> tuple[httpx.Response, float]:
+        start = time.monotonic()
+        response = self.client.get(path)
+        return response, time.monotonic() - start
+
+    def post_lead(self, lead_id: str) -> tuple[httpx.Response, float]:
+        start = time.monotonic()
+        response = self.client.post("/api/leads", json={"id": lead_id, "name": f"lead {lead_id}"})
+        return response, time.monotonic() - start
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+
+
+def start_service(framework: str, database_url: str, *, enabled: bool, tmp: Path) -> Service:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        OUTLAST_ENABLED="1" if enabled else "0",
+        OUTLAST_BUDGET=str(BUDGET),
+        PYTHONPATH=str(EXAMPLES) + os.pathsep + env.get("PYTHONPATH", ""),
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = tmp / f"{framework}-{'on' if enabled else 'off'}-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            server_command(framework, port),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(EXAMPLES),
+        )
+    service = Service(framework, enabled, port, proc, log_path)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{framework} exited at start-up:\n{service.log()}")
+        try:
+            if service.client.get("/api/ping", timeout=2.0).status_code == 200:
+                return service
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            service.stop()
+            raise RuntimeError(f"{framework} did not start in {START_TIMEOUT}s:\n{service.log()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def web_database(pg_server):  # type: ignore[no-untyped-def]
+    """One database for the web tests (the leads table is created by the apps)."""
+    name = f"web_{os.getpid()}_{next(_dbs)}"
+    pg_server.create_database(name, template="outlast_template")
+    yield name
+
+
+@pytest.fixture
+def service_factory(pg_proxy, web_database, tmp_path) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    started: list[Service] = []
+
+    def start(framework: str, *, enabled: bool = True) -> Service:
+        url = pg_proxy.url(web_database, driver="psycopg")
+        service = start_service(framework, url, enabled=enabled, tmp=tmp_path)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

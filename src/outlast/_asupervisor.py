@@ -70,8 +70,15 @@ class AsyncTaskContext(TaskContext):
         """Sleep up to `seconds`; return False at once when the supervisor is stopping.
 
         ``while await ctx.sleep(5.0): await poll()`` runs until the supervisor stops.
+        Time spent here never counts as a stall, and waking up is a heartbeat.
         """
-        return not await _stopped_within(self.stop_event, seconds)
+        record = self._record
+        record.idle = True  # sleeping here on purpose is not a stall
+        try:
+            return not await _stopped_within(self.stop_event, seconds)
+        finally:
+            record.idle = False
+            record.beat()
 
 
 class AsyncSupervisor(SupervisorBase):

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._asupervisor import AsyncSupervisor, AsyncTaskContext, _stopped_within
 from ._backoff import Backoff
+from ._classify import classify
 from ._clock import waits_disabled
 from ._errors import ConfigurationError, DatabaseUnavailable
 from ._fault import Fault, FaultKind
@@ -48,12 +49,6 @@ R = TypeVar("R")
 _OUTAGE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY, FaultKind.COMMIT_UNKNOWN})
 #: Backoff of a loop without a Guard (the Guard's default policy).
 _DEFAULT_BACKOFF = Backoff()
-
-
-def _classify(exc: BaseException) -> Fault | None:
-    from ._classify import classify
-
-    return classify(exc)
 
 
 def _s(value: float) -> str:
@@ -123,7 +118,7 @@ class _Ticker:
             fault = loop.guard.record_failure(exc, op=loop.name)
             outage = fault is not None and loop.guard.breaker.counts(fault)
         else:
-            fault = _classify(exc)
+            fault = classify(exc)
             outage = fault is not None and fault.kind in _OUTAGE_KINDS
         if outage:
             return self._outage(exc, fault, retry_after=0.0)
@@ -187,7 +182,7 @@ class _LoopBase:
         backoff: Backoff | None,
         heartbeat: float | datetime.timedelta | None,
     ) -> None:
-        self.every = seconds(every, "every")
+        self.every = seconds(every, "every", allow_zero=False)
         self.guard = guard
         self.name: str = name or getattr(fn, "__name__", None) or type(fn).__name__
         if backoff is not None and not isinstance(backoff, Backoff):
@@ -228,8 +223,15 @@ class Loop(_LoopBase, Generic[R]):
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
         """Tick in the calling thread until `stop_event` is set (forever if None)."""
         stop = threading.Event() if stop_event is None else stop_event
+        self._run(stop.is_set, stop.wait)
+
+    def _supervised(self, ctx: ThreadTaskContext) -> None:
+        # ctx.sleep(): waiting for the next tick is never reported as a stall.
+        self._run(lambda: ctx.stopping, lambda delay: not ctx.sleep(delay))
+
+    def _run(self, stopping: Callable[[], bool], wait: Callable[[float], bool]) -> None:
         ticker = _Ticker(self)
-        while not stop.is_set():
+        while not stopping():
             delay = ticker.begin()
             if delay is None:
                 try:
@@ -239,11 +241,8 @@ class Loop(_LoopBase, Generic[R]):
                 else:
                     delay = ticker.succeeded()
             beat()
-            if stop.wait(delay):
+            if wait(delay):
                 return
-
-    def _supervised(self, ctx: ThreadTaskContext) -> None:
-        self.run_forever(ctx.stop_event)
 
     def start(self, supervisor: Supervisor, **options: Any) -> None:
         """Run the loop in a thread of `supervisor` (``restart="always"``).
@@ -278,8 +277,19 @@ class AsyncLoop(_LoopBase, Generic[R]):
     async def run_forever(self, stop_event: asyncio.Event | None = None) -> None:
         """Tick in the current task until `stop_event` is set (forever if None)."""
         stop = asyncio.Event() if stop_event is None else stop_event
+        await self._run(stop.is_set, lambda delay: _stopped_within(stop, delay))
+
+    async def _supervised(self, ctx: AsyncTaskContext) -> None:
+        async def wait(delay: float) -> bool:
+            return not await ctx.sleep(delay)
+
+        await self._run(lambda: ctx.stopping, wait)
+
+    async def _run(
+        self, stopping: Callable[[], bool], wait: Callable[[float], Awaitable[bool]]
+    ) -> None:
         ticker = _Ticker(self)
-        while not stop.is_set():
+        while not stopping():
             delay = ticker.begin()
             if delay is None:
                 try:
@@ -289,11 +299,8 @@ class AsyncLoop(_LoopBase, Generic[R]):
                 else:
                     delay = ticker.succeeded()
             beat()
-            if await _stopped_within(stop, delay):
+            if await wait(delay):
                 return
-
-    async def _supervised(self, ctx: AsyncTaskContext) -> None:
-        await self.run_forever(ctx.stop_event)
 
     def start(self, supervisor: AsyncSupervisor, **options: Any) -> None:
         """Run the loop as a task of `supervisor` (``restart="always"``)."""
@@ -355,9 +362,10 @@ def loop(
     ``retry_after`` while it is open), so it notices a recovery within one
     backoff step, then goes back to its period. `guard` receives every
     success and failure (``record_success`` / ``record_failure``);
+    `heartbeat` (for ``start()``) marks the loop stalled when one tick runs
+    longer than that (waiting between ticks never counts);
     `name` (default: the function's name) is the ``op=`` of log lines and the
-    supervised task's name; `heartbeat` marks the loop stalled when one tick
-    takes longer than that.
+    supervised task's name.
 
     Inside the function use the driver directly, not ``guard.call()``: the
     loop is the retry, and logs one ``[DB_DOWN]`` / ``[DB_RECOVERED]`` pair
@@ -371,7 +379,7 @@ def loop(
         "heartbeat": heartbeat,
     }
     # Validate at decoration time, even before a function is given.
-    seconds(every, "every")
+    seconds(every, "every", allow_zero=False)
     if fn is None:
         return _LoopDecorator(options)
     return _LoopDecorator(options)(fn)

@@ -153,6 +153,7 @@ class Record:
     __slots__ = (
         "backoff",
         "heartbeat",
+        "idle",
         "kind",
         "last_beat",
         "last_beat_wall",
@@ -196,6 +197,7 @@ class Record:
         self.last_beat_wall = time.time()
         self.started_at: float | None = None
         self.stall_logged = False
+        self.idle = False  # inside ctx.sleep(): waiting on purpose is not a stall
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -203,6 +205,7 @@ class Record:
 
     def begin_run(self) -> None:
         self.state = "running"
+        self.idle = False
         self.started_at = time.time()
         self.stall_logged = False
         self.beat()
@@ -213,7 +216,7 @@ class Record:
 
     def silent_for(self, now: float) -> float | None:
         """Seconds past the heartbeat limit, or None when not stalled."""
-        if self.heartbeat is None or self.state != "running":
+        if self.heartbeat is None or self.state != "running" or self.idle:
             return None
         silent = now - self.last_beat
         return silent if silent > self.heartbeat else None

@@ -57,9 +57,16 @@ class ThreadTaskContext(TaskContext):
     def sleep(self, seconds: float) -> bool:
         """Sleep up to `seconds`; return False at once when the supervisor is stopping.
 
-        ``while ctx.sleep(5.0): poll()`` runs until the supervisor stops.
+        ``while ctx.sleep(5.0): poll()`` runs until the supervisor stops. Time
+        spent here never counts as a stall, and waking up is a heartbeat.
         """
-        return not self.stop_event.wait(max(0.0, seconds))
+        record = self._record
+        record.idle = True  # sleeping here on purpose is not a stall
+        try:
+            return not self.stop_event.wait(max(0.0, seconds))
+        finally:
+            record.idle = False
+            record.beat()
 
 
 class Supervisor(SupervisorBase):
@@ -103,7 +110,6 @@ class Supervisor(SupervisorBase):
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._watchdog: threading.Thread | None = None
-        self._closed = False
         _stop_at_exit(self)
 
     def start(
@@ -237,7 +243,6 @@ class Supervisor(SupervisorBase):
             for name, thread in threads:
                 if not thread.is_alive():
                     self._threads.pop(name, None)
-        self._closed = True
         return stuck
 
     def __enter__(self) -> Supervisor:

@@ -174,7 +174,7 @@ def test_calling_the_loop_runs_one_plain_tick() -> None:
 def test_a_supervised_loop_stops_with_its_supervisor(caplog: pytest.LogCaptureFixture) -> None:
     ticks = threading.Semaphore(0)
 
-    @outlast.loop(every=0.01, heartbeat=5)
+    @outlast.loop(every=0.3, heartbeat=0.1)  # waiting between ticks is not a stall
     def heartbeat_loop() -> None:
         ticks.release()
 
@@ -182,8 +182,9 @@ def test_a_supervised_loop_stops_with_its_supervisor(caplog: pytest.LogCaptureFi
     heartbeat_loop.start(sup)
     for _ in range(3):
         assert ticks.acquire(timeout=WAIT)
-    assert sup.status()["heartbeat_loop"].state == "running"
-    assert sup.status()["heartbeat_loop"].heartbeat == 5
+        assert sup.status()["heartbeat_loop"].state == "running"
+    assert sup.status()["heartbeat_loop"].heartbeat == 0.1
+    assert not _tagged(caplog, "[TASK_STALLED]")
     assert sup.stop(timeout=WAIT) == []
     assert sup.status()["heartbeat_loop"].state == "stopped"
 

@@ -100,7 +100,7 @@ async def test_a_hanging_task_is_stalled(caplog: pytest.LogCaptureFixture) -> No
             ctx.beat()
 
     async with AsyncSupervisor(backoff=0) as sup:
-        sup.start("hangs", hangs, heartbeat=0.2)
+        sup.start("hangs", hangs, heartbeat=0.5)
         assert await _until(lambda: sup.status()["hangs"].state == "stalled")
         assert sup.health()["status"] == "warn"
         assert await _until(lambda: len(_tagged(caplog, "[TASK_STALLED]")) == 1)

@@ -140,7 +140,7 @@ def test_a_task_that_hangs_is_reported_stalled_once(
         while ctx.sleep(0.02):
             ctx.beat()
 
-    sup.start("hangs", hangs, heartbeat=0.2)
+    sup.start("hangs", hangs, heartbeat=0.5)
     assert _until(lambda: sup.status()["hangs"].state == "stalled")
     assert sup.health()["status"] == "warn"
     assert _until(lambda: len(_tagged(caplog, "[TASK_STALLED]")) == 1)
@@ -165,6 +165,22 @@ def test_a_task_that_beats_is_not_stalled(sup: Supervisor) -> None:
     status = sup.status()["busy"]
     assert status.state == "running"
     assert status.last_heartbeat is not None and status.last_heartbeat <= time.time()
+
+
+def test_sleeping_through_ctx_sleep_is_not_a_stall(sup: Supervisor) -> None:
+    woke = threading.Event()
+
+    def patient(ctx: ThreadTaskContext) -> None:
+        ctx.sleep(0.6)  # three times the heartbeat limit, on purpose
+        woke.set()
+        ctx.stop_event.wait(WAIT)
+
+    sup.start("patient", patient, heartbeat=0.2, restart="never")
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        assert sup.status()["patient"].state == "running"
+        time.sleep(0.02)
+    assert woke.wait(WAIT)
 
 
 def test_restart_policies_and_final_states(sup: Supervisor) -> None:
@@ -235,7 +251,7 @@ def test_a_thousand_restarts_leave_no_thread_behind() -> None:
     finally:
         logging.getLogger("outlast").disabled = False
     assert peak <= len(before) + 1
-    assert {t.ident for t in threading.enumerate()} == before
+    assert {t.ident for t in threading.enumerate()} <= before
 
 
 def test_fifty_tasks_stop_within_the_timeout() -> None:
@@ -255,7 +271,7 @@ def test_fifty_tasks_stop_within_the_timeout() -> None:
     started = time.monotonic()
     assert sup.stop() == []
     assert time.monotonic() - started < 10
-    assert threading.active_count() == before
+    assert threading.active_count() <= before
     assert {s.state for s in sup.status().values()} == {"stopped"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -41,7 +42,10 @@ DATABASES = {
         "PASSWORD": unquote(_url.password or ""),
         "HOST": _url.hostname or "127.0.0.1",
         "PORT": str(_url.port or 5432),
-        "CONN_MAX_AGE": 0,
+        # Persistent connections (the usual production setting). Django's
+        # CONN_HEALTH_CHECKS stays off (its default): a health check on a dead
+        # link plus a reconnect would cost more than one attempt.
+        "CONN_MAX_AGE": int(os.environ.get("DJANGO_CONN_MAX_AGE", "60")),
         "OPTIONS": _options,
     }
 }

@@ -41,25 +41,28 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from ._web import (
-    DEFAULT_BUDGET,
-    DEFAULT_HEALTH_TIMEOUT,
+from ._health import (
     HEALTH_CONTENT_TYPE,
-    PROBLEM_CONTENT_TYPE,
-    DbRoutes,
-    Mapped,
-    RequestBudget,
-    RequestBudgetExceeded,
     SyncProbe,
-    WebConfig,
-    budget_remaining,
-    call_within_budget,
-    db_route,
     engine_ping,
     health_db,
     health_live,
     health_paths,
     health_ready,
+)
+from ._web import (
+    DEFAULT_BUDGET,
+    DEFAULT_HEALTH_TIMEOUT,
+    NO_ROUTE,
+    PROBLEM_CONTENT_TYPE,
+    DbRoutes,
+    Mapped,
+    RequestBudget,
+    RequestBudgetExceeded,
+    WebConfig,
+    budget_remaining,
+    call_within_budget,
+    db_route,
     log_fault,
     map_exception,
     no_db,
@@ -236,9 +239,9 @@ class Outlast:
 def app_view(endpoint: str | None) -> Any:
     from flask import current_app
 
-    if endpoint is None:
-        return None
-    return current_app.view_functions.get(endpoint)
+    if endpoint is None or endpoint == "static" or endpoint.endswith(".static"):
+        return NO_ROUTE  # a 404 or a static file: never a database route
+    return current_app.view_functions.get(endpoint, NO_ROUTE)
 
 
 def _route() -> str:

@@ -49,28 +49,31 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
-from ._web import (
-    DEFAULT_BUDGET,
-    DEFAULT_HEALTH_TIMEOUT,
+from ._health import (
     HEALTH_CONTENT_TYPE,
-    PROBLEM_CONTENT_TYPE,
-    DbRoutes,
-    Mapped,
-    RequestBudget,
-    RequestBudgetExceeded,
     SyncProbe,
-    WebConfig,
-    acall_within_budget,
     async_engine_ping,
-    budget_remaining,
-    call_within_budget,
-    db_route,
     engine_ping,
     health_db,
     health_db_async,
     health_live,
     health_paths,
     health_ready,
+)
+from ._web import (
+    DEFAULT_BUDGET,
+    DEFAULT_HEALTH_TIMEOUT,
+    NO_ROUTE,
+    PROBLEM_CONTENT_TYPE,
+    DbRoutes,
+    Mapped,
+    RequestBudget,
+    RequestBudgetExceeded,
+    WebConfig,
+    acall_within_budget,
+    budget_remaining,
+    call_within_budget,
+    db_route,
     log_fault,
     map_exception,
     no_db,
@@ -366,7 +369,7 @@ def _endpoint(routes: Sequence[Any], scope: Scope) -> Any:
             continue
         if match == Match.FULL:
             return getattr(route, "endpoint", None)
-    return None
+    return NO_ROUTE
 
 
 def _route(scope: Scope) -> str:

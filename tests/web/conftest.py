@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from outlast.testing._postgres import free_port
+from outlast.testing.plugin import TEMPLATE
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 START_TIMEOUT = 60.0
@@ -110,11 +112,40 @@ def start_service(framework: str, database_url: str, *, enabled: bool, tmp: Path
         time.sleep(0.1)
 
 
+def begin_outage(kind: str, proxy: Any, pg: Any) -> None:
+    if kind in ("down", "blackhole"):
+        proxy.add_fault(kind)
+    elif kind == "neon_endpoint_disabled":
+        # Neon suspends the compute: sessions end, new logins get XX000.
+        proxy.add_fault("reject_login", preset="neon_endpoint_disabled")
+        proxy.close_connections()
+    elif kind == "terminate":
+        # An administrator shutdown: live sessions get 57P01, new logins too.
+        proxy.add_fault(
+            "reject_login",
+            severity="FATAL",
+            sqlstate="57P01",
+            message="terminating connection due to administrator command",
+        )
+        proxy.add_fault("terminate")
+    elif kind == "restart":
+        pg.stop()
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+def end_outage(kind: str, proxy: Any, pg: Any) -> None:
+    if kind == "restart":
+        pg.start()
+    else:
+        proxy.clear()
+
+
 @pytest.fixture(scope="session")
 def web_database(pg_server):  # type: ignore[no-untyped-def]
     """One database for the web tests (the leads table is created by the apps)."""
     name = f"web_{os.getpid()}_{next(_dbs)}"
-    pg_server.create_database(name, template="outlast_template")
+    pg_server.create_database(name, template=TEMPLATE)
     yield name
 
 

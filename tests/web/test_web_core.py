@@ -10,7 +10,7 @@ import time
 import pytest
 
 import outlast
-from outlast import _web
+from outlast import _health, _web
 from outlast._fault import Fault, FaultKind
 
 
@@ -198,20 +198,20 @@ def test_routes_all_but_exempt_health_and_no_db() -> None:
 
 
 def test_liveness_never_fails() -> None:
-    status, doc = _web.health_live()
+    status, doc = _health.health_live()
     assert status == 200 and doc["status"] == "pass"
 
 
 def test_readiness_warns_during_an_outage_and_fails_only_when_asked() -> None:
     guard = outlast.Guard("ready-unit", listeners=())
-    status, doc = _web.health_ready(guard)
+    status, doc = _health.health_ready(guard)
     assert status == 200 and doc["status"] == "pass"
     guard.record_failure(_ConnRefused())
     assert guard.state.down
-    status, doc = _web.health_ready(guard)
+    status, doc = _health.health_ready(guard)
     assert status == 200 and doc["status"] == "warn"
     assert doc["checks"]["postgres:connection"][0]["status"] == "warn"
-    status, doc = _web.health_ready(guard, fail_on_db=True)
+    status, doc = _health.health_ready(guard, fail_on_db=True)
     assert status == 503 and doc["status"] == "fail"
 
 
@@ -220,15 +220,15 @@ def test_readiness_includes_the_supervisor() -> None:
         def health(self) -> dict[str, object]:
             return {"status": "fail", "tasks": {"mailer": {"state": "failed"}}}
 
-    status, doc = _web.health_ready(None, supervisor=Sup())
+    status, doc = _health.health_ready(None, supervisor=Sup())
     assert status == 503
     assert doc["checks"]["supervisor:tasks"][0]["componentId"] == "mailer"
 
 
 def test_health_db_reports_latency_and_outages_without_a_dsn() -> None:
     guard = outlast.Guard("db-unit", listeners=())
-    probe = _web.SyncProbe(guard, lambda: None, timeout=2.0)
-    status, doc, retry_after = _web.health_db(guard, probe)
+    probe = _health.SyncProbe(guard, lambda: None, timeout=2.0)
+    status, doc, retry_after = _health.health_db(guard, probe)
     assert status == 200 and retry_after is None
     check = doc["checks"]["postgres:responseTime"][0]
     assert check["observedUnit"] == "ms" and check["outages"] == 0
@@ -236,8 +236,8 @@ def test_health_db_reports_latency_and_outages_without_a_dsn() -> None:
     def refused() -> None:
         raise _ConnRefused()
 
-    probe = _web.SyncProbe(guard, refused, timeout=2.0)
-    status, doc, retry_after = _web.health_db(guard, probe)
+    probe = _health.SyncProbe(guard, refused, timeout=2.0)
+    status, doc, retry_after = _health.health_db(guard, probe)
     assert status == 503 and retry_after is not None and int(retry_after) >= 1
     check = doc["checks"]["postgres:responseTime"][0]
     assert check["status"] == "fail" and check["outages"] == 1 and check["down_since"]
@@ -249,7 +249,7 @@ def test_a_stuck_probe_answers_503_within_its_timeout() -> None:
 
     release = threading.Event()
     guard = outlast.Guard("stuck-unit", listeners=())
-    probe = _web.SyncProbe(guard, lambda: release.wait(30), timeout=0.2)
+    probe = _health.SyncProbe(guard, lambda: release.wait(30), timeout=0.2)
     try:
         start = time.monotonic()
         status, _doc, _ra = probe.run()
@@ -274,3 +274,29 @@ class _ConnRefused(Exception):
 
 _ConnRefused.__name__ = "OperationalError"
 _ConnRefused.__qualname__ = "OperationalError"
+
+
+def test_unmatched_requests_are_never_database_routes() -> None:
+    config = _web.WebConfig()
+    assert not config.is_db_route("/nope", _web.NO_ROUTE)
+    assert config.is_db_route("/mounted/app", None)
+
+
+def test_readiness_shows_a_real_supervisors_tasks() -> None:
+    from outlast.supervise import Supervisor
+
+    sup = Supervisor()
+
+    def idle(ctx):  # type: ignore[no-untyped-def]
+        while ctx.sleep(0.05):
+            ctx.beat()
+
+    sup.start("idle", idle, restart="always")
+    try:
+        status, doc = _health.health_ready(outlast.Guard("sup-unit", listeners=()), supervisor=sup)
+    finally:
+        sup.stop(timeout=10)
+    assert status == 200
+    tasks = doc["checks"]["supervisor:tasks"]
+    assert [t["componentId"] for t in tasks] == ["idle"]
+    assert tasks[0]["status"] == "pass"

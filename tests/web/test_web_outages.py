@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BUDGET, Service
+from conftest import BUDGET, Service, begin_outage, end_outage
 
 PROBLEM = {
     "type": "about:blank",
@@ -25,35 +25,6 @@ PROBLEM = {
 }
 SLACK = 1.0  # HTTP and scheduling overhead on a busy 2-core machine
 RECOVERY_BOUND = 3.0
-
-
-def _begin(kind: str, proxy: Any, pg: Any) -> None:
-    if kind in ("down", "blackhole"):
-        proxy.add_fault(kind)
-    elif kind == "neon_endpoint_disabled":
-        # Neon suspends the compute: sessions end, new logins get XX000.
-        proxy.add_fault("reject_login", preset="neon_endpoint_disabled")
-        proxy.close_connections()
-    elif kind == "terminate":
-        # An administrator shutdown: live sessions get 57P01, new logins too.
-        proxy.add_fault(
-            "reject_login",
-            severity="FATAL",
-            sqlstate="57P01",
-            message="terminating connection due to administrator command",
-        )
-        proxy.add_fault("terminate")
-    elif kind == "restart":
-        pg.stop()
-    else:  # pragma: no cover
-        raise AssertionError(kind)
-
-
-def _end(kind: str, proxy: Any, pg: Any) -> None:
-    if kind == "restart":
-        pg.start()
-    else:
-        proxy.clear()
 
 
 SLOW = [pytest.mark.slow]
@@ -106,7 +77,7 @@ def test_web_service_rides_out_outage(
     assert svc.get("/api/leads")[0].status_code == 200
 
     timings: list[tuple[str, int, float]] = []
-    _begin(scenario, pg_proxy, pg)
+    begin_outage(scenario, pg_proxy, pg)
     try:
         for _ in range(6):
             response, took = svc.get("/api/leads")
@@ -130,7 +101,7 @@ def test_web_service_rides_out_outage(
         assert check["down_since"] and check["outages"] >= 1
         assert "postgresql://" not in response.text and "password" not in response.text
     finally:
-        _end(scenario, pg_proxy, pg)
+        end_outage(scenario, pg_proxy, pg)
     print(f"\n{framework}/{scenario}: " + ", ".join(f"{p}={s} {t:.3f}s" for p, s, t in timings))
     assert all(s != 500 for _p, s, _t in timings)
     assert max(t for _p, _s, t in timings) <= BUDGET + SLACK

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from outlast._errors import ConfigurationError, DatabaseUnavailable
+from outlast._hardening import connection_fileno, socket_deadline
+from outlast._health import (
+    SyncProbe,
+)
 from outlast._web import (
     DEFAULT_BUDGET,
     DEFAULT_HEALTH_TIMEOUT,
     PROBLEM_CONTENT_TYPE,
     Mapped,
     RequestBudget,
-    SyncProbe,
+    RequestBudgetExceeded,
     WebConfig,
+    budget_remaining,
     call_within_budget,
     log_fault,
     map_exception,
@@ -99,6 +106,8 @@ class Runtime:
         )
 
 
+#: Seconds kept back so the 503 goes out before the budget ends.
+_MARGIN = 0.2
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 
@@ -116,6 +125,47 @@ def _reset_runtime(**_: Any) -> None:
     global _runtime
     with _lock:
         _runtime = None
+
+
+def _arm_open_connections(seconds: float) -> list[int]:
+    """Bound the persistent connections this thread already holds by the budget.
+
+    Covers what Django runs outside ``execute_wrapper`` (the health check of
+    ``CONN_HEALTH_CHECKS``, ``SET`` statements on reuse).
+    """
+    tokens = []
+    for conn in connections.all(initialized_only=True):
+        raw = getattr(conn, "connection", None)
+        fileno = connection_fileno(raw) if raw is not None else None
+        if fileno is not None:
+            tokens.append(socket_deadline.arm(fileno, max(seconds - _MARGIN, 0.05)))
+    return tokens
+
+
+def _within_budget(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    """Bound each query of a database view by the rest of the request budget.
+
+    The server's ``statement_timeout`` cannot help when the link itself is dead
+    (a frozen proxy or NAT that still acknowledges packets): a socket deadline
+    shuts the connection's socket down when the budget runs out, so the query
+    fails with "connection lost" (a 503) instead of hanging the worker.
+    """
+    remaining = budget_remaining()
+    if remaining is None:
+        return execute(sql, params, many, context)
+    if remaining <= _MARGIN:
+        raise RequestBudgetExceeded("request budget exhausted before a query")
+    wrapper = context.get("connection")
+    fileno = connection_fileno(getattr(wrapper, "connection", None))
+    if fileno is None:
+        return execute(sql, params, many, context)
+    token = socket_deadline.arm(fileno, remaining - _MARGIN)
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        socket_deadline.disarm(token)
 
 
 def _route(request: HttpRequest) -> str:
@@ -143,11 +193,16 @@ class OutlastMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         try:
-            response = self.get_response(request)
+            with contextlib.ExitStack() as stack:
+                for alias in connections:
+                    stack.enter_context(connections[alias].execute_wrapper(_within_budget))
+                response = self.get_response(request)
         finally:
             token = getattr(request, "_outlast_budget", None)
             if token is not None:
                 RequestBudget.finish(token)
+            for armed in getattr(request, "_outlast_deadlines", ()):
+                socket_deadline.disarm(armed)
         if getattr(request, "_outlast_clean", False) and response.status_code < 500:
             record_success(self.rt.guard, _route(request))
         return response
@@ -163,6 +218,7 @@ class OutlastMiddleware:
         if not rt.config.is_db_route(request.path_info, view_func):
             return None
         request._outlast_budget = rt.budget.start()
+        request._outlast_deadlines = _arm_open_connections(rt.config.budget)
         try:
             rt.guard.check()
         except DatabaseUnavailable as exc:

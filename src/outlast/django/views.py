@@ -7,10 +7,11 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from outlast._web import HEALTH_CONTENT_TYPE, no_db
-from outlast._web import health_db as _health_db
-from outlast._web import health_live as _health_live
-from outlast._web import health_ready as _health_ready
+from outlast._health import HEALTH_CONTENT_TYPE
+from outlast._health import health_db as _health_db
+from outlast._health import health_live as _health_live
+from outlast._health import health_ready as _health_ready
+from outlast._web import no_db
 
 from ._middleware import runtime
 

@@ -1,0 +1,204 @@
+"""The integrations in-process (framework test clients) against the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+import outlast
+
+SECRET = "hunter2-param"
+
+
+def _assert_generic_500(body: str) -> None:
+    for leak in ("no_such_table", SECRET, "SELECT", "127.0.0.1", "Traceback"):
+        assert leak not in body
+
+
+def _fast_guard(name: str) -> outlast.Guard:
+    return outlast.Guard(
+        name,
+        retry=outlast.Retry(attempts=1),
+        breaker=outlast.Breaker(failure_threshold=2, open_for=30.0, max_open_for=30.0),
+    )
+
+
+# --------------------------------------------------------------------------- Flask
+
+
+@pytest.fixture
+def flask_app(pg_proxy: Any, pg_database: Any) -> Any:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from outlast.flask import Outlast, no_db
+
+    app = Flask("inproc")
+    url = pg_proxy.url(pg_database.name)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"connect_timeout": 2}}
+    db = SQLAlchemy(app)
+    guard = _fast_guard("flask-inproc")
+    ext = Outlast(app, guard=guard, budget=5.0)
+    rollbacks: list[int] = []
+    with app.app_context():
+        event.listen(db.engine, "rollback", lambda conn: rollbacks.append(1))
+
+    @app.get("/leads")
+    def leads() -> Any:
+        return {"n": db.session.execute(text("SELECT 1")).scalar()}
+
+    @app.get("/bad")
+    def bad() -> Any:
+        db.session.execute(text("SELECT * FROM no_such_table WHERE x = :p"), {"p": SECRET})
+        return {}
+
+    @app.get("/ping")
+    @no_db
+    def ping() -> Any:
+        return {"ok": True}
+
+    app.config["TESTING"] = False
+    app.extensions["test_rollbacks"] = rollbacks
+    app.extensions["test_guard"] = guard
+    assert ext.guard is guard
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_flask_permanent_fault_is_a_generic_500_logged_once(
+    flask_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = flask_app.test_client()
+    with caplog.at_level(logging.INFO, logger="outlast"):
+        response = client.get("/bad")
+    assert response.status_code == 500
+    assert response.content_type == "application/problem+json"
+    _assert_generic_500(response.get_data(as_text=True))
+    lines = [r.getMessage() for r in caplog.records if "[DB_ERROR]" in r.getMessage()]
+    assert len(lines) == 1 and "route=GET /bad" in lines[0] and SECRET not in lines[0]
+    assert flask_app.extensions["test_guard"].state.up  # a bug is not an outage
+
+
+def test_flask_sqlalchemy_session_is_rolled_back_and_breaker_fails_fast(
+    flask_app: Any, pg_proxy: Any
+) -> None:
+    client = flask_app.test_client()
+    assert client.get("/leads").status_code == 200
+    rollbacks = flask_app.extensions["test_rollbacks"]
+    with pg_proxy.fault("down"):
+        before = len(rollbacks)
+        first = client.get("/leads")
+        assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 1
+        assert client.get("/leads").status_code == 503
+        # Two faults opened the breaker: now no database is touched at all.
+        start = time.monotonic()
+        fast = client.get("/leads")
+        assert fast.status_code == 503 and time.monotonic() - start < 0.5
+        assert int(fast.headers["Retry-After"]) >= 2
+        assert client.get("/ping").status_code == 200
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/health/db").status_code == 503
+    assert len(rollbacks) >= before  # rollback on a dead connection may be a no-op
+    guard = flask_app.extensions["test_guard"]
+    assert guard.state.down and guard.state.outages == 1
+
+
+# --------------------------------------------------------------------------- FastAPI
+
+
+@pytest.fixture
+async def fastapi_app(pg_proxy: Any, pg_database: Any) -> Any:
+    from fastapi import FastAPI
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from outlast.starlette import install, no_db
+
+    engine = create_async_engine(
+        pg_proxy.url(pg_database.name), connect_args={"connect_timeout": 2}
+    )
+    app = FastAPI()
+    guard = _fast_guard("fastapi-inproc")
+    web = install(app, guard=guard, budget=1.0, engine=engine)
+    calls: list[str] = []
+
+    @app.get("/leads")
+    async def leads() -> Any:
+        calls.append("leads")
+
+        async def fetch() -> Any:
+            async with engine.connect() as conn:
+                return (await conn.exec_driver_sql("SELECT 1")).scalar()
+
+        return {"n": await web.acall(fetch, idempotent=True)}
+
+    @app.get("/bad")
+    async def bad() -> Any:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT * FROM no_such_table WHERE x = :p"), {"p": SECRET})
+        return {}
+
+    @app.get("/slow")
+    async def slow() -> Any:
+        await asyncio.sleep(30)  # a database call that never answers
+        return {}
+
+    @app.get("/ping")
+    @no_db
+    async def ping() -> Any:
+        return {"ok": True}
+
+    app.state.calls = calls
+    app.state.guard = guard
+    yield app
+    await engine.dispose()
+
+
+def _client(app: Any) -> Any:
+    import httpx
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30.0)
+
+
+async def test_fastapi_permanent_fault_is_a_generic_500(fastapi_app: Any) -> None:
+    async with _client(fastapi_app) as client:
+        response = await client.get("/bad")
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    _assert_generic_500(response.text)
+
+
+async def test_fastapi_request_budget_turns_a_hang_into_a_503(fastapi_app: Any) -> None:
+    async with _client(fastapi_app) as client:
+        start = time.monotonic()
+        response = await client.get("/slow")
+        took = time.monotonic() - start
+    assert response.status_code == 503 and response.json()["error"] == "SERVICE_UNAVAILABLE"
+    assert took < 3.0  # budget is 1 s
+
+
+async def test_fastapi_open_breaker_answers_without_running_the_route(
+    fastapi_app: Any, pg_proxy: Any
+) -> None:
+    async with _client(fastapi_app) as client:
+        assert (await client.get("/leads")).status_code == 200
+        with pg_proxy.fault("down"):
+            assert (await client.get("/leads")).status_code == 503
+            assert (await client.get("/leads")).status_code == 503
+            ran = len(fastapi_app.state.calls)
+            response = await client.get("/leads")
+            assert response.status_code == 503 and "retry-after" in response.headers
+            assert len(fastapi_app.state.calls) == ran  # guard.check() answered first
+            assert (await client.get("/ping")).status_code == 200
+            db = await client.get("/health/db")
+            assert db.status_code == 503
+            assert db.headers["content-type"].startswith("application/health+json")
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200 and ready.json()["status"] == "warn"

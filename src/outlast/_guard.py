@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ._errors import DatabaseUnavailable
 from ._fault import FaultKind
-from ._guard_base import OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
+from ._guard_base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
 
 __all__ = ["Classifier", "Guard"]
 
@@ -335,6 +335,7 @@ class Guard(GuardBase):
     ) -> T:
         while True:
             token = self._admit(run)
+            admitted = ADMITTED.set(self)
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -349,6 +350,8 @@ class Guard(GuardBase):
             else:
                 self._succeeded(run.op, token)
                 return result
+            finally:
+                ADMITTED.reset(admitted)
             self._clock.sleep(delay)
 
     async def _arun(
@@ -360,6 +363,7 @@ class Guard(GuardBase):
     ) -> T:
         while True:
             token = self._admit(run)
+            admitted = ADMITTED.set(self)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
@@ -374,4 +378,6 @@ class Guard(GuardBase):
             else:
                 self._succeeded(run.op, token)
                 return result
+            finally:
+                ADMITTED.reset(admitted)
             await self._clock.asleep(delay)

@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 
 from ._backoff import Retry
 from ._breaker import CLOSED, OPEN, REJECT, Breaker, BreakerCore
@@ -39,7 +40,7 @@ from ._events import (
 from ._fault import Fault, FaultKind
 from ._state import DatabaseState, StateTracker
 
-__all__ = ["OPEN_MESSAGE", "Classifier", "GuardBase", "Run", "op_name"]
+__all__ = ["ADMITTED", "OPEN_MESSAGE", "Classifier", "GuardBase", "Run", "op_name"]
 
 OPEN_MESSAGE = "database unavailable: circuit breaker open"
 
@@ -47,6 +48,32 @@ Classifier = Callable[[BaseException], Fault | None]
 
 logger = logging.getLogger("outlast")
 _random = random.random
+
+# The Guard whose slow path (breaker not plainly closed) is running user code in
+# this thread or task. Hooks inside that code (a pool's checkout calling
+# `check()`) must not turn away the very call -- often the half-open probe --
+# that the Guard already admitted. Set only on the slow path, so the success
+# path pays nothing.
+ADMITTED: ContextVar[object | None] = ContextVar("outlast_admitted", default=None)
+
+# Attribute put on an exception that `record_failure` already counted, so the
+# Guard does not count it a second time when the same error reaches `call`.
+_RECORDED = "_outlast_recorded_by"
+
+
+def _mark_recorded(exc: BaseException, guard: object) -> None:
+    try:
+        setattr(exc, _RECORDED, guard)
+    except (AttributeError, TypeError):  # exceptions with __slots__ or read-only
+        pass
+
+
+def _recorded_by(exc: BaseException, guard: object) -> bool:
+    """Was `exc` (or the driver error it wraps) already counted by `guard`?"""
+    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if candidate is not None and getattr(candidate, _RECORDED, None) is guard:
+            return True
+    return False
 _UNAVAILABLE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY})
 
 
@@ -154,7 +181,7 @@ class GuardBase:
 
     def check(self) -> None:
         """Raise `DatabaseUnavailable` at once if the breaker would reject a call now."""
-        if self._fast:
+        if self._fast or ADMITTED.get() is self:
             return
         now = self._clock.monotonic()
         if now < self._reject_until:
@@ -171,8 +198,9 @@ class GuardBase:
         Returns the `Fault`, or None when `exc` is not a database error.
         """
         fault = self._classify(exc)
-        if fault is None:
-            return None
+        if fault is None or _recorded_by(exc, self):
+            return fault
+        _mark_recorded(exc, self)
         events: list[Event] = []
         now, wall = self._clock.monotonic(), self._clock.time()
         with self._lock:
@@ -302,8 +330,11 @@ class GuardBase:
         counted = self.breaker.counts(fault)
         delay: float | None = None
         why = ""
+        already = _recorded_by(exc, self)  # a pool hook inside fn reported it
         with self._lock:
-            if counted:
+            if already:
+                pass
+            elif counted:
                 self._failure_locked(fault, run.op, now, wall, events)
             else:
                 self._success_locked(run.op, now, wall, events)  # the database answered

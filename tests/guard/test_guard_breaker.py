@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import timedelta
 
@@ -100,8 +101,14 @@ def test_half_open_admits_one_probe_and_closes_on_success() -> None:
         # While the probe runs, everybody else fails fast.
         with pytest.raises(DatabaseUnavailable):
             guard.call(lambda: others.append("ran"))
-        with pytest.raises(DatabaseUnavailable):
-            guard.check()
+        # check() from elsewhere is refused; inside the probe itself (a pool
+        # hook on the probe's own connection) it must let the probe through.
+        seen: list[BaseException] = []
+        t = threading.Thread(target=lambda: _capture(guard.check, seen))
+        t.start()
+        t.join(5)
+        assert len(seen) == 1 and isinstance(seen[0], DatabaseUnavailable)
+        guard.check()
         assert guard.retry_after > 0
         return "probed"
 
@@ -256,3 +263,10 @@ def test_open_rejection_is_cheap_with_the_real_clock() -> None:
             guard.call(fn)
     assert fn.calls == 0
     assert time.perf_counter() - start < 2.0  # generous: the benchmark measures the real cost
+
+
+def _capture(fn: object, into: list[BaseException]) -> None:
+    try:
+        fn()  # type: ignore[operator]
+    except BaseException as exc:
+        into.append(exc)

@@ -80,10 +80,10 @@ def status_sql(placeholder: str) -> str:
     (its WAL never reached disk) and the transaction cannot have committed.
     Asking ``pg_xact_status`` about such an xid would be an error.
     """
-    x = f"CAST(CAST({placeholder} AS text) AS xid8)"
     return (
-        f"SELECT CASE WHEN {x} < pg_current_xact_id() THEN pg_xact_status({x})"
+        "SELECT CASE WHEN q.x < pg_current_xact_id() THEN pg_xact_status(q.x)"
         " ELSE 'unassigned' END, pg_postmaster_start_time()::text"
+        f" FROM (SELECT CAST(CAST({placeholder} AS text) AS xid8) AS x) AS q"
     )
 
 
@@ -328,6 +328,13 @@ def _resolve(
             probe_fault = guard.record_failure(reply, op=op)
             if probe_fault is None:
                 raise reply
+            if probe_fault.kind is FaultKind.PERMANENT:
+                raise CommitOutcomeUnknown(
+                    f"COMMIT outcome unknown for transaction {xid}: the status query failed"
+                    f" ({probe_fault.reason}); check pg_xact_status('{xid}') later",
+                    xid=xid,
+                    fault=fault,
+                ) from reply
             why = f"unreachable ({probe_fault.reason})"
         probes += 1
         elapsed = now() - first_failure

@@ -8,6 +8,7 @@ report (``pytest -s``).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,7 @@ import outlast
 from outlast.chaos import Proxy
 from outlast.testing.plugin import PgDatabase
 
-N = 1000
+N = int(os.environ.get("OUTLAST_LEDGER_N", "1000"))
 SEED = 20240505
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -94,8 +95,8 @@ def _assert_exercised(ledger: Ledger) -> None:
     counts = ledger.counts()
     assert counts["ok"] >= N * 0.95
     # Both resolutions really happened through the real server.
-    assert ledger.statuses["committed"] >= 20
-    assert ledger.statuses["aborted"] + ledger.statuses["unassigned"] >= 5
+    assert ledger.statuses["committed"] >= max(1, N // 100)
+    assert ledger.statuses["aborted"] + ledger.statuses["unassigned"] >= max(1, N // 200)
 
 
 def test_ledger_psycopg_pool_survives_lost_commits(ledger_db: PgDatabase, proxy: Proxy) -> None:

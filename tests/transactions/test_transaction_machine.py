@@ -31,7 +31,7 @@ def _run_both(
         adapter, guard, _ = make()
         runs: list[int] = []
 
-        def work(conn: object, value: int) -> int:
+        def work(conn: object, value: int, runs: list[int] = runs) -> int:
             runs.append(value)
             return value * 2
 

@@ -39,7 +39,9 @@ def classifier(exc: BaseException) -> Fault | None:
     return Fault(kind, reason, sqlstate, "statement", kind is not FaultKind.PERMANENT, reason)
 
 
-def make_guard(*, attempts: int = 5, deadline: float | None = 10.0) -> tuple[outlast.Guard, ManualClock]:
+def make_guard(
+    *, attempts: int = 5, deadline: float | None = 10.0
+) -> tuple[outlast.Guard, ManualClock]:
     clock = ManualClock()
     guard = outlast.Guard(
         "tx",

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from guard_kit import err, make_guard
 
 import outlast
 from outlast import Breaker, FaultKind, Retry
 from outlast.testing import ManualClock
-
-from guard_kit import err, make_guard
 
 
 def _hooked(guard: outlast.Guard, flaky: list[BaseException]) -> Any:

@@ -60,9 +60,7 @@ class RecordingProxy:
                 if code == PROTOCOL_3:
                     parts = body.split(b"\0")
                     params = dict(zip(parts[0:-1:2], parts[1:-1:2], strict=False))
-                    self.startups.append(
-                        {k.decode(): v.decode() for k, v in params.items() if k}
-                    )
+                    self.startups.append({k.decode(): v.decode() for k, v in params.items() if k})
                 break
         except OSError:
             client.close()
@@ -175,14 +173,17 @@ class Traffic:
         return [
             o
             for o in self.outcomes
-            if not o.ok and not (o.error == "DatabaseUnavailable" or (o.fault and o.fault.phase == "connect"))
+            if not o.ok
+            and not (o.error == "DatabaseUnavailable" or (o.fault and o.fault.phase == "connect"))
         ]
 
 
 class Hang:
     """Runs a blocking call (or a coroutine on its own loop) in a daemon thread."""
 
-    def __init__(self, call: Callable[[], object] | Callable[[], Coroutine[Any, Any, object]]) -> None:
+    def __init__(
+        self, call: Callable[[], object] | Callable[[], Coroutine[Any, Any, object]]
+    ) -> None:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._call = call

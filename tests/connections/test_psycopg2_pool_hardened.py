@@ -131,3 +131,19 @@ def test_ping_on_a_frozen_link_is_bounded(pg_proxy: Any, pg_database: Any, db_ou
         assert elapsed < pool.hardening.check_budget + 1.5
         assert pool.size == 0  # the frozen connection was dropped, no slot leaked
         assert not guard.state.up
+
+
+def test_guard_transaction_accepts_the_pool(pg_database: Any) -> None:
+    guard = outlast.Guard("psycopg2-tx")
+    with ConnectionPool(pg_database.dsn(), guard=guard, max_size=2) as pool:
+
+        def create(conn: Any) -> None:
+            with conn.cursor() as cur:
+                cur.execute("CREATE TABLE tx (x int)")
+                cur.execute("INSERT INTO tx VALUES (42)")
+
+        guard.transaction(pool, create)
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT x FROM tx")
+            assert cur.fetchall() == [(42,)]
+        assert pool.size <= 2

@@ -22,7 +22,9 @@ def test_connect_kwargs_merge_and_validate() -> None:
     assert "connect_timeout" not in params  # the conninfo's own value wins
     assert params["tcp_user_timeout"] == "10000"
     assert preset == PRESETS["default"]
-    params, preset = connect_kwargs("postgresql://app:pw@ep-a-b-pooler.neon.tech/app", preset="neon")
+    params, preset = connect_kwargs(
+        "postgresql://app:pw@ep-a-b-pooler.neon.tech/app", preset="neon"
+    )
     assert "options" not in params and not preset.startup_options
     with pytest.raises(outlast.ConfigurationError) as info:
         connect_kwargs("postgresql://app:hunter2@db:99999/app")

@@ -25,7 +25,9 @@ def _show(conn: sa.Connection, name: str) -> str:
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 @pytest.mark.parametrize("preset", ["default", "pgbouncer"])
-def test_sync_engine_applies_the_session_settings(pg_database: Any, driver: str, preset: str) -> None:
+def test_sync_engine_applies_the_session_settings(
+    pg_database: Any, driver: str, preset: str
+) -> None:
     engine = create_engine(pg_database.url(driver=driver), preset=preset)
     try:
         for _ in range(2):  # a fresh and a pooled (pinged) connection
@@ -241,3 +243,13 @@ def test_a_plain_engine_meets_stale_connections_after_a_restart(
         plain.dispose()
     assert traffic.successes_after(up_at) >= 30
     assert len(traffic.stale_failures()) >= 1
+
+
+def test_other_pool_classes_are_accepted(pg_database: Any) -> None:
+    engine = create_engine(pg_database.url(), poolclass=sa.pool.NullPool)
+    try:
+        for _ in range(2):
+            with engine.connect() as conn:
+                assert _show(conn, "statement_timeout") == "30s"
+    finally:
+        engine.dispose()

@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 import outlast
 from outlast._hardening import (
@@ -130,7 +130,7 @@ def _user_settings(server: Mapping[str, Any], preset: Hardening, *, source: str)
 def _engine_kwargs(kwargs: dict[str, Any], preset: Hardening) -> dict[str, Any]:
     out = dict(kwargs)
     poolclass = out.get("poolclass")
-    if poolclass is None or hasattr(poolclass, "_timeout"):
+    if poolclass is None or (isinstance(poolclass, type) and issubclass(poolclass, QueuePool)):
         out.setdefault("pool_timeout", preset.pool_timeout)
     # Our checkout listener pings with a deadline; SQLAlchemy's own pre-ping
     # would ping a second time, without one.

@@ -74,6 +74,8 @@ def _recorded_by(exc: BaseException, guard: object) -> bool:
         if candidate is not None and getattr(candidate, _RECORDED, None) is guard:
             return True
     return False
+
+
 _UNAVAILABLE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY})
 
 

@@ -43,13 +43,17 @@ def helper(db: Any) -> psycopg.Connection[Any]:
 
 def wait_for_backend(db: Any, app: str, *, waiting_on_lock: bool = False) -> int:
     """Poll pg_stat_activity (bounded) until `app`'s query is active; return its pid."""
+    # Match the test's own statement, not the driver's connect-time
+    # introspection queries (SQLAlchemy's dialect initialisation runs under the
+    # same application_name): striking those would be a connect-phase fault.
     sql = "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND state = 'active'" + (
-        " AND wait_event_type = 'Lock'" if waiting_on_lock else ""
+        " AND wait_event_type = 'Lock'" if waiting_on_lock else " AND query ILIKE %s"
     )
+    params = (app,) if waiting_on_lock else (app, "%pg_sleep%")
     deadline = time.monotonic() + 30
     with helper(db) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute(sql, (app,)).fetchone()
+            row = conn.execute(sql, params).fetchone()
             if row is not None:
                 return int(row[0])
             time.sleep(0.05)
@@ -376,8 +380,8 @@ def test_server_killed_mid_query(pg_control: Any, driver: str) -> None:
             while time.monotonic() < deadline:
                 row = conn.execute(
                     "SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
-                    "AND state = 'active'",
-                    (app,),
+                    "AND state = 'active' AND query ILIKE %s",
+                    (app, "%pg_sleep%"),
                 ).fetchone()
                 if row is not None:
                     break

@@ -32,10 +32,13 @@ from ._events import (
 )
 from ._fault import Fault, FaultKind
 from ._guard import Guard
+from ._hardening import Hardening, preset_for
 from ._loop import loop
 from ._redact import redact
 from ._state import DatabaseState
+from ._transaction import register_adapter
 from ._version import __version__
+from ._wait import WaitAttempt, wait_for_database
 from ._web import RequestBudgetExceeded, budget_remaining
 
 __all__ = [
@@ -56,18 +59,23 @@ __all__ = [
     "Fault",
     "FaultKind",
     "Guard",
+    "Hardening",
     "OutlastError",
     "RequestBudgetExceeded",
     "Retry",
     "RetryGaveUp",
     "RetryScheduled",
+    "WaitAttempt",
     "__version__",
     "budget_remaining",
     "classify",
     "log_event",
     "loop",
     "parse_dsn",
+    "preset_for",
     "redact",
+    "register_adapter",
+    "wait_for_database",
 ]
 
 for _name in __all__:

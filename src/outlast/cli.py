@@ -56,6 +56,7 @@ _SUBCOMMAND_MODULES: list[str] = [
     "outlast._cli_proxy",
     "outlast._cli_drill",
     "outlast._cli_demo",
+    "outlast._cli_wait",
 ]
 
 

@@ -10,6 +10,8 @@ import time
 
 import pytest
 from chaos_kit import EchoServer, connect, open_fds, recv_exact, roundtrip, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outlast.chaos import Proxy
 
@@ -230,9 +232,9 @@ def test_unreachable_upstream_resets_the_client() -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         dead = free.getsockname()[1]
-    with Proxy(upstream=("127.0.0.1", dead)) as p, connect(p.port) as s:
-        s.sendall(b"x")
-        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+    with Proxy(upstream=("127.0.0.1", dead)) as p:
+        with pytest.raises((ConnectionResetError, BrokenPipeError)), connect(p.port) as s:
+            s.sendall(b"x")
             if s.recv(10) == b"":
                 raise ConnectionResetError
     assert p.running is False
@@ -256,7 +258,6 @@ def test_vanishing_clients_leak_nothing(echo: EchoServer) -> None:
     wait_until(lambda: open_fds() <= baseline, what=f"fds back to {baseline}")
 
 
-@pytest.mark.slow
 def test_two_thousand_concurrent_connections(echo: EchoServer) -> None:
     import resource
 
@@ -320,3 +321,47 @@ def test_thread_safety_of_the_api(proxy: Proxy) -> None:
     for t in threads:
         t.join(60)
     assert errors == [] and proxy.faults() == []
+
+
+@given(st.binary(max_size=600), st.booleans())
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_garbage_from_clients_never_hurts_the_proxy(
+    garbage_proxy: Proxy, garbage: bytes, rejecting: bool
+) -> None:
+    fid = garbage_proxy.add_fault("reject_login", preset="starting_up") if rejecting else None
+    try:
+        with connect(garbage_proxy.port) as s:
+            try:
+                s.sendall(garbage)
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(5)
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+    finally:
+        if fid is not None:
+            garbage_proxy.remove_fault(fid)
+    assert roundtrip(garbage_proxy.port) == b"hello"
+
+
+@pytest.fixture(scope="module")
+def garbage_proxy() -> object:
+    with EchoServer() as server, Proxy(upstream=server.address) as p:
+        baseline = open_fds()
+        yield p
+        wait_until(lambda: p.stats()["connections"] == 0, what="links closed")
+        assert open_fds() <= baseline + 2
+
+
+def test_clients_vanishing_mid_startup_under_reject_login(proxy: Proxy) -> None:
+    import struct
+
+    with proxy.fault("reject_login", preset="too_many_connections"):
+        for cut in (0, 3, 8, 12):
+            packet = struct.pack("!ii", 8, 80877103) + struct.pack("!ii", 30, 196608) + b"user"
+            with connect(proxy.port) as s:
+                s.sendall(packet[:cut])
+        wait_until(lambda: proxy.stats()["connections"] == 0, what="abandoned logins closed")

@@ -6,16 +6,17 @@ limit_data) and protocol faults (reject_login with a real ``ErrorResponse``,
 terminate with 57P01, cut_after a matching COMMIT). `AdminServer` exposes
 proxies over a Toxiproxy-like JSON API; `AdminClient` talks to it.
 
-This package uses only the standard library (uvloop when asked for) and
-nothing else of outlast.
+This package uses only the standard library (and uvloop when it is installed)
+and nothing else of outlast.
 """
 
 from __future__ import annotations
 
+from ._address import parse_address
 from ._admin import AdminServer
 from ._client import AdminClient, AdminError
 from ._faults import FAULT_KINDS, LOGIN_PRESETS, FaultSpec, LoginError
-from ._proxy import Proxy, parse_address
+from ._proxy import Proxy
 
 __all__ = [
     "FAULT_KINDS",

@@ -31,7 +31,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ._proxy import Address, Proxy, parse_address
+from ._address import Address, parse_address
+from ._proxy import Proxy
 
 __all__ = ["AdminServer"]
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
-import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ._faults import TERMINATE_ERROR, FaultSpec
 from ._protocol import (
@@ -29,101 +27,17 @@ from ._protocol import (
     parse_startup_packet,
     query_text,
 )
+from ._sides import C2S, S2C, UpstreamSide, abort_with_rst, nodelay
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
 
-__all__ = ["Link", "abort_with_rst"]
+__all__ = ["Link"]
 
-C2S = 0  # client -> server ("upstream")
-S2C = 1  # server -> client ("downstream")
 _DIR_NAMES = {"upstream": (C2S,), "downstream": (S2C,), "both": (C2S, S2C)}
 _QUEUE_HIGH = 1 << 20
 _QUEUE_LOW = 1 << 18
 _CUT_REPLY_TIMEOUT = 30.0
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def abort_with_rst(transport: asyncio.Transport | None) -> None:
-    """Close `transport` with a TCP RST instead of a FIN."""
-    if transport is None or transport.is_closing():
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except OSError:
-            pass
-    transport.abort()
-
-
-class _Side(asyncio.Protocol):
-    """The protocol object of one socket of a link."""
-
-    __slots__ = ("link", "transport")
-
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.transport: asyncio.Transport | None = None
-
-
-class ClientSide(_Side):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.link.client_made(self.transport)
-
-    def data_received(self, data: bytes) -> None:
-        link = self.link
-        link.bytes_up += len(data)
-        if link.fast_up:
-            tracker = link.tracker_up
-            if tracker is not None:
-                tracker.feed(data)
-            link.upstream.write(data)  # type: ignore[union-attr]
-        else:
-            link.client_data(data)
-
-    def eof_received(self) -> bool:
-        self.link.side_closed(C2S)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.link.side_closed(C2S)
-
-    def pause_writing(self) -> None:
-        self.link.pause(S2C, "flow")
-
-    def resume_writing(self) -> None:
-        self.link.resume(S2C, "flow")
-
-
-class UpstreamSide(_Side):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        link = self.link
-        link.bytes_down += len(data)
-        if link.fast_down:
-            tracker = link.tracker_down
-            if tracker is not None:
-                tracker.feed(data)
-            link.client.write(data)  # type: ignore[union-attr]
-        else:
-            link.server_data(data)
-
-    def eof_received(self) -> bool:
-        self.link.side_closed(S2C)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.link.side_closed(S2C)
-
-    def pause_writing(self) -> None:
-        self.link.pause(C2S, "flow")
-
-    def resume_writing(self) -> None:
-        self.link.resume(C2S, "flow")
 
 
 class Link:
@@ -171,7 +85,7 @@ class Link:
 
     def client_made(self, transport: asyncio.Transport) -> None:
         self.client = transport
-        _nodelay(transport)
+        nodelay(transport)
         self.proxy.link_opened(self)
 
     def start_upstream(self) -> None:
@@ -195,7 +109,7 @@ class Link:
             transport.abort()
             return
         self.upstream = transport
-        _nodelay(transport)
+        nodelay(transport)
         if self._paused[S2C]:
             transport.pause_reading()
         self.refresh()
@@ -566,12 +480,3 @@ class Link:
             "bytes_down": self.bytes_down,
             "faults": sorted(self.faults),
         }
-
-
-def _nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass

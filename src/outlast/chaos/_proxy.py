@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ._address import Address, new_event_loop, parse_address
 from ._faults import FaultSpec, make_spec
-from ._link import ClientSide, Link, abort_with_rst
+from ._link import Link
+from ._sides import ClientSide, abort_with_rst
 
-__all__ = ["Address", "Proxy", "parse_address"]
+__all__ = ["Proxy"]
 
-Address = tuple[str, int]
 T = TypeVar("T")
 _LINK_FAULTS = frozenset(
     {"blackhole", "freeze", "latency", "bandwidth", "slow_close", "limit_data", "cut_after"}
@@ -33,48 +34,6 @@ _LINK_FAULTS = frozenset(
 _CALL_TIMEOUT = 30.0
 _ids = itertools.count(1)
 logger = logging.getLogger("outlast.chaos")
-
-
-def parse_address(value: str | tuple[str, int], *, what: str = "address") -> Address:
-    """``"host:port"``, ``"[::1]:port"``, ``":port"`` or ``(host, port)`` -> ``(host, port)``."""
-    if isinstance(value, tuple):
-        if len(value) != 2:
-            raise ValueError(f"{what} must be (host, port), not {value!r}")
-        host, port = value
-        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
-            raise ValueError(f"{what} must be (host: str, port: int), not {value!r}")
-    elif isinstance(value, str):
-        text = value.strip()
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not port_text.isdigit():
-            raise ValueError(f"{what} must look like HOST:PORT, not {value!r}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        port = int(port_text)
-        host = host or "127.0.0.1"
-    else:
-        raise ValueError(f"{what} must be 'HOST:PORT' or (host, port), not {value!r}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{what} port must be between 0 and 65535, not {port}")
-    if not host:
-        raise ValueError(f"{what} has an empty host")
-    return host, port
-
-
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """An event loop of `kind`: ``"asyncio"``, ``"uvloop"`` or ``"auto"`` (uvloop if installed)."""
-    if kind not in ("asyncio", "uvloop", "auto"):
-        raise ValueError(f"loop must be 'asyncio', 'uvloop' or 'auto', not {kind!r}")
-    if kind != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise ValueError("loop='uvloop' needs the uvloop package") from None
-        else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
 
 
 class Proxy:
@@ -98,7 +57,7 @@ class Proxy:
         upstream: str | Address = ("127.0.0.1", 5432),
         *,
         name: str | None = None,
-        loop: str = "asyncio",
+        loop: str = "auto",
         track: bool = True,
         connect_timeout: float = 10.0,
         backlog: int = 1024,
@@ -168,7 +127,11 @@ class Proxy:
         return self
 
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
-        loop = new_event_loop(self._loop_kind)
+        try:
+            loop = new_event_loop(self._loop_kind)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
         self.loop = loop
         try:
             loop.run_until_complete(self._listen())

@@ -9,6 +9,10 @@ these fixtures available. Nothing starts until a test asks for a fixture.
 - ``pg_database`` (function): a fresh database cloned from a template.
 - ``pg_dsn`` (function): ``pg_database.dsn()``.
 - ``external_dsn`` (session): ``OUTLAST_TEST_DSN``; tests using it skip when unset.
+- ``pg_proxy`` (function): an `outlast.chaos.Proxy` in front of ``pg_server``
+  (``.dsn()``, ``.url()``), cleared after each test.
+- ``db_outage`` (function): ``with db_outage("blackhole"): ...`` applies a fault
+  to ``pg_proxy`` and clears it on exit.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import pytest
 
@@ -106,12 +109,3 @@ def external_dsn() -> str:
         pytest.skip("OUTLAST_TEST_DSN is not set")
     return dsn
 
-
-def external_url(dsn: str, driver: str = "psycopg") -> str:  # pragma: no cover - helper
-    if "://" in dsn:
-        return dsn.replace("postgresql://", f"postgresql+{driver}://", 1)
-    parts = dict(p.split("=", 1) for p in dsn.split())
-    user = quote(parts.get("user", "postgres"))
-    host = parts.get("host", "127.0.0.1")
-    port = parts.get("port", "5432")
-    return f"postgresql+{driver}://{user}@{host}:{port}/{quote(parts.get('dbname', 'postgres'))}"

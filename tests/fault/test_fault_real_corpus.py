@@ -24,11 +24,12 @@ from outlast import FaultKind
 
 
 @pytest.fixture
-def db(pg_database: Any) -> Iterator[Any]:
-    with psycopg.connect(pg_database.dsn(), autocommit=True) as conn:
+def db(pg_any_database: Any) -> Iterator[Any]:
+    # The embedded server, and OUTLAST_TEST_DSN's server as well when it is set.
+    with psycopg.connect(pg_any_database.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v int, email text UNIQUE)")
         conn.execute("INSERT INTO t VALUES (1, 0, 'one@example.com'), (2, 0, 'two@example.com')")
-    yield pg_database
+    yield pg_any_database
 
 
 def run_for(db: Any, driver: str, **kw: Any) -> Callable[[], None]:

@@ -9,6 +9,9 @@ these fixtures available. Nothing starts until a test asks for a fixture.
 - ``pg_database`` (function): a fresh database cloned from a template.
 - ``pg_dsn`` (function): ``pg_database.dsn()``.
 - ``external_dsn`` (session): ``OUTLAST_TEST_DSN``; tests using it skip when unset.
+- ``pg_any_database`` (function): like ``pg_database``, run once against the
+  embedded server and, when ``OUTLAST_TEST_DSN`` is set, once more against that
+  external server (a database created for the test and dropped afterwards).
 - ``pg_proxy`` (function): an `outlast.chaos.Proxy` in front of ``pg_server``
   (``.dsn()``, ``.url()``), cleared after each test.
 - ``db_outage`` (function): ``with db_outage("blackhole"): ...`` applies a fault
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import pytest
 
 from ._chaos_fixtures import db_outage, pg_proxy, pg_proxy_session  # noqa: F401
+from ._external import ExternalPostgres
 from ._postgres import EmbeddedPostgres
 
 __all__ = ["PgDatabase"]
@@ -37,7 +41,7 @@ _counter = itertools.count(1)
 class PgDatabase:
     """A per-test database on the embedded server."""
 
-    server: EmbeddedPostgres
+    server: EmbeddedPostgres | ExternalPostgres
     name: str
 
     def dsn(self, **params: object) -> str:
@@ -101,11 +105,50 @@ def pg_dsn(pg_database: PgDatabase) -> str:
     return pg_database.dsn()
 
 
+def _external_dsn() -> str:
+    return os.environ.get("OUTLAST_TEST_DSN", "").strip()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Parametrize only when an external server is configured, so a normal run
+    # does not show a skipped twin of every test.
+    if "pg_target" in metafunc.fixturenames:
+        targets = ["embedded"] + (["external"] if _external_dsn() else [])
+        metafunc.parametrize("pg_target", targets, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def pg_target(request: pytest.FixtureRequest) -> Iterator[EmbeddedPostgres | ExternalPostgres]:
+    """The server a ``pg_any_database`` test runs against."""
+    if getattr(request, "param", "embedded") == "external":
+        yield ExternalPostgres(_external_dsn())
+    else:
+        yield request.getfixturevalue("pg_server")
+
+
+@pytest.fixture
+def pg_any_database(pg_target: EmbeddedPostgres | ExternalPostgres) -> Iterator[PgDatabase]:
+    """A fresh database on the embedded server, or on ``OUTLAST_TEST_DSN``'s server."""
+    if isinstance(pg_target, EmbeddedPostgres):
+        if not pg_target.is_running():
+            pg_target.start()
+        template: str | None = TEMPLATE
+    else:
+        template = None
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    pg_target.create_database(name, template=template)
+    try:
+        yield PgDatabase(pg_target, name)
+    finally:
+        if isinstance(pg_target, EmbeddedPostgres):
+            _ensure_default(pg_target)
+        pg_target.drop_database(name)
+
+
 @pytest.fixture(scope="session")
 def external_dsn() -> str:
     """A DSN for an external server (``OUTLAST_TEST_DSN``); skips when unset."""
-    dsn = os.environ.get("OUTLAST_TEST_DSN", "").strip()
+    dsn = _external_dsn()
     if not dsn:
         pytest.skip("OUTLAST_TEST_DSN is not set")
     return dsn
-

@@ -5,106 +5,33 @@ Run it::
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
     OUTLAST_ENABLED=1 uvicorn fastapi_app:app --app-dir examples
 
+The service is the reference service of ``outlast demo``,
+``src/outlast/demo/_service.py`` (it ships in the package so that the demo
+runs from an installed outlast): read it for the whole FastAPI + outlast
+setup. In short::
+
+    guard = outlast.Guard("main", breaker=outlast.Breaker(failure_threshold=3,
+                                                          open_for=0.5, max_open_for=1.0))
+    engine = outlast.sqlalchemy.create_async_engine(DATABASE_URL, guard=guard, preset=hardening)
+    app = FastAPI(lifespan=lifespan)
+    web = outlast.starlette.install(app, guard=guard, budget=5.0, engine=engine)
+
+    @app.get("/api/leads")
+    async def list_leads():
+        async def fetch():
+            async with engine.connect() as conn:
+                return [dict(r._mapping) for r in await conn.execute(LATEST)]
+        return await web.acall(fetch, idempotent=True)
+
 ``GET /api/leads``, ``POST /api/leads`` (``{"id": "<client-chosen unique id>",
 "name": "..."}``; the same id twice stores one row), ``GET /api/ping`` (no
-database) and, with outlast, ``/health/live``, ``/health/ready``, ``/health/db``.
+database), ``/health/live``, ``/health/ready`` and, with outlast, ``/health/db``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from _common import BUDGET, DATABASE_URL, ENABLED
 
-from _common import BUDGET, CREATE_TABLE, DATABASE_URL, ENABLED
-from fastapi import FastAPI
-from pydantic import BaseModel
-from sqlalchemy import text
+from outlast.demo._service import create_app
 
-log = logging.getLogger("example")
-
-if ENABLED:
-    from _common import attempt_reserve, web_guard, web_hardening
-
-    import outlast.sqlalchemy
-    from outlast.starlette import install, no_db
-
-    guard = web_guard()
-    hardening = web_hardening()
-    engine = outlast.sqlalchemy.create_async_engine(DATABASE_URL, preset=hardening)
-else:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(DATABASE_URL, pool_pre_ping=True)
-
-    def no_db(view: Any) -> Any:
-        return view
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(CREATE_TABLE)
-    except Exception as exc:  # the database may be late: serve anyway
-        log.warning("could not create the leads table yet: %s", type(exc).__name__)
-    yield
-    await engine.dispose()
-
-
-app = FastAPI(lifespan=lifespan)
-web = (
-    install(
-        app, guard=guard, budget=BUDGET, engine=engine, attempt_reserve=attempt_reserve(hardening)
-    )
-    if ENABLED
-    else None
-)
-
-
-async def run(fn: Callable[[], Awaitable[Any]], *, idempotent: bool) -> Any:
-    """Through the Guard (retries, breaker, budget) with outlast; directly without."""
-    if web is None:
-        return await fn()
-    return await web.acall(fn, idempotent=idempotent)
-
-
-class Lead(BaseModel):
-    id: str
-    name: str
-
-
-@app.get("/api/leads")
-async def list_leads() -> list[dict[str, Any]]:
-    async def fetch() -> list[dict[str, Any]]:
-        async with engine.connect() as conn:
-            rows = await conn.execute(
-                text("SELECT id, name FROM leads ORDER BY created_at DESC, id LIMIT 50")
-            )
-            return [dict(r._mapping) for r in rows]
-
-    result: list[dict[str, Any]] = await run(fetch, idempotent=True)
-    return result
-
-
-@app.post("/api/leads", status_code=201)
-async def create_lead(lead: Lead) -> dict[str, str]:
-    async def insert() -> None:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO leads (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING"
-                ),
-                {"id": lead.id, "name": lead.name},
-            )
-
-    # The client-chosen id makes the insert idempotent: a retry cannot double it.
-    await run(insert, idempotent=True)
-    return {"id": lead.id}
-
-
-@app.get("/api/ping")
-@no_db
-async def ping() -> dict[str, bool]:
-    return {"ok": True}
+app = create_app(DATABASE_URL, enabled=ENABLED, budget=BUDGET)

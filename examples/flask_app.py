@@ -29,7 +29,9 @@ if ENABLED:
 
     guard = web_guard()
     hardening = web_hardening()
-    engine = outlast.sqlalchemy.create_engine(DATABASE_URL, preset=hardening)
+    # guard=: the pool reports faults to the Guard the web layer uses and does
+    # not ping a dead server while the breaker is open.
+    engine = outlast.sqlalchemy.create_engine(DATABASE_URL, guard=guard, preset=hardening)
 else:
     from sqlalchemy import create_engine
 
@@ -48,7 +50,7 @@ web = (
         budget=BUDGET,
         session=Session,
         engine=engine,
-        attempt_reserve=attempt_reserve(hardening),
+        attempt_reserve=attempt_reserve(hardening, BUDGET),
     )
     if ENABLED
     else None

@@ -77,6 +77,8 @@ async def test_drill_report_renders_chart_and_scorecard_in_headless_chromium(tmp
     assert len(re.findall(r'class="recovery-marker"', out)) >= 3
     assert out.count('<table class="scorecard"') == 2
     assert '<table class="summary"' in out
+    summary = out.split('<table class="summary"', 1)[1].split("</table>", 1)[0]
+    assert re.search(r"recovered in \d+\.\d s", summary)  # recovery time per scenario
 
     png = tmp_path / "report.png"
     shot = _chromium(tmp_path, f"--screenshot={png}", report.as_uri())

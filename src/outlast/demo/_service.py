@@ -1,80 +1,59 @@
-"""The reference service of the demo: a small FastAPI "leads" API on Postgres.
+"""The reference service: a small FastAPI "leads" API on PostgreSQL, with or without outlast.
 
-The same code runs two ways, chosen by ``OUTLAST_ENABLED``:
+`outlast demo` drills it (it ships in the package, so the demo runs from an
+installed outlast) and the web tests run it through ``examples/fastapi_app.py``.
+The same routes run two ways:
 
-- ``1``: built with outlast: a hardened engine reporting to a `Guard`, reads
-  through the Guard (retried within the request budget), writes as whole
-  idempotent transactions (``ON CONFLICT DO NOTHING`` on the client's id),
-  ``outlast.starlette.install`` for 503 + ``Retry-After`` and the health
-  endpoints, and a background loop under a supervisor.
-- ``0``: the same routes written the usual way: a plain engine, no timeouts,
-  a hand-written background task that dies on its first error.
+- ``enabled=True``: built with outlast. One `Guard` for everything: the
+  hardened engine reports its faults to it (and refuses checkouts while its
+  breaker is open), reads and writes run through it within the request budget
+  (writes are idempotent: ``ON CONFLICT DO NOTHING`` on the client-chosen id),
+  `outlast.starlette.install` answers 503 + ``Retry-After`` and serves the
+  health endpoints, and a background loop runs under a supervisor.
+- ``enabled=False``: the same routes written the usual way: a plain engine
+  (``pool_pre_ping``), no timeouts, a hand-written background task that dies
+  on its first error, hand-written health routes.
 
-Configured by the environment: ``DATABASE_URL`` (a SQLAlchemy URL with the
-``postgresql+psycopg`` driver), ``OUTLAST_ENABLED`` and ``OUTLAST_BUDGET``
-(seconds, default 5). Run with
-``uvicorn --factory outlast.demo._service:app_from_env``.
+Routes: ``GET /api/leads`` (the latest 50, or ``?ids=a,b``), ``POST
+/api/leads`` (``{"id": "<client-chosen unique id>", "name": "..."}``; the
+same id twice stores one row), ``GET /api/ping`` (no database),
+``/health/live``, ``/health/ready`` and, with outlast, ``/health/db``.
+
+Run it (settings from the environment, see `outlast.demo._settings`)::
+
+    DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
+    OUTLAST_ENABLED=1 uvicorn --factory outlast.demo._service:app_from_env
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._settings import CREATE_TABLE, attempt_reserve, settings_from_env, web_guard, web_hardening
+
 __all__ = ["LeadIn", "app_from_env", "create_app"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS leads (
-    id bigserial PRIMARY KEY,
-    client_id text NOT NULL UNIQUE,
-    name text NOT NULL,
-    email text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-)
-"""
+log = logging.getLogger("outlast.demo")
+
+LATEST = text("SELECT id, name FROM leads ORDER BY created_at DESC, id LIMIT 50")
+BY_IDS = text("SELECT id, name FROM leads WHERE id = ANY(:ids) ORDER BY created_at, id")
+INSERT = text("INSERT INTO leads (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING")
+COUNT = text("SELECT count(*) FROM leads")
 
 
 class LeadIn(BaseModel):
     id: str
     name: str
-    email: str
-
-
-def _rows(result: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": r.client_id,
-            "name": r.name,
-            "email": r.email,
-            "created_at": r.created_at.isoformat(),
-        }
-        for r in result
-    ]
-
-
-async def _select(conn: AsyncConnection, ids: list[str] | None) -> list[dict[str, Any]]:
-    if ids:
-        q = text(
-            "SELECT client_id, name, email, created_at FROM leads "
-            "WHERE client_id = ANY(:ids) ORDER BY id"
-        )
-        return _rows(await conn.execute(q, {"ids": ids}))
-    q = text("SELECT client_id, name, email, created_at FROM leads ORDER BY id DESC LIMIT 20")
-    return _rows(await conn.execute(q))
-
-
-def _ids(request: Request) -> list[str] | None:
-    raw = request.query_params.get("ids")
-    return [i for i in raw.split(",") if i][:500] if raw else None
 
 
 def create_app(database_url: str, *, enabled: bool = True, budget: float = 5.0) -> FastAPI:
@@ -84,28 +63,52 @@ def create_app(database_url: str, *, enabled: bool = True, budget: float = 5.0) 
     return _plain(database_url)
 
 
+def app_from_env() -> FastAPI:
+    """`create_app` configured by ``DATABASE_URL``, ``OUTLAST_ENABLED``, ``OUTLAST_BUDGET``."""
+    settings = settings_from_env()
+    return create_app(settings.database_url, enabled=settings.enabled, budget=settings.budget)
+
+
+async def _select(conn: AsyncConnection, ids: list[str] | None) -> list[dict[str, Any]]:
+    rows = await conn.execute(BY_IDS, {"ids": ids}) if ids else await conn.execute(LATEST)
+    return [dict(r._mapping) for r in rows]
+
+
+def _parse_ids(raw: str | None) -> list[str] | None:
+    return [i for i in raw.split(",") if i][:500] if raw else None
+
+
+async def _create_table(engine: AsyncEngine) -> None:
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(CREATE_TABLE)
+    except Exception as exc:  # the database may be late: serve anyway
+        log.warning("could not create the leads table yet: %s", type(exc).__name__)
+
+
 def _with_outlast(database_url: str, budget: float) -> FastAPI:
     import outlast
     from outlast.sqlalchemy import create_async_engine
     from outlast.starlette import install, no_db
     from outlast.supervise import AsyncSupervisor
 
-    guard = outlast.Guard("main")
-    engine: AsyncEngine = create_async_engine(database_url, guard=guard, pool_size=10)
+    guard = web_guard()
+    hardening = web_hardening()
+    # guard=: the pool reports faults to the Guard the web layer uses (so a
+    # failed ping or connect opens the breaker) and does not ping a dead
+    # server while the breaker is open.
+    engine = create_async_engine(database_url, guard=guard, preset=hardening, pool_size=10)
     supervisor = AsyncSupervisor()
-    stats: dict[str, int] = {"leads": 0}
+    seen = {"leads": 0}
 
     @outlast.loop(every=1.0, guard=guard, name="count_leads")
     async def count_leads() -> None:
         async with engine.connect() as conn:
-            stats["leads"] = int(
-                (await conn.execute(text("SELECT count(*) FROM leads"))).scalar_one()
-            )
+            seen["leads"] = int((await conn.execute(COUNT)).scalar_one())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with engine.begin() as conn:
-            await conn.execute(text(SCHEMA))
+        await _create_table(engine)
         count_leads.start(supervisor)
         try:
             yield
@@ -114,58 +117,58 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="leads (with outlast)", lifespan=lifespan)
+    web = install(
+        app,
+        guard=guard,
+        budget=budget,
+        engine=engine,  # for /health/db
+        supervisor=supervisor,  # its loops show in /health/ready
+        attempt_reserve=attempt_reserve(hardening, budget),
+    )
 
     @app.get("/api/leads")
-    async def list_leads(request: Request) -> dict[str, Any]:
-        ids = _ids(request)
-
+    async def list_leads(ids: str | None = None) -> list[dict[str, Any]]:
         async def fetch() -> list[dict[str, Any]]:
             async with engine.connect() as conn:
-                return await _select(conn, ids)
+                return await _select(conn, _parse_ids(ids))
 
-        return {"items": await web.acall(fetch, idempotent=True)}
+        # Through the Guard: retried within the budget, 503 when the breaker is open.
+        result: list[dict[str, Any]] = await web.acall(fetch, idempotent=True)
+        return result
 
     @app.post("/api/leads", status_code=201)
-    async def create_lead(lead: LeadIn) -> dict[str, Any]:
-        async def insert(conn: AsyncConnection) -> None:
-            await conn.execute(
-                text(
-                    "INSERT INTO leads (client_id, name, email) VALUES (:id, :name, :email) "
-                    "ON CONFLICT (client_id) DO NOTHING"
-                ),
-                lead.model_dump(),
-            )
+    async def create_lead(lead: LeadIn) -> dict[str, str]:
+        async def insert() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(INSERT, {"id": lead.id, "name": lead.name})
 
-        await guard.atransaction(engine, insert, op="create_lead")
+        # The client-chosen id makes the insert idempotent: a retry cannot double it.
+        await web.acall(insert, idempotent=True)
         return {"id": lead.id}
 
     @app.get("/api/ping")
     @no_db
     async def ping() -> dict[str, Any]:
-        return {"ok": True, "leads_seen_by_loop": stats["leads"]}
+        return {"ok": True, "leads_seen_by_loop": seen["leads"]}
 
-    web = install(app, guard=guard, budget=budget, engine=engine, supervisor=supervisor)
     return app
 
 
 def _plain(database_url: str) -> FastAPI:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(database_url, pool_size=10)
+    engine = create_async_engine(database_url, pool_size=10, pool_pre_ping=True)
     state: dict[str, Any] = {"task": None, "leads": 0}
 
     async def count_leads_forever() -> None:
         while True:  # the usual hand-written loop: the first error kills it
             async with engine.connect() as conn:
-                state["leads"] = int(
-                    (await conn.execute(text("SELECT count(*) FROM leads"))).scalar_one()
-                )
+                state["leads"] = int((await conn.execute(COUNT)).scalar_one())
             await asyncio.sleep(1.0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with engine.begin() as conn:
-            await conn.execute(text(SCHEMA))
+        await _create_table(engine)
         state["task"] = asyncio.create_task(count_leads_forever())
         try:
             yield
@@ -177,17 +180,14 @@ def _plain(database_url: str) -> FastAPI:
     app = FastAPI(title="leads (plain)", lifespan=lifespan)
 
     @app.get("/api/leads")
-    async def list_leads(request: Request) -> dict[str, Any]:
+    async def list_leads(ids: str | None = None) -> list[dict[str, Any]]:
         async with engine.connect() as conn:
-            return {"items": await _select(conn, _ids(request))}
+            return await _select(conn, _parse_ids(ids))
 
     @app.post("/api/leads", status_code=201)
-    async def create_lead(lead: LeadIn) -> dict[str, Any]:
+    async def create_lead(lead: LeadIn) -> dict[str, str]:
         async with engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO leads (client_id, name, email) VALUES (:id, :name, :email)"),
-                lead.model_dump(),
-            )
+            await conn.execute(INSERT, {"id": lead.id, "name": lead.name})
         return {"id": lead.id}
 
     @app.get("/api/ping")
@@ -202,32 +202,13 @@ def _plain(database_url: str) -> FastAPI:
     async def ready() -> JSONResponse:
         task = state["task"]
         alive = task is not None and not task.done()
+        status = "pass" if alive else "fail"
         return JSONResponse(
             {
-                "status": "pass" if alive else "fail",
-                "checks": {
-                    "loop:count_leads": [
-                        {"componentType": "loop", "status": "pass" if alive else "fail"}
-                    ]
-                },
+                "status": status,
+                "checks": {"loop:count_leads": [{"componentType": "loop", "status": status}]},
             },
             status_code=200 if alive else 503,
         )
 
     return app
-
-
-def app_from_env() -> FastAPI:
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        raise RuntimeError(
-            "set DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/leads)"
-        )
-    enabled = os.environ.get("OUTLAST_ENABLED", "1").strip().lower() not in {
-        "0",
-        "false",
-        "no",
-        "off",
-    }
-    budget = float(os.environ.get("OUTLAST_BUDGET", "5"))
-    return create_app(url, enabled=enabled, budget=budget)

@@ -197,6 +197,8 @@ def _summary(results: Sequence[DrillResult]) -> str:
                     if found.passed
                     else "✗ " + ", ".join(failed or [found.error or "error"])
                 )
+                if found.passed and found.recovery is not None:
+                    text += f" (recovered in {found.recovery:.1f} s)"
                 cells.append(f'<td class="{cls}">{_e(text)}</td>')
         rows.append(f"<tr><td><b>{_e(n)}</b></td>{''.join(cells)}</tr>")
     return (

@@ -1,0 +1,93 @@
+"""What the reference service and the example services share (no web framework here).
+
+- `Settings` / `settings_from_env`: ``DATABASE_URL`` (a SQLAlchemy URL,
+  ``postgresql+psycopg://user@host:port/db``), ``OUTLAST_ENABLED`` (``1``, the
+  default, runs a service with outlast; ``0`` runs the very same code without
+  it) and ``OUTLAST_BUDGET`` (the request budget in seconds, default 5).
+- `CREATE_TABLE`: the ``leads`` table every example service uses.
+- `web_guard`, `web_hardening`, `attempt_reserve`: a Guard and connection
+  settings tuned for a web request budget of a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import outlast
+
+__all__ = [
+    "CREATE_TABLE",
+    "DEFAULT_URL",
+    "Settings",
+    "attempt_reserve",
+    "settings_from_env",
+    "web_guard",
+    "web_hardening",
+]
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+CREATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS leads ("
+    " id text PRIMARY KEY,"
+    " name text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now())"
+)
+
+_OFF = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    enabled: bool
+    budget: float
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """`Settings` from ``DATABASE_URL``, ``OUTLAST_ENABLED`` and ``OUTLAST_BUDGET``."""
+    env = os.environ if environ is None else environ
+    return Settings(
+        database_url=env.get("DATABASE_URL") or DEFAULT_URL,
+        enabled=env.get("OUTLAST_ENABLED", "1").strip().lower() not in _OFF,
+        budget=float(env.get("OUTLAST_BUDGET", "5")),
+    )
+
+
+def web_guard(name: str = "main") -> outlast.Guard:
+    """A Guard tuned for a web service: short breaker periods, so recovery is fast.
+
+    Open after 3 straight failures for 0.5 s, growing to at most 1 s: a probe
+    that fails just as the database comes back (a connection attempt that was
+    in flight during the outage) costs at most a second, not the default 5 s.
+    """
+    return outlast.Guard(
+        name, breaker=outlast.Breaker(failure_threshold=3, open_for=0.5, max_open_for=1.0)
+    )
+
+
+def web_hardening() -> outlast.Hardening:
+    """Connection settings that fit a request budget of 2.5 s or more."""
+    return outlast.Hardening(
+        name="web",
+        connect_timeout=2.0,
+        tcp_user_timeout=3.0,
+        statement_timeout=1.5,
+        deadline_grace=0.5,
+        ping_timeout=0.5,
+        pool_timeout=1.0,
+    )
+
+
+def attempt_reserve(hardening: outlast.Hardening, budget: float) -> float:
+    """How much of the budget to keep for the last database attempt.
+
+    The worst case of one attempt under `hardening`, but at most half the
+    budget, so a quick retry (after a terminated session) still fits.
+    """
+    worst = max(
+        hardening.check_budget, hardening.ping_timeout + (hardening.statement_deadline or 0)
+    )
+    return min(worst, budget / 2)

@@ -19,12 +19,7 @@ from types import TracebackType
 from ._backoff import Backoff
 from ._errors import ConfigurationError
 from ._supervise_core import (
-    DEFAULT_BACKOFF,
-    DEFAULT_MAX_RESTARTS,
-    DEFAULT_STOP_TIMEOUT,
-    DEFAULT_WITHIN,
     UNSET,
-    OnFailure,
     Record,
     RestartPolicy,
     SupervisorBase,
@@ -72,13 +67,8 @@ class AsyncTaskContext(TaskContext):
         ``while await ctx.sleep(5.0): await poll()`` runs until the supervisor stops.
         Time spent here never counts as a stall, and waking up is a heartbeat.
         """
-        record = self._record
-        record.idle = True  # sleeping here on purpose is not a stall
-        try:
+        with self._resting():
             return not await _stopped_within(self.stop_event, seconds)
-        finally:
-            record.idle = False
-            record.beat()
 
 
 class AsyncSupervisor(SupervisorBase):
@@ -96,24 +86,9 @@ class AsyncSupervisor(SupervisorBase):
 
     _kind = "task"
 
-    def __init__(
-        self,
-        name: str = "supervisor",
-        *,
-        backoff: Backoff | float | datetime.timedelta | None = DEFAULT_BACKOFF,
-        max_restarts: int | None = DEFAULT_MAX_RESTARTS,
-        within: float | datetime.timedelta = DEFAULT_WITHIN,
-        stop_timeout: float | datetime.timedelta = DEFAULT_STOP_TIMEOUT,
-        on_failure: OnFailure = None,
-    ) -> None:
-        super().__init__(
-            name,
-            backoff=backoff,
-            max_restarts=max_restarts,
-            within=within,
-            stop_timeout=stop_timeout,
-            on_failure=on_failure,
-        )
+    _stop: asyncio.Event
+
+    def _init_shell(self) -> None:
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watchdog: asyncio.Task[None] | None = None
@@ -190,14 +165,6 @@ class AsyncSupervisor(SupervisorBase):
 
     # -- stopping ---------------------------------------------------------------------
 
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested (by `stop()`, a signal or escalation)."""
-        return self._stop.is_set()
-
-    def _request_stop(self) -> None:
-        self._stop.set()
-
     def request_stop(self) -> None:
         """Ask every task to stop without waiting (safe from any thread)."""
         loop = self._loop
@@ -238,13 +205,9 @@ class AsyncSupervisor(SupervisorBase):
                 task.cancel()
             if not_done:
                 await asyncio.wait(not_done, timeout=_CANCEL_GRACE)
-        for name in stuck:
-            logger.warning(
-                "[TASK_STUCK] name=%s did not finish within %gs after stop: cancelled",
-                name,
-                limit,
-                extra={"outlast_task": name, "outlast_event": "task_stuck"},
-            )
+        self._log_stuck(
+            stuck, "[TASK_STUCK] name=%s did not finish within %gs after stop: cancelled", limit
+        )
         for name, task in tasks.items():
             if task.done():
                 self._tasks.pop(name, None)
@@ -291,11 +254,7 @@ class AsyncSupervisor(SupervisorBase):
                 os.kill(os.getpid(), signum)
 
         def handle(signum: int) -> None:
-            logger.info(
-                "[SUPERVISOR_STOP] supervisor=%s signal=%s: stopping tasks",
-                self.name,
-                signal.Signals(signum).name,
-            )
+            self._log_signal(signum)
             self._stop.set()
             task = loop.create_task(stop_then_chain(signum), name=f"{self.name}-signal-stop")
             pending.add(task)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._cli_drill import lazy_subcommand
+from .cli import lazy_subcommand
 
 lazy_subcommand(
     "demo",

@@ -1,32 +1,8 @@
-"""Registers ``outlast drill`` (heavy imports happen only when it runs).
-
-`lazy_subcommand` also serves ``outlast demo`` (`outlast._cli_demo`).
-"""
+"""Registers ``outlast drill`` (heavy imports happen only when it runs)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-
-from .cli import subcommand
-
-__all__ = ["lazy_subcommand"]
-
-
-def lazy_subcommand(name: str, module: str, run: str, *, help: str, description: str) -> None:
-    """Register ``outlast <name>``: `module`'s ``add_arguments(parser)`` adds its
-    options, and ``<module>.<run>(args) -> int`` runs it (imported only then)."""
-
-    @subcommand
-    def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-        p = sub.add_parser(name, help=help, description=description)
-        importlib.import_module(module).add_arguments(p)
-        p.set_defaults(run=_run)
-
-    def _run(args: argparse.Namespace) -> int:
-        result: int = getattr(importlib.import_module(module), run)(args)
-        return result
-
+from .cli import lazy_subcommand
 
 lazy_subcommand(
     "drill",

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
-import sys
 import threading
 from types import FrameType
 
-from .cli import subcommand
+from .cli import add_command, fail, subcommand
 
 __all__ = ["register"]
 
 
 @subcommand
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
+    """Add ``outlast proxy`` and its options."""
+    parser = add_command(
+        sub,
         "proxy",
+        run,
         help="run the fault-injecting PostgreSQL proxy with its admin API",
         description=(
             "Forward --listen to --upstream and inject faults on demand through the "
@@ -41,15 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="start even when the upstream does not accept connections yet",
     )
-    parser.set_defaults(run=run)
 
 
 def _fail(message: str) -> int:
-    print(f"outlast proxy: {message}", file=sys.stderr)
-    return 2
+    return fail("proxy", message)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve the proxy and its admin API until Ctrl-C or SIGTERM (2 when it cannot start)."""
     from .chaos import AdminServer, Proxy, parse_address
 
     try:

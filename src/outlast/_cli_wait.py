@@ -11,15 +11,18 @@ import argparse
 import os
 import sys
 
-from .cli import subcommand
+from .cli import add_command, fail, subcommand
 
 __all__ = ["register"]
 
 
 @subcommand
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
+    """Add ``outlast wait`` and its options."""
+    parser = add_command(
+        sub,
         "wait",
+        run,
         help="wait until PostgreSQL accepts sessions (exit 0), with backoff",
         description=(
             "Wait at start-up until the database accepts sessions. Exit 0 when ready, "
@@ -43,18 +46,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="how to check (default: psycopg, else psycopg2, else the wire protocol)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="print only the outcome")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Wait for the database; exit code 0 ready, 1 timed out, 2 cannot succeed (see above)."""
     from ._errors import DatabaseNotReady
     from ._fault import FaultKind
     from ._wait import WaitAttempt, wait_for_database
 
     dsn = args.dsn or os.environ.get("OUTLAST_DSN") or os.environ.get("DATABASE_URL")
     if not dsn:
-        print("outlast wait: no DSN (use --dsn, OUTLAST_DSN or DATABASE_URL)", file=sys.stderr)
-        return 2
+        return fail("wait", "no DSN (use --dsn, OUTLAST_DSN or DATABASE_URL)")
 
     def progress(attempt: WaitAttempt) -> None:
         if not args.quiet:
@@ -74,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
             on_attempt=progress,
         )
     except DatabaseNotReady as exc:
-        print(f"outlast wait: database not ready: {exc}", file=sys.stderr)
         permanent = exc.fault is not None and exc.fault.kind is FaultKind.PERMANENT
-        return 2 if permanent else 1
+        return fail("wait", f"database not ready: {exc}", 2 if permanent else 1)
     except ValueError as exc:
-        print(f"outlast wait: {exc}", file=sys.stderr)
-        return 2
+        return fail("wait", str(exc))
     print(f"outlast wait: database ready after {waited:.1f}s")
     return 0

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ._errors import DatabaseUnavailable
 from ._fault import FaultKind
-from ._guard_base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
+from ._guard_base import ADMITTED, Classifier, GuardBase, Run, op_name
 
 __all__ = ["Classifier", "Guard"]
 
@@ -83,12 +83,7 @@ class Guard(GuardBase):
         now = self._clock.monotonic()
         until = self._reject_until
         if now < until:  # open: fail fast, no lock, nothing allocated but the error
-            raise DatabaseUnavailable(
-                OPEN_MESSAGE,
-                retry_after=until - now,
-                fault=self._tracker.last_fault,
-                guard=self.name,
-            )
+            raise self._rejection(until - now)
         return self._run(Run(op_name(fn, op), idempotent, deadline, start), fn, args, kwargs)
 
     async def acall(
@@ -118,12 +113,7 @@ class Guard(GuardBase):
         now = self._clock.monotonic()
         until = self._reject_until
         if now < until:
-            raise DatabaseUnavailable(
-                OPEN_MESSAGE,
-                retry_after=until - now,
-                fault=self._tracker.last_fault,
-                guard=self.name,
-            )
+            raise self._rejection(until - now)
         run = Run(op_name(fn, op), idempotent, deadline, start)
         return await self._arun(run, fn, args, kwargs)
 
@@ -155,6 +145,9 @@ class Guard(GuardBase):
     def _decorate(self, fn: Callable[P, T], *, idempotent: bool, op: str | None) -> Callable[P, T]:
         name = op_name(fn, op)
         guard = self
+        # The wrappers repeat the fast path of `call`/`acall` instead of calling
+        # them: that saves a call frame and keyword handling on every success, and
+        # the decorated function keeps its own `op`/`deadline`/`idempotent` kwargs.
         if inspect.iscoroutinefunction(fn):
             afn: Callable[..., Awaitable[Any]] = fn
 
@@ -240,13 +233,10 @@ class Guard(GuardBase):
         """
         try:
             return self.call(fn, *args, idempotent=idempotent, op=op, deadline=deadline, **kwargs)
-        except DatabaseUnavailable:
-            return default
         except Exception as exc:
-            fault = self._classify(exc)
-            if fault is None or fault.kind in _SAFE_PROPAGATES:
-                raise
-            return default
+            if self._safe_swallows(exc):
+                return default
+            raise
 
     @overload
     async def asafe(
@@ -290,13 +280,17 @@ class Guard(GuardBase):
             return await self.acall(
                 fn, *args, idempotent=idempotent, op=op, deadline=deadline, **kwargs
             )
-        except DatabaseUnavailable:
-            return default
         except Exception as exc:
-            fault = self._classify(exc)
-            if fault is None or fault.kind in _SAFE_PROPAGATES:
-                raise
-            return default
+            if self._safe_swallows(exc):
+                return default
+            raise
+
+    def _safe_swallows(self, exc: Exception) -> bool:
+        """Does `safe`/`asafe` answer `exc` with its default (the database is unavailable)?"""
+        if isinstance(exc, DatabaseUnavailable):
+            return True
+        fault = self._classify(exc)
+        return fault is not None and fault.kind not in _SAFE_PROPAGATES
 
     # -- transactions (the algorithm lives in outlast._transaction) ----------------
 

@@ -80,6 +80,7 @@ _UNAVAILABLE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY})
 
 
 def op_name(fn: object, op: str | None) -> str:
+    """The name of an operation in events and logs: `op`, else the function's qualified name."""
     if op is not None:
         return op
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
@@ -103,18 +104,9 @@ class Run:
 
 
 class GuardBase:
-    """Protects every call to one database: retries, circuit breaker, state, events.
+    """The state and decisions of `outlast.Guard`, which adds the calling methods.
 
-    (The calling methods live in the subclass `outlast.Guard`.)
-
-    All configuration is keyword-only. The defaults suit a web service: up
-    to 5 tries within 5 seconds of the first failure (backoff 0.1 s doubling
-    to 2 s, jittered), a breaker that opens after 5 consecutive failures or a
-    50 % failure rate over 30 s (10 calls minimum), for 1 s growing to 5 s.
-
-    `classifier` maps an exception to a `Fault` (or None for "not a database
-    error"); it defaults to `outlast.classify`. `listeners` replace the
-    default ``(outlast.log_event,)``; `clock` defaults to the system clock.
+    The options and their defaults are described on `outlast.Guard`.
     """
 
     __slots__ = (

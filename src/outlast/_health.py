@@ -11,15 +11,19 @@ list of observations. Nothing here ever prints a DSN or a fault's message
 - `health_db` / `health_db_async`: ``SELECT 1`` through the Guard with a short
   timeout; 503 while the database is down, with latency, ``down_since`` and
   outage counts.
+- `health_answer`: one of those documents as the status, body and headers
+  every framework sends.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from ._errors import DatabaseUnavailable
 from ._fault import Fault
@@ -31,9 +35,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEALTH_CONTENT_TYPE",
+    "HealthAnswer",
     "SyncProbe",
     "async_engine_ping",
     "engine_ping",
+    "health_answer",
     "health_db",
     "health_db_async",
     "health_live",
@@ -233,6 +239,7 @@ class SyncProbe:
         self._busy: threading.Event | None = None
 
     def run(self) -> tuple[int, dict[str, Any], str | None]:
+        """Ping once (or answer 503 at once while an earlier ping is stuck); see `health_db`."""
         with self._lock:
             if self._busy is not None and not self._busy.is_set():
                 return health_db_result(self.guard, False, None, TimeoutError())
@@ -305,3 +312,21 @@ def async_engine_ping(engine: Any) -> Callable[[], Any]:
             await conn.exec_driver_sql("SELECT 1")
 
     return ping
+
+
+@dataclass(frozen=True, slots=True)
+class HealthAnswer:
+    """A health document ready to send: status, JSON body and headers."""
+
+    status: int
+    body: str
+    headers: tuple[tuple[str, str], ...]
+    content_type: ClassVar[str] = HEALTH_CONTENT_TYPE
+
+
+def health_answer(status: int, doc: dict[str, Any], retry_after: str | None = None) -> HealthAnswer:
+    """Wrap a health document; never cached (a stale "pass" would hide an outage)."""
+    headers: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"),)
+    if retry_after is not None:
+        headers += (("Retry-After", retry_after),)
+    return HealthAnswer(status, json.dumps(doc), headers)

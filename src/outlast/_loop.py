@@ -44,6 +44,7 @@ __all__ = ["AsyncLoop", "Loop", "loop"]
 logger = logging.getLogger("outlast")
 
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[[], Any])
 
 #: Faults that mean "the database is unwell" (an outage), as the Guard counts them.
 _OUTAGE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY, FaultKind.COMMIT_UNKNOWN})
@@ -60,7 +61,7 @@ class _Ticker:
 
     __slots__ = ("_attempts", "_down_since", "_loop", "_tick_started")
 
-    def __init__(self, loop: _LoopBase) -> None:
+    def __init__(self, loop: _LoopBase[Any]) -> None:
         self._loop = loop
         self._attempts = 0
         self._down_since: float | None = None
@@ -171,16 +172,18 @@ class _Ticker:
         return max(0.0, self._loop.every - (time.monotonic() - self._tick_started))
 
 
-class _LoopBase:
+class _LoopBase(Generic[F]):
+    """What `Loop` and `AsyncLoop` share: the settings, validated once."""
+
     def __init__(
         self,
-        fn: Callable[[], Any],
+        fn: F,
         *,
         every: float | datetime.timedelta,
-        guard: Guard | None,
-        name: str | None,
-        backoff: Backoff | None,
-        heartbeat: float | datetime.timedelta | None,
+        guard: Guard | None = None,
+        name: str | None = None,
+        backoff: Backoff | None = None,
+        heartbeat: float | datetime.timedelta | None = None,
     ) -> None:
         self.every = seconds(every, "every", allow_zero=False)
         self.guard = guard
@@ -193,31 +196,18 @@ class _LoopBase:
         self.heartbeat = (
             None if heartbeat is None else seconds(heartbeat, "heartbeat", allow_zero=False)
         )
+        self._fn = fn
         functools.update_wrapper(cast(Any, self), fn)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} every={self.every}s>"
 
 
-class Loop(_LoopBase, Generic[R]):
+class Loop(_LoopBase[Callable[[], R]], Generic[R]):
     """A periodic sync loop built by `outlast.loop` (call it to run one plain tick)."""
 
-    def __init__(
-        self,
-        fn: Callable[[], R],
-        *,
-        every: float | datetime.timedelta,
-        guard: Guard | None = None,
-        name: str | None = None,
-        backoff: Backoff | None = None,
-        heartbeat: float | datetime.timedelta | None = None,
-    ) -> None:
-        super().__init__(
-            fn, every=every, guard=guard, name=name, backoff=backoff, heartbeat=heartbeat
-        )
-        self._fn = fn
-
     def __call__(self) -> R:
+        """Run the function once, with no outage handling."""
         return self._fn()
 
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
@@ -253,25 +243,11 @@ class Loop(_LoopBase, Generic[R]):
         supervisor.start(self.name, self._supervised, **options)
 
 
-class AsyncLoop(_LoopBase, Generic[R]):
+class AsyncLoop(_LoopBase[Callable[[], Awaitable[R]]], Generic[R]):
     """A periodic asyncio loop built by `outlast.loop` from an ``async def``."""
 
-    def __init__(
-        self,
-        fn: Callable[[], Awaitable[R]],
-        *,
-        every: float | datetime.timedelta,
-        guard: Guard | None = None,
-        name: str | None = None,
-        backoff: Backoff | None = None,
-        heartbeat: float | datetime.timedelta | None = None,
-    ) -> None:
-        super().__init__(
-            fn, every=every, guard=guard, name=name, backoff=backoff, heartbeat=heartbeat
-        )
-        self._fn = fn
-
     async def __call__(self) -> R:
+        """Await the function once, with no outage handling."""
         return await self._fn()
 
     async def run_forever(self, stop_event: asyncio.Event | None = None) -> None:

@@ -15,6 +15,7 @@ it resets once a task has run `within` seconds without being restarted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import datetime
@@ -23,8 +24,8 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Literal, Protocol
 
 from ._backoff import Backoff
 from ._backoff import seconds as _seconds
@@ -98,6 +99,7 @@ def restart_delay(backoff: Backoff | None, restart: int) -> float:
 
 
 def wall(ts: float | None) -> str | None:
+    """A wall-clock timestamp as ISO 8601 UTC (None stays None)."""
     if ts is None:
         return None
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds")
@@ -124,6 +126,7 @@ class TaskStatus:
     """Wall-clock time (epoch seconds) the current run began."""
 
     def as_dict(self) -> dict[str, Any]:
+        """This status as a JSON-serialisable dict (timestamps in ISO 8601)."""
         age = None if self.last_heartbeat is None else max(0.0, time.time() - self.last_heartbeat)
         return {
             "name": self.name,
@@ -200,10 +203,12 @@ class Record:
         self.idle = False  # inside ctx.sleep(): waiting on purpose is not a stall
 
     def beat(self) -> None:
+        """Note a heartbeat now."""
         self.last_beat = time.monotonic()
         self.last_beat_wall = time.time()
 
     def begin_run(self) -> None:
+        """Mark the start of a (re)run of the task's function (call with the lock held)."""
         self.state = "running"
         self.idle = False
         self.started_at = time.time()
@@ -212,6 +217,7 @@ class Record:
 
     @property
     def live(self) -> bool:
+        """True while the task runs or will run again (a second task of that name is refused)."""
         return self.state in ("running", "restarting", "stalled")
 
     def silent_for(self, now: float) -> float | None:
@@ -222,6 +228,7 @@ class Record:
         return silent if silent > self.heartbeat else None
 
     def snapshot(self, now: float) -> TaskStatus:
+        """An immutable `TaskStatus` of this record at monotonic time `now`."""
         state: TaskState = "stalled" if self.silent_for(now) is not None else self.state
         return TaskStatus(
             name=self.name,
@@ -251,6 +258,7 @@ class TaskContext:
 
     @property
     def name(self) -> str:
+        """The task's name (also its thread's or asyncio Task's name)."""
         return self._record.name
 
     @property
@@ -266,6 +274,17 @@ class TaskContext:
     def beat(self) -> None:
         """Record a heartbeat (cheap: call it every iteration)."""
         self._record.beat()
+
+    @contextlib.contextmanager
+    def _resting(self) -> Iterator[None]:
+        """Around ``ctx.sleep()``: a task sleeping on purpose is not a stall; waking is a beat."""
+        record = self._record
+        record.idle = True
+        try:
+            yield
+        finally:
+            record.idle = False
+            record.beat()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} stopping={self.stopping}>"
@@ -288,20 +307,33 @@ def beat() -> None:
         ctx.beat()
 
 
+class _StopFlag(Protocol):
+    """A `threading.Event` or an `asyncio.Event`: what the shells stop with."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
 class SupervisorBase:
-    """Records, restart decisions, logging and reporting; no threads, no event loop."""
+    """Records, restart decisions, logging and reporting; no threads, no event loop.
+
+    The shells set up their own state (the stop event, their threads or tasks)
+    in `_init_shell`, called at the end of ``__init__``.
+    """
 
     _kind: Literal["thread", "task"] = "thread"
+    _stop: _StopFlag
 
     def __init__(
         self,
-        name: str,
+        name: str = "supervisor",
         *,
-        backoff: Backoff | float | datetime.timedelta | None,
-        max_restarts: int | None,
-        within: float | datetime.timedelta,
-        stop_timeout: float | datetime.timedelta,
-        on_failure: OnFailure,
+        backoff: Backoff | float | datetime.timedelta | None = DEFAULT_BACKOFF,
+        max_restarts: int | None = DEFAULT_MAX_RESTARTS,
+        within: float | datetime.timedelta = DEFAULT_WITHIN,
+        stop_timeout: float | datetime.timedelta = DEFAULT_STOP_TIMEOUT,
+        on_failure: OnFailure = None,
     ) -> None:
         self.name = name
         self._backoff = as_backoff(backoff)
@@ -314,6 +346,10 @@ class SupervisorBase:
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
         self._escalated = False
+        self._init_shell()
+
+    def _init_shell(self) -> None:  # pragma: no cover - overridden by both shells
+        raise NotImplementedError
 
     @staticmethod
     def _check_max(value: int | None) -> int | None:
@@ -441,8 +477,33 @@ class SupervisorBase:
         except Exception:
             logger.exception("[SUPERVISOR_ESCALATE] on_failure callback of %s raised", self.name)
 
-    def _request_stop(self) -> None:  # pragma: no cover - overridden by both shells
-        raise NotImplementedError
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested (by `stop()`, a signal or escalation)."""
+        return self._stop.is_set()
+
+    def _request_stop(self) -> None:
+        self._stop.set()
+
+    def _log_signal(self, signum: int) -> None:
+        import signal
+
+        logger.info(
+            "[SUPERVISOR_STOP] supervisor=%s signal=%s: stopping tasks",
+            self.name,
+            signal.Signals(signum).name,
+        )
+
+    @staticmethod
+    def _log_stuck(names: list[str], message: str, limit: float) -> None:
+        """Log each task that did not finish within `limit` seconds of a stop.
+
+        `message` is the shell's own format (``name=%s ... %gs``), so each keeps its tag.
+        """
+        for name in names:
+            logger.warning(
+                message, name, limit, extra={"outlast_task": name, "outlast_event": "task_stuck"}
+            )
 
     def _check_stalls(self) -> float:
         """Log stalls once each (and their end); return the next check interval."""

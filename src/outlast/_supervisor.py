@@ -22,12 +22,7 @@ from types import FrameType, TracebackType
 from ._backoff import Backoff
 from ._errors import ConfigurationError
 from ._supervise_core import (
-    DEFAULT_BACKOFF,
-    DEFAULT_MAX_RESTARTS,
-    DEFAULT_STOP_TIMEOUT,
-    DEFAULT_WITHIN,
     UNSET,
-    OnFailure,
     Record,
     RestartPolicy,
     SupervisorBase,
@@ -60,13 +55,8 @@ class ThreadTaskContext(TaskContext):
         ``while ctx.sleep(5.0): poll()`` runs until the supervisor stops. Time
         spent here never counts as a stall, and waking up is a heartbeat.
         """
-        record = self._record
-        record.idle = True  # sleeping here on purpose is not a stall
-        try:
+        with self._resting():
             return not self.stop_event.wait(max(0.0, seconds))
-        finally:
-            record.idle = False
-            record.beat()
 
 
 class Supervisor(SupervisorBase):
@@ -89,24 +79,9 @@ class Supervisor(SupervisorBase):
 
     _kind = "thread"
 
-    def __init__(
-        self,
-        name: str = "supervisor",
-        *,
-        backoff: Backoff | float | datetime.timedelta | None = DEFAULT_BACKOFF,
-        max_restarts: int | None = DEFAULT_MAX_RESTARTS,
-        within: float | datetime.timedelta = DEFAULT_WITHIN,
-        stop_timeout: float | datetime.timedelta = DEFAULT_STOP_TIMEOUT,
-        on_failure: OnFailure = None,
-    ) -> None:
-        super().__init__(
-            name,
-            backoff=backoff,
-            max_restarts=max_restarts,
-            within=within,
-            stop_timeout=stop_timeout,
-            on_failure=on_failure,
-        )
+    _stop: threading.Event
+
+    def _init_shell(self) -> None:
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._watchdog: threading.Thread | None = None
@@ -190,14 +165,6 @@ class Supervisor(SupervisorBase):
 
     # -- stopping ---------------------------------------------------------------------
 
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested (by `stop()`, a signal or escalation)."""
-        return self._stop.is_set()
-
-    def _request_stop(self) -> None:
-        self._stop.set()
-
     def request_stop(self) -> None:
         """Ask every task to stop without waiting for them (safe from any thread)."""
         self._stop.set()
@@ -232,13 +199,7 @@ class Supervisor(SupervisorBase):
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 stuck.append(name)
-        for name in stuck:
-            logger.warning(
-                "[THREAD_STUCK] name=%s did not finish within %gs after stop",
-                name,
-                limit,
-                extra={"outlast_task": name, "outlast_event": "task_stuck"},
-            )
+        self._log_stuck(stuck, "[THREAD_STUCK] name=%s did not finish within %gs after stop", limit)
         with self._lock:
             for name, thread in threads:
                 if not thread.is_alive():
@@ -272,11 +233,7 @@ class Supervisor(SupervisorBase):
         previous: dict[int, _SignalHandler] = {}
 
         def handle(signum: int, frame: FrameType | None) -> None:
-            logger.info(
-                "[SUPERVISOR_STOP] supervisor=%s signal=%s: stopping tasks",
-                self.name,
-                signal.Signals(signum).name,
-            )
+            self._log_signal(signum)
             self.stop()
             _chain(signum, frame, previous.get(signum))
 

@@ -103,6 +103,7 @@ def problem_body(status: int = 503) -> dict[str, Any]:
 
 
 def dumps(doc: Mapping[str, Any]) -> bytes:
+    """A problem document as compact UTF-8 JSON."""
     return json.dumps(doc, separators=(",", ":"), sort_keys=False).encode()
 
 
@@ -117,6 +118,7 @@ class Mapped:
 
     @property
     def content_type(self) -> str:
+        """Always ``application/problem+json``."""
         return PROBLEM_CONTENT_TYPE
 
 
@@ -357,6 +359,7 @@ class RequestBudget:
 
     @staticmethod
     def finish(token: contextvars.Token[float | None]) -> None:
+        """End the request's budget (the token is what `start` returned)."""
         try:
             _deadline.reset(token)
         except ValueError:  # a different context (e.g. a thread pool hop)
@@ -374,10 +377,15 @@ def _deadline_for(guard: Guard, reserve: float) -> float | None:
     if remaining is None:
         return None
     if remaining <= 0:
-        raise RequestBudgetExceeded(
-            "request budget exhausted", retry_after=_guard_retry_after(guard) or 1.0
-        )
+        raise budget_exceeded(guard)
     return max(remaining - reserve, 0.0)
+
+
+def budget_exceeded(guard: Guard | None) -> RequestBudgetExceeded:
+    """The error for a request whose budget ran out (a 503 that says when to come back)."""
+    return RequestBudgetExceeded(
+        "request budget exhausted", retry_after=_guard_retry_after(guard) or 1.0
+    )
 
 
 def call_within_budget(
@@ -448,6 +456,7 @@ class WebConfig:
         object.__setattr__(self, "health_prefix", "/" + self.health_prefix.strip("/"))
 
     def is_health_path(self, path: str) -> bool:
+        """True for the health endpoints under `health_prefix` (never database routes)."""
         prefix = self.health_prefix
         return path == prefix or path.startswith(prefix + "/")
 

@@ -26,7 +26,46 @@ def subcommand(fn: Registrar) -> Registrar:
     return fn
 
 
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Runner,
+    *,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """Add the sub-parser ``outlast <name>`` that runs `run(args)`; returns it for its options."""
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def lazy_subcommand(name: str, module: str, run: str, *, help: str, description: str) -> None:
+    """Register ``outlast <name>`` without importing `module` until it is used.
+
+    `module`'s ``add_arguments(parser)`` adds its options (when the parser is
+    built), and ``<module>.<run>(args) -> int`` runs it.
+    """
+    import importlib
+
+    def _run(args: argparse.Namespace) -> int:
+        result: int = getattr(importlib.import_module(module), run)(args)
+        return result
+
+    @subcommand
+    def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        parser = add_command(sub, name, _run, help=help, description=description)
+        importlib.import_module(module).add_arguments(parser)
+
+
+def fail(command: str, message: str, code: int = 2) -> int:
+    """Print ``outlast <command>: <message>`` to stderr and return the exit `code`."""
+    print(f"outlast {command}: {message}", file=sys.stderr)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``outlast`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog="outlast",
         description="Keep PostgreSQL-backed Python services up while their database is not.",
@@ -61,6 +100,7 @@ _SUBCOMMAND_MODULES: list[str] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``outlast`` command with `argv` (default: ``sys.argv[1:]``); return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Runner | None = getattr(args, "run", None)

@@ -34,42 +34,28 @@ views marked `db_route` (``db_routes="marked"``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from ._health import (
-    HEALTH_CONTENT_TYPE,
-    SyncProbe,
-    engine_ping,
-    health_db,
-    health_live,
-    health_paths,
-    health_ready,
-)
+from ._health import HealthAnswer, health_paths
 from ._web import (
     DEFAULT_BUDGET,
     DEFAULT_HEALTH_TIMEOUT,
     NO_ROUTE,
-    PROBLEM_CONTENT_TYPE,
     DbRoutes,
     Mapped,
     RequestBudget,
     RequestBudgetExceeded,
-    WebConfig,
     budget_remaining,
-    call_within_budget,
     db_route,
-    log_fault,
-    map_exception,
     no_db,
-    record_fault,
     record_success,
     rollback,
 )
+from ._web_base import WebBase
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -85,8 +71,18 @@ __all__ = [
 _EXT = "outlast"
 
 
-class Outlast:
-    """The Flask extension (``Outlast(app, ...)`` or ``Outlast(...).init_app(app)``)."""
+class Outlast(WebBase):
+    """The Flask extension (``Outlast(app, ...)`` or ``Outlast(...).init_app(app)``).
+
+    `guard` (default: a Guard named after the app, made on first use);
+    `budget`: seconds a database request may take; `session`: a SQLAlchemy
+    session (or scoped session) rolled back after a fault; `engine` or `ping`:
+    what ``/health/db`` runs ``SELECT 1`` through (default: Flask-SQLAlchemy's
+    engine, if any); `db_routes`/`exempt`: which views are database routes;
+    `ready`/`supervisor`/`ready_fail_on_db`: what ``/health/ready`` reports;
+    `attempt_reserve`: seconds kept back from the budget for one attempt in
+    `call`; `record_faults`: report faults raised outside the Guard to it.
+    """
 
     def __init__(
         self,
@@ -107,37 +103,34 @@ class Outlast:
         attempt_reserve: float = 0.0,
         record_faults: bool = True,
     ) -> None:
-        self.config = WebConfig(
+        super().__init__(
+            guard=guard,
             budget=budget,
-            db_routes=db_routes,
-            exempt=tuple(exempt),
             health_prefix=health_prefix,
             ready_fail_on_db=ready_fail_on_db,
+            supervisor=supervisor,
+            session=session,
+            engine=engine,
+            ping=ping,
+            db_routes=db_routes,
+            exempt=exempt,
             health_timeout=health_timeout,
+            ready=ready,
             attempt_reserve=attempt_reserve,
             record_faults=record_faults,
         )
-        self._budget = RequestBudget(budget)
-        self._guard = guard
-        self.supervisor = supervisor
-        self.session = session
-        self.engine = engine
-        self.ping = ping
-        self.ready = ready
-        self._probe: SyncProbe | None = None
         self._app: Flask | None = None
         if app is not None:
             self.init_app(app)
 
     # -- set-up ---------------------------------------------------------------
 
-    @property
-    def guard(self) -> Guard:
-        if self._guard is None:
-            from ._guard import Guard
+    def _default_guard_name(self) -> str:
+        return self._app.name if self._app is not None else "default"
 
-            self._guard = Guard(self._app.name if self._app is not None else "default")
-        return self._guard
+    def _default_engine(self) -> Any:
+        ext = self._app.extensions.get("sqlalchemy") if self._app is not None else None
+        return getattr(ext, "engine", None) if ext is not None else None
 
     def init_app(self, app: Flask) -> None:
         """Install the hooks, the error handler and the health routes on `app`."""
@@ -152,21 +145,13 @@ class Outlast:
         app.add_url_rule(paths["ready"], "outlast_health_ready", self._ready, methods=["GET"])
         app.add_url_rule(paths["db"], "outlast_health_db", self._db, methods=["GET"])
 
-    # -- what views use ---------------------------------------------------------
-
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``guard.call(fn, ...)`` with the rest of the request budget as deadline."""
-        return call_within_budget(
-            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
-        )
-
     # -- hooks ------------------------------------------------------------------
 
     def _before_request(self) -> None:
         view = app_view(request.endpoint)
         if not self.config.is_db_route(request.path, view):
             return
-        g._outlast_budget = self._budget.start()
+        g._outlast_budget = self.budget.start()
         self.guard.check()
         g._outlast_clean = True
 
@@ -190,53 +175,29 @@ class Outlast:
     def _handle_exception(self, exc: Exception) -> Any:
         if isinstance(exc, HTTPException):
             return exc
-        mapped = map_exception(exc, self._guard)
+        mapped = self.map_fault(exc)
         if mapped is None:
             raise exc
         g.pop("_outlast_clean", None)
         route = _route()
         rollback(self._sessions())
-        if self.config.record_faults:
-            record_fault(self._guard, exc, route)
-        log_fault(exc, mapped, route)
-        return _problem_response(mapped)
+        self.report_fault(exc, mapped, route)
+        return _response(mapped)
 
     # -- health -----------------------------------------------------------------
 
     def _live(self) -> Response:
-        status, doc = health_live()
-        return _health_response(status, doc)
+        return _response(self.live_answer())
 
     def _ready(self) -> Response:
-        status, doc = health_ready(
-            self.guard,
-            fail_on_db=self.config.ready_fail_on_db,
-            supervisor=self.supervisor,
-            ready=self.ready,
-        )
-        return _health_response(status, doc)
+        return _response(self.ready_answer())
 
     def _db(self) -> Response:
-        status, doc, retry_after = health_db(self.guard, self._get_probe())
-        return _health_response(status, doc, retry_after)
-
-    def _get_probe(self) -> SyncProbe | None:
-        if self._probe is None:
-            ping = self.ping
-            if ping is None:
-                engine = self.engine
-                if engine is None and self._app is not None:
-                    ext = self._app.extensions.get("sqlalchemy")
-                    engine = getattr(ext, "engine", None) if ext is not None else None
-                if engine is not None:
-                    ping = engine_ping(engine)
-            if ping is None:
-                return None
-            self._probe = SyncProbe(self.guard, ping, self.config.health_timeout)
-        return self._probe
+        return _response(self.db_answer())
 
 
 def app_view(endpoint: str | None) -> Any:
+    """The view function Flask will run for `endpoint` (`NO_ROUTE` for 404s and static files)."""
     from flask import current_app
 
     if endpoint is None or endpoint == "static" or endpoint.endswith(".static"):
@@ -249,19 +210,10 @@ def _route() -> str:
     return f"{request.method} {rule.rule if rule is not None else request.path}"
 
 
-def _problem_response(mapped: Mapped) -> Response:
+def _response(answer: Mapped | HealthAnswer) -> Response:
     return Response(
-        mapped.body,
-        status=mapped.status,
-        headers=list(mapped.headers),
-        content_type=PROBLEM_CONTENT_TYPE,
-    )
-
-
-def _health_response(status: int, doc: dict[str, Any], retry_after: str | None = None) -> Response:
-    headers = [("Cache-Control", "no-store")]
-    if retry_after is not None:
-        headers.append(("Retry-After", retry_after))
-    return Response(
-        json.dumps(doc), status=status, headers=headers, content_type=HEALTH_CONTENT_TYPE
+        answer.body,
+        status=answer.status,
+        headers=list(answer.headers),
+        content_type=answer.content_type,
     )

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +49,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
 from ._health import (
-    HEALTH_CONTENT_TYPE,
-    SyncProbe,
+    HealthAnswer,
     async_engine_ping,
-    engine_ping,
+    health_answer,
     health_db,
     health_db_async,
-    health_live,
     health_paths,
-    health_ready,
 )
 from ._web import (
     DEFAULT_BUDGET,
@@ -69,17 +65,14 @@ from ._web import (
     Mapped,
     RequestBudget,
     RequestBudgetExceeded,
-    WebConfig,
     acall_within_budget,
+    budget_exceeded,
     budget_remaining,
-    call_within_budget,
     db_route,
-    log_fault,
-    map_exception,
     no_db,
-    record_fault,
     record_success,
 )
+from ._web_base import WebBase
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -98,8 +91,11 @@ __all__ = [
 _ROLLBACK_TIMEOUT = 1.0
 
 
-class Outlast:
-    """What `install()` returns (also at ``app.state.outlast``)."""
+class Outlast(WebBase):
+    """What `install()` returns (also at ``app.state.outlast``).
+
+    Takes the options of `install`; `name` names the Guard made when none is given.
+    """
 
     def __init__(
         self,
@@ -120,37 +116,29 @@ class Outlast:
         record_faults: bool = True,
         name: str = "default",
     ) -> None:
-        self.config = WebConfig(
+        super().__init__(
+            guard=guard,
             budget=budget,
-            db_routes=db_routes,
-            exempt=tuple(exempt),
             health_prefix=health_prefix,
             ready_fail_on_db=ready_fail_on_db,
+            supervisor=supervisor,
+            session=session,
+            engine=engine,
+            ping=ping,
+            db_routes=db_routes,
+            exempt=exempt,
             health_timeout=health_timeout,
+            ready=ready,
             attempt_reserve=attempt_reserve,
             record_faults=record_faults,
         )
-        self.budget = RequestBudget(budget)
         if guard is None:
             from ._guard import Guard
 
-            guard = Guard(name)
-        self.guard: Guard = guard
-        self.supervisor = supervisor
-        self.session = session
-        self.engine = engine
-        self.ping = ping
-        self.ready = ready
-        self._probe: SyncProbe | None = None
+            self.guard = Guard(name)
         self.routes: Sequence[Any] = ()
 
     # -- what endpoints use -------------------------------------------------------
-
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``guard.call`` with the rest of the request budget as deadline (sync routes)."""
-        return call_within_budget(
-            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
-        )
 
     async def acall(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         """``guard.acall`` with the rest of the request budget as deadline."""
@@ -162,15 +150,13 @@ class Outlast:
 
     async def handle(self, exc: BaseException, scope: Scope) -> Mapped | None:
         """Map, roll back, record and log one exception (None: not a database fault)."""
-        mapped = map_exception(exc, self.guard)
+        mapped = self.map_fault(exc)
         if mapped is None:
             return None
         route = _route(scope)
         scope["outlast.fault"] = True
         await self._rollback()
-        if self.config.record_faults:
-            record_fault(self.guard, exc, route)
-        log_fault(exc, mapped, route)
+        self.report_fault(exc, mapped, route)
         return mapped
 
     async def _rollback(self) -> None:
@@ -188,36 +174,28 @@ class Outlast:
     # -- health -----------------------------------------------------------------
 
     async def live(self, request: Request) -> Response:
-        status, doc = health_live()
-        return _health_response(status, doc)
+        """``/health/live``: never touches the database."""
+        return _response(self.live_answer())
 
     async def ready_endpoint(self, request: Request) -> Response:
-        status, doc = health_ready(
-            self.guard,
-            fail_on_db=self.config.ready_fail_on_db,
-            supervisor=self.supervisor,
-            ready=self.ready,
-        )
-        return _health_response(status, doc)
+        """``/health/ready``: 200 (``warn``) during an outage unless `ready_fail_on_db`."""
+        return _response(self.ready_answer())
 
     async def db(self, request: Request) -> Response:
+        """``/health/db``: ``SELECT 1`` through the Guard; 503 while the database is down."""
         ping = self.ping
         engine = self.engine
-        timeout = self.config.health_timeout
         if ping is None and engine is not None and hasattr(engine, "sync_engine"):
             ping = async_engine_ping(engine)
         if ping is not None and inspect.iscoroutinefunction(ping):
-            status, doc, retry_after = await health_db_async(self.guard, ping, timeout)
-            return _health_response(status, doc, retry_after)
-        if self._probe is None:
-            if ping is None and engine is not None:
-                ping = engine_ping(engine)
-            if ping is not None:
-                self._probe = SyncProbe(self.guard, ping, timeout)
-        status, doc, retry_after = await asyncio.to_thread(health_db, self.guard, self._probe)
-        return _health_response(status, doc, retry_after)
+            timeout = self.config.health_timeout
+            return _response(health_answer(*await health_db_async(self.guard, ping, timeout)))
+        # A blocking ping runs in a thread, so a slow database never blocks the event loop.
+        probe = self.sync_probe()
+        return _response(health_answer(*await asyncio.to_thread(health_db, self.guard, probe)))
 
     def is_db_route(self, scope: Scope) -> bool:
+        """True when the request in `scope` goes to a database route (see `WebConfig`)."""
         return self.config.is_db_route(scope["path"], _endpoint(self.routes, scope))
 
 
@@ -229,6 +207,7 @@ class OutlastMiddleware:
         self.outlast = outlast
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI request; answer database faults raised before the response starts."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -263,9 +242,7 @@ class OutlastMiddleware:
                 record_success(ol.guard, _route(scope))
         except Exception as exc:
             if timeout_cm is not None and timeout_cm.expired() and isinstance(exc, TimeoutError):
-                exc = RequestBudgetExceeded(
-                    "request budget exhausted", retry_after=_retry_after(ol.guard)
-                )
+                exc = budget_exceeded(ol.guard)
             if started or not await self._answer(exc, scope, send):
                 raise
         finally:
@@ -330,12 +307,7 @@ def install(
         mapped = await ol.handle(exc, request.scope)
         if mapped is None:  # pragma: no cover - only registered for mapped classes
             raise exc
-        return Response(
-            mapped.body,
-            status_code=mapped.status,
-            headers=dict(mapped.headers),
-            media_type=PROBLEM_CONTENT_TYPE,
-        )
+        return _response(mapped)
 
     app.add_exception_handler(DatabaseUnavailable, on_fault)
     app.add_exception_handler(CommitOutcomeUnknown, on_fault)
@@ -352,13 +324,6 @@ def require_database(request: Request) -> None:
     """
     ol: Outlast = request.app.state.outlast
     ol.guard.check()
-
-
-def _retry_after(guard: Guard) -> float:
-    try:
-        return float(guard.retry_after) or 1.0
-    except Exception:
-        return 1.0
 
 
 def _endpoint(routes: Sequence[Any], scope: Scope) -> Any:
@@ -378,10 +343,10 @@ def _route(scope: Scope) -> str:
     return f"{scope.get('method', '?')} {path}"
 
 
-def _health_response(status: int, doc: dict[str, Any], retry_after: str | None = None) -> Response:
-    headers = {"Cache-Control": "no-store"}
-    if retry_after is not None:
-        headers["Retry-After"] = retry_after
+def _response(answer: Mapped | HealthAnswer) -> Response:
     return Response(
-        json.dumps(doc), status_code=status, headers=headers, media_type=HEALTH_CONTENT_TYPE
+        answer.body,
+        status_code=answer.status,
+        headers=dict(answer.headers),
+        media_type=answer.content_type,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
@@ -14,27 +14,17 @@ from django.utils.module_loading import import_string
 
 from outlast._errors import ConfigurationError, DatabaseUnavailable
 from outlast._hardening import connection_fileno, socket_deadline
-from outlast._health import (
-    SyncProbe,
-)
+from outlast._health import HealthAnswer
 from outlast._web import (
     DEFAULT_BUDGET,
     DEFAULT_HEALTH_TIMEOUT,
-    PROBLEM_CONTENT_TYPE,
     Mapped,
     RequestBudget,
     RequestBudgetExceeded,
-    WebConfig,
     budget_remaining,
-    call_within_budget,
-    log_fault,
-    map_exception,
-    record_fault,
     record_success,
 )
-
-if TYPE_CHECKING:
-    from outlast._guard import Guard
+from outlast._web_base import WebBase
 
 __all__ = ["OutlastMiddleware", "Runtime", "runtime"]
 
@@ -59,14 +49,14 @@ def _load(value: Any) -> Any:
     return import_string(value) if isinstance(value, str) else value
 
 
-class Runtime:
+class Runtime(WebBase):
     """What the middleware and the health views share, built from ``settings.OUTLAST``."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - _KEYS)
         if unknown:
             raise ConfigurationError(f"unknown OUTLAST setting(s): {', '.join(unknown)}")
-        self.config = WebConfig(
+        super().__init__(
             budget=float(options.get("BUDGET", DEFAULT_BUDGET)),
             db_routes=options.get("DB_ROUTES", "all"),
             exempt=tuple(options.get("EXEMPT", ())),
@@ -76,16 +66,15 @@ class Runtime:
             attempt_reserve=float(options.get("ATTEMPT_RESERVE", 0.0)),
             record_faults=bool(options.get("RECORD_FAULTS", True)),
         )
-        self.budget = RequestBudget(self.config.budget)
         guard = _load(options.get("GUARD"))
         if guard is None:
             from outlast._guard import Guard
 
             guard = Guard(str(options.get("DATABASE", "default")))
-        self.guard: Guard = guard
+        self.guard = guard
         self.supervisor = _load(options.get("SUPERVISOR"))
         self.alias: str = options.get("DATABASE", "default")
-        self.probe = SyncProbe(self.guard, self._ping, self.config.health_timeout)
+        self.ping = self._ping
 
     def _ping(self) -> None:
         from django.db import connections
@@ -98,12 +87,6 @@ class Runtime:
                 cursor.execute("SELECT 1")
         finally:
             conn.close()
-
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``guard.call`` with the rest of the request budget as deadline."""
-        return call_within_budget(
-            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
-        )
 
 
 #: Seconds kept back so the 503 goes out before the budget ends.
@@ -174,11 +157,12 @@ def _route(request: HttpRequest) -> str:
     return f"{request.method} /{route}" if route else f"{request.method} {request.path}"
 
 
-def _problem(mapped: Mapped) -> HttpResponse:
-    response = HttpResponse(mapped.body, status=mapped.status, content_type=PROBLEM_CONTENT_TYPE)
-    for name, value in mapped.headers:
-        response[name] = value
-    return response
+def response(answer: Mapped | HealthAnswer) -> HttpResponse:
+    """An `HttpResponse` carrying a problem document or a health document."""
+    result = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
+    for name, value in answer.headers:
+        result[name] = value
+    return result
 
 
 class OutlastMiddleware:
@@ -192,6 +176,7 @@ class OutlastMiddleware:
         self.rt = runtime()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Serve one request with every query bounded by the rest of the budget."""
         try:
             with contextlib.ExitStack() as stack:
                 for alias in connections:
@@ -214,6 +199,7 @@ class OutlastMiddleware:
         view_args: tuple[Any, ...],
         view_kwargs: dict[str, Any],
     ) -> HttpResponse | None:
+        """Before a database view: start the budget; an open breaker answers 503 at once."""
         rt = self.rt
         if not rt.config.is_db_route(request.path_info, view_func):
             return None
@@ -227,16 +213,14 @@ class OutlastMiddleware:
         return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """Answer a database fault (503, or 500 for PERMANENT); None for anything else."""
         rt = self.rt
-        mapped = map_exception(exception, rt.guard)
+        mapped = rt.map_fault(exception)
         if mapped is None:
             return None
         request._outlast_clean = False
-        route = _route(request)
-        if rt.config.record_faults:
-            record_fault(rt.guard, exception, route)
-        log_fault(exception, mapped, route)
-        return _problem(mapped)
+        rt.report_fault(exception, mapped, _route(request))
+        return response(mapped)
 
 
 def _connect_reset() -> None:

@@ -35,6 +35,7 @@ bytes but never answers (a frozen proxy, a half-dead NAT) fails at once with a
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -45,7 +46,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -53,8 +54,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ._fault import Fault
 
+from ._classify import classify
 from ._dsn import parse_dsn
 from ._errors import ConfigurationError
+from ._web import budget_remaining
 
 __all__ = [
     "PRESETS",
@@ -63,17 +66,21 @@ __all__ = [
     "Hardening",
     "SocketDeadline",
     "apply_socket_options",
+    "asyncpg_connect_kwargs",
     "check_startup_options",
     "connection_fileno",
     "is_pooler_host",
     "is_restart_fault",
     "jittered_lifetime",
+    "libpq_connect_kwargs",
     "libpq_params",
     "preset_for",
+    "report_fault",
     "session_settings",
     "session_setup_sql",
     "socket_deadline",
     "startup_option_string",
+    "statement_deadline",
     "without_settings",
 ]
 
@@ -322,6 +329,60 @@ def without_settings(preset: Hardening, names: set[str]) -> Hardening:
     return replace(preset, **changes) if changes else preset
 
 
+def libpq_connect_kwargs(
+    preset: Hardening, given: Mapping[str, str], kwargs: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], Hardening]:
+    """The caller's libpq keywords with the preset's merged in, and the effective preset.
+
+    `given` holds the parameters already in the conninfo (or URL query): those
+    and the keys in `kwargs` are the caller's and win. Startup ``options`` are
+    concatenated (the caller's settings keep their values; the preset leaves
+    them alone); a pooler preset rejects them with `ConfigurationError`.
+    """
+    out = dict(kwargs or {})
+    user_options = out.get("options", given.get("options"))
+    preset = without_settings(preset, check_startup_options(user_options, preset))
+    for key, value in libpq_params(preset).items():
+        if key == "options" and user_options:
+            out["options"] = f"{user_options} {value}"
+        elif key not in out and key not in given:
+            out[key] = value
+    return out, preset
+
+
+def asyncpg_connect_kwargs(
+    preset: Hardening, kwargs: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], Hardening]:
+    """Keywords for ``asyncpg.connect`` (the caller's win) and the effective preset.
+
+    ``timeout`` and ``command_timeout`` from the preset; the server timeouts
+    and ``application_name`` as ``server_settings`` (startup parameters) where
+    the preset allows them. Server timeouts the caller put in
+    ``server_settings`` keep their values, except with a pooler preset, which
+    rejects them (`ConfigurationError`).
+    """
+    out = dict(kwargs or {})
+    server = dict(out.get("server_settings") or {})
+    managed = {name for name in _SESSION_SETTINGS if name in server}
+    if managed and not preset.startup_options:
+        raise ConfigurationError(
+            f"preset {preset.name!r} connects through a pooler that rejects startup "
+            f"parameters ({', '.join(sorted(managed))} in server_settings); drop them and "
+            "let outlast apply the settings with SET after connecting"
+        )
+    preset = without_settings(preset, managed)
+    out.setdefault("timeout", preset.connect_timeout)
+    if preset.statement_deadline is not None:
+        out.setdefault("command_timeout", preset.statement_deadline)
+    if preset.application_name:
+        server.setdefault("application_name", preset.application_name)
+    if preset.startup_options:
+        for name, value in session_settings(preset).items():
+            server.setdefault(name, value)
+    out["server_settings"] = server
+    return out, preset
+
+
 def jittered_lifetime(preset: Hardening, rng: random.Random | None = None) -> float:
     """``max_lifetime`` shortened by up to ``max_lifetime_jitter`` (never lengthened)."""
     r = (rng or random).random()
@@ -371,6 +432,39 @@ def is_restart_fault(fault: Fault | None) -> bool:
     ):
         return True
     return fault.reason in _RESTART_REASONS
+
+
+def report_fault(
+    guard: FaultReporter | None,
+    exc: BaseException,
+    op: str,
+    *,
+    unknown_is_restart: bool = False,
+) -> bool:
+    """Report `exc` to the Guard (if any); True when every pooled connection is suspect.
+
+    That is a restart-class fault (`is_restart_fault`), or, with
+    `unknown_is_restart`, an error nobody can classify (a failed ping is
+    suspicious whatever it says).
+    """
+    fault = guard.record_failure(exc, op=op) if guard is not None else classify(exc)
+    if fault is None:
+        return unknown_is_restart
+    return is_restart_fault(fault)
+
+
+def statement_deadline(preset: Hardening) -> float | None:
+    """The client-side limit for the next statement, in seconds (None: no limit).
+
+    The preset's `Hardening.statement_deadline`, or what is left of the
+    current web request's budget (`outlast.budget_remaining`) when that is
+    less: a request must not wait on a dead link after its caller gave up.
+    """
+    limit = preset.statement_deadline
+    remaining = budget_remaining()
+    if remaining is not None and (limit is None or remaining < limit):
+        return remaining
+    return limit
 
 
 def connection_fileno(conn: object) -> int | None:
@@ -473,6 +567,21 @@ class SocketDeadline:
                 self._heap = [(d, t, f) for t, (d, f) in self._armed.items()]
                 heapq.heapify(self._heap)
             return False
+
+    @contextlib.contextmanager
+    def bound(self, fileno: int | None, seconds: float | None) -> Iterator[None]:
+        """``with socket_deadline.bound(fd, 2.0): blocking_call()``.
+
+        No deadline when `fileno` or `seconds` is None.
+        """
+        if fileno is None or seconds is None:
+            yield
+            return
+        token = self.arm(fileno, seconds)
+        try:
+            yield
+        finally:
+            self.disarm(token)
 
     @property
     def armed(self) -> int:

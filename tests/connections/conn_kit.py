@@ -132,6 +132,7 @@ class Traffic:
     threads: int = 3
     pause: float = 0.02
     outcomes: list[Outcome] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
 
@@ -145,6 +146,7 @@ class Traffic:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            self.starts.append(started)
             try:
                 self.request()
             except Exception as error:
@@ -168,14 +170,65 @@ class Traffic:
     def successes_after(self, t: float) -> int:
         return sum(1 for o in self.outcomes if o.ok and o.started >= t)
 
-    def stale_failures(self) -> list[Outcome]:
-        """Failures on an existing connection (not 'the server is down while connecting')."""
+    def started_after(self, t: float) -> int:
+        return sum(1 for s in self.starts if s >= t)
+
+    def stale_failures(self, since: float = 0.0) -> list[Outcome]:
+        """Failures on an existing connection (not 'the server is down while connecting').
+
+        Only requests that started at `since` or later count: pass the moment
+        the server was known to be down to leave out the requests that were in
+        flight when it shut down (no pool can save those).
+        """
         return [
             o
             for o in self.outcomes
             if not o.ok
+            and o.started >= since
             and not (o.error == "DatabaseUnavailable" or (o.fault and o.fault.phase == "connect"))
         ]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
+@dataclass
+class Restart:
+    """What `restart_under_traffic` saw: the traffic and when the server was down / up."""
+
+    traffic: Traffic
+    down_at: float
+    up_at: float
+
+
+def restart_under_traffic(pg_control: Any, request: Callable[[], object]) -> Restart:
+    """Stop and start the server under steady traffic from three threads.
+
+    The server is stopped (fast shutdown: every backend is terminated), a few
+    requests start while it is down, then it is started again and the traffic
+    runs until 30 requests succeeded. `Restart.down_at` is when the stop had
+    finished: a request that started later and failed on a pooled connection
+    met a stale one; earlier ones may have been in flight at the shutdown.
+    """
+    traffic = Traffic(request, threads=3).start()
+    try:
+        assert wait_until(lambda: traffic.successes_after(0) >= 20, 30), "no warm traffic"
+        pg_control.stop()
+        down_at = time.monotonic()
+        assert wait_until(lambda: traffic.started_after(down_at) >= 3, 30), "traffic stalled"
+        pg_control.start()
+        up_at = time.monotonic()
+        wait_until(lambda: traffic.successes_after(up_at) >= 30, 60)
+    finally:
+        traffic.stop()
+    return Restart(traffic, down_at, up_at)
 
 
 class Hang:

@@ -12,7 +12,7 @@ import pytest
 
 import outlast
 from outlast._hardening import PRESETS
-from outlast.asyncpg import connect, connect_kwargs, create_pool
+from outlast.asyncpg import HardenedConnection, connect, connect_kwargs, create_pool
 
 SLACK = 1.5
 
@@ -105,3 +105,58 @@ async def test_pool_fails_fast_on_a_dead_link(
             with pytest.raises((OSError, asyncio.TimeoutError)):
                 await pool.fetchval("SELECT 1")
             assert time.monotonic() - start < PRESETS["default"].connect_timeout + SLACK
+
+
+async def _wait_for(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "in_flight"])
+async def test_a_terminated_connection_reaches_the_guard_and_expires_the_pool(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, busy: bool
+) -> None:
+    # The proxy sends FATAL 57P01 on every connection and closes it, as a
+    # server shutdown does; asyncpg drops its query loggers before they see it.
+    guard = outlast.Guard("asyncpg-terminate")
+    async with create_pool(
+        pg_proxy.url(pg_database.name, driver=None), guard=guard, min_size=2, max_size=2
+    ) as pool:
+        async with pool.acquire() as a, pool.acquire() as b:
+            assert isinstance(a._con, HardenedConnection)
+            await a.fetchval("SELECT 1")
+            await b.fetchval("SELECT 1")
+        generation = pool._generation
+        async with pool.acquire() as conn:
+            query = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(5)")) if busy else None
+            await asyncio.sleep(0.2 if busy else 0)  # let the query reach the server
+            with db_outage("terminate"):
+                assert await _wait_for(lambda: guard.state.last_fault is not None)
+                if query is not None:
+                    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+                        await query
+        fault = guard.state.last_fault
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
+        assert guard.state.failures >= 1  # (new connections work: the Guard may be up again)
+        assert await _wait_for(lambda: pool._generation > generation)  # expired as a task
+        assert await pool.fetchval("SELECT 1") == 1  # fresh connections afterwards
+
+
+async def test_closing_and_retiring_connections_is_not_a_fault(pg_database: Any) -> None:
+    guard = outlast.Guard("asyncpg-quiet")
+    pool = create_pool(pg_database.url(driver=None), guard=guard, min_size=2, max_size=2)
+    async with pool:
+        assert await pool.fetchval("SELECT 1") == 1
+        await pool.expire_connections()  # every connection is closed on its next acquire
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        single = await connect(pg_database.url(driver=None), guard=guard)
+        await single.close()
+    for _ in range(3):  # termination listeners run as call_soon callbacks: let them
+        await asyncio.sleep(0)
+    assert guard.state.up
+    assert guard.state.last_fault is None

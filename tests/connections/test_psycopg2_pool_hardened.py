@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
+import psycopg2.extras
 import psycopg2.pool
 import pytest
+from conn_kit import Hang
 
 import outlast
-from outlast.psycopg2 import ConnectionPool, PoolTimeout, connect
+from outlast._hardening import PRESETS
+from outlast.psycopg2 import ConnectionPool, HardenedConnection, PoolTimeout, connect
 
 
 def test_connect_applies_the_session_settings(pg_database: Any) -> None:
@@ -131,6 +135,69 @@ def test_ping_on_a_frozen_link_is_bounded(pg_proxy: Any, pg_database: Any, db_ou
         assert elapsed < pool.hardening.check_budget + 1.5
         assert pool.size == 0  # the frozen connection was dropped, no slot leaked
         assert not guard.state.up
+
+
+# A statement deadline of 2 s (server 1 s + grace 1 s) keeps these tests short.
+FAST = PRESETS["default"].replace(statement_timeout=1.0, deadline_grace=1.0)
+SLACK = 1.5
+
+
+def _bounded_call(call: Callable[[], object], step: str) -> tuple[BaseException | None, float]:
+    """Run a blocking driver call in a thread; its error and duration (fails if it hangs)."""
+    start = time.monotonic()
+    hang = Hang(call)
+    assert hang.done.wait(60), f"{step} still hanging after 60 s: no client-side deadline"
+    return hang.error, time.monotonic() - start
+
+
+@pytest.mark.parametrize("kind", ["freeze", "blackhole"])
+@pytest.mark.parametrize("step", ["execute", "commit"])
+def test_a_query_on_a_checked_out_connection_hits_the_deadline(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, step: str, kind: str
+) -> None:
+    guard = outlast.Guard("psycopg2-deadline")
+    with ConnectionPool(
+        pg_proxy.dsn(pg_database.name), guard=guard, preset=FAST, max_size=1
+    ) as pool:
+        with pool.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")  # checked out, working, inside a transaction
+                with db_outage(kind):
+                    steps = {"execute": lambda: cur.execute("SELECT 1"), "commit": conn.commit}
+                    error, elapsed = _bounded_call(steps[step], step)
+        print(f"psycopg2 pool, {step} after checkout, {kind}: failed after {elapsed:.2f} s")
+        assert isinstance(error, psycopg2.OperationalError), error
+        fault = outlast.classify(error)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
+        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert not guard.state.up
+        assert conn.closed
+        assert pool.size == 0  # discarded, its slot free
+        with pool.connection() as again, again.cursor() as cur:
+            assert again is not conn
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+
+
+def test_connect_bounds_every_cursor_factory(
+    pg_proxy: Any, pg_database: Any, db_outage: Any
+) -> None:
+    conn = connect(
+        pg_proxy.dsn(pg_database.name),
+        preset=FAST,
+        cursor_factory=psycopg2.extras.RealDictCursor,
+    )
+    try:
+        assert isinstance(conn, HardenedConnection)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 AS x")
+            assert cur.fetchone() == {"x": 1}
+            with db_outage("freeze"):
+                error, elapsed = _bounded_call(lambda: cur.execute("SELECT 2 AS x"), "execute")
+        assert isinstance(error, psycopg2.OperationalError), error
+        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+    finally:
+        conn.close()
 
 
 def test_guard_transaction_accepts_the_pool(pg_database: Any) -> None:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import psycopg
 import psycopg_pool
 import pytest
-from conn_kit import Traffic
+from conn_kit import restart_under_traffic
 
 import outlast
 from outlast._hardening import PRESETS
-from outlast.psycopg import AsyncConnectionPool, ConnectionPool, aconnect, connect, connect_kwargs
+from outlast._web import RequestBudget
+from outlast.psycopg import (
+    AsyncConnectionPool,
+    ConnectionPool,
+    HardenedConnection,
+    aconnect,
+    connect,
+    connect_kwargs,
+)
 
 SLACK = 1.5
 
@@ -118,6 +127,113 @@ async def test_async_pool_fails_fast_on_a_dead_link(
         assert not guard.state.up
 
 
+# A statement deadline of 2 s (server 1 s + grace 1 s) keeps these tests short.
+FAST = PRESETS["default"].replace(statement_timeout=1.0, deadline_grace=1.0)
+
+
+@pytest.mark.parametrize("kind", ["freeze", "blackhole"])
+def test_a_query_on_a_checked_out_connection_hits_the_deadline(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, kind: str
+) -> None:
+    guard = outlast.Guard("psycopg-deadline")
+    with ConnectionPool(
+        pg_proxy.dsn(pg_database.name), guard=guard, preset=FAST, min_size=1, max_size=1, open=True
+    ) as pool:
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")  # checked out and working before the fault
+            with db_outage(kind):
+                start = time.monotonic()
+                with pytest.raises(psycopg.OperationalError) as info:
+                    conn.execute("SELECT 1")
+                elapsed = time.monotonic() - start
+        print(f"psycopg pool, query after checkout, {kind}: failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
+        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert not guard.state.up  # the connection reported its own fault
+        assert conn.closed
+        with pool.connection() as again:  # the dead one was discarded, not handed out
+            assert again is not conn
+            assert again.execute("SELECT 1").fetchone() == (1,)
+        assert pool.get_stats().get("returns_bad", 0) >= 1
+
+
+def test_the_request_budget_shortens_the_deadline(
+    pg_proxy: Any, pg_database: Any, db_outage: Any
+) -> None:
+    budget = RequestBudget(1.0)  # what a web integration starts for every request
+    with connect(pg_proxy.dsn(pg_database.name)) as conn:  # default preset: 32 s
+        conn.execute("SELECT 1")
+        token = budget.start()
+        try:
+            with db_outage("freeze"):
+                start = time.monotonic()
+                with pytest.raises(psycopg.OperationalError):
+                    conn.execute("SELECT 1")
+                elapsed = time.monotonic() - start
+        finally:
+            RequestBudget.finish(token)
+    print(f"psycopg connect, 1 s request budget, freeze: failed after {elapsed:.2f} s")
+    assert 0.5 < elapsed < 1.0 + SLACK
+
+
+@pytest.mark.parametrize("kind", ["freeze", "blackhole"])
+async def test_async_query_on_a_checked_out_connection_hits_the_deadline(
+    pg_proxy: Any, pg_database: Any, db_outage: Any, kind: str
+) -> None:
+    guard = outlast.Guard("psycopg-async-deadline")
+    pool = AsyncConnectionPool(
+        pg_proxy.dsn(pg_database.name), guard=guard, preset=FAST, min_size=1, max_size=1
+    )
+    async with pool:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+            with db_outage(kind):
+                start = time.monotonic()
+                with pytest.raises(psycopg.OperationalError) as info:
+                    await conn.execute("SELECT 1")
+                elapsed = time.monotonic() - start
+        print(f"psycopg async pool, query after checkout, {kind}: failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value)
+        assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
+        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert not guard.state.up
+        assert conn.closed
+        async with pool.connection() as again:
+            assert again is not conn
+            cur = await again.execute("SELECT 1")
+            assert await cur.fetchone() == (1,)
+
+
+def test_listen_is_not_cut_by_the_statement_deadline(pg_database: Any) -> None:
+    preset = FAST.replace(statement_timeout=0.3, deadline_grace=0.2)  # 0.5 s
+    with (
+        connect(pg_database.dsn(), preset=preset, autocommit=True) as listener,
+        connect(pg_database.dsn(), autocommit=True) as sender,
+    ):
+        listener.execute("LISTEN outlast_test")
+        later = threading.Timer(1.5, sender.execute, ("NOTIFY outlast_test, 'hi'",))
+        later.start()
+        try:
+            got = [n.payload for n in listener.notifies(stop_after=1)]
+        finally:
+            later.join(timeout=30)
+        assert got == ["hi"]
+        assert listener.execute("SELECT 1").fetchone() == (1,)  # the link is still alive
+
+
+def test_a_callers_connection_class_keeps_its_behaviour(pg_database: Any) -> None:
+    class Mine(psycopg.Connection[Any]):
+        marked = True
+
+    with ConnectionPool(
+        pg_database.dsn(), connection_class=Mine, min_size=1, max_size=1, open=True
+    ) as pool:
+        with pool.connection() as conn:
+            assert isinstance(conn, Mine) and isinstance(conn, HardenedConnection)
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_single_connection_fails_fast_on_a_blackhole(
     pg_proxy: Any, pg_database: Any, db_outage: Any
 ) -> None:
@@ -142,17 +258,6 @@ def test_pool_hands_out_no_stale_connection_after_a_restart(
             with pool.connection() as conn:
                 conn.execute("SELECT 1")
 
-        traffic = Traffic(request, threads=3).start()
-        try:
-            deadline = time.monotonic() + 30
-            while traffic.successes_after(0) < 20 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            pg_control.restart()
-            up_at = time.monotonic()
-            deadline = up_at + 60
-            while traffic.successes_after(up_at) < 30 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            traffic.stop()
-    assert traffic.successes_after(up_at) >= 30
-    assert traffic.stale_failures() == []
+        seen = restart_under_traffic(pg_control, request)
+    assert seen.traffic.successes_after(seen.up_at) >= 30
+    assert seen.traffic.stale_failures(since=seen.down_at) == []

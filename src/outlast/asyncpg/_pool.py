@@ -16,35 +16,41 @@ and `connect` fix that:
 - a query logger reports every failed query to the Guard; after a
   restart-class fault it calls ``pool.expire_connections()`` so every pooled
   connection is replaced on its next acquire;
+- a termination listener does the same when the server or the network closes
+  a connection (a FATAL such as 57P01, idle or in flight): asyncpg drops its
+  query loggers before they could see that. The connections are
+  `HardenedConnection` objects (subclasses of the caller's
+  ``connection_class``), which tell their own ``close()`` / ``terminate()``
+  (the pool retiring them) from a connection lost under them;
 - ``max_inactive_connection_lifetime`` and ``max_queries`` from the preset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
-from outlast._classify import classify
 from outlast._dsn import parse_dsn
 from outlast._errors import ConfigurationError
 from outlast._hardening import (
     FaultReporter,
     Hardening,
     apply_socket_options,
+    asyncpg_connect_kwargs,
     connection_fileno,
-    is_restart_fault,
     preset_for,
-    session_settings,
+    report_fault,
     session_setup_sql,
     socket_deadline,
     transport_socket,
-    without_settings,
 )
 
-__all__ = ["connect", "connect_kwargs", "create_pool"]
+__all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "create_pool"]
 
 MAX_QUERIES = 50_000
 """Queries before a pooled connection is replaced (bounds server-side cache growth)."""
@@ -60,26 +66,56 @@ def connect_kwargs(
     if dsn:
         parse_dsn(dsn)  # a malformed DSN fails here, without echoing the password
     hardening = preset_for(dsn or (kwargs and kwargs.get("host")) or None, preset)
-    out = dict(kwargs or {})
-    server = dict(out.get("server_settings") or {})
-    managed = set(session_settings(Hardening())) & set(server)
-    if managed and not hardening.startup_options:
-        raise ConfigurationError(
-            f"preset {hardening.name!r} connects through a pooler that rejects startup "
-            f"parameters ({', '.join(sorted(managed))} in server_settings); drop them and "
-            "let outlast apply the settings with SET after connecting"
-        )
-    hardening = without_settings(hardening, managed)
-    out.setdefault("timeout", hardening.connect_timeout)
-    if hardening.statement_deadline is not None:
-        out.setdefault("command_timeout", hardening.statement_deadline)
-    if hardening.application_name:
-        server.setdefault("application_name", hardening.application_name)
-    if hardening.startup_options:
-        for name, value in session_settings(hardening).items():
-            server.setdefault(name, value)
-    out["server_settings"] = server
-    return out, hardening
+    params, hardening = asyncpg_connect_kwargs(hardening, kwargs)
+    params["connection_class"] = _hardened_class(params.get("connection_class"))
+    return params, hardening
+
+
+class HardenedConnection(asyncpg.Connection):
+    """An `asyncpg.Connection` that knows whether its owner closed it.
+
+    ``close()`` and ``terminate()`` (called by the application or by the pool
+    retiring the connection) mark it; a termination listener that finds no
+    mark knows the server or the network closed it.
+    """
+
+    _outlast_closing = False
+    _outlast_pinging = False
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        self._outlast_closing = True
+        await super().close(timeout=timeout)
+
+    def terminate(self) -> None:
+        self._outlast_closing = True
+        super().terminate()
+
+
+@functools.cache
+def _hardened_class(base: Any) -> Any:
+    """A caller's ``connection_class`` with `HardenedConnection` mixed in."""
+    if base is None:
+        return HardenedConnection
+    if not isinstance(base, type) or not issubclass(base, asyncpg.Connection):
+        return base  # asyncpg rejects it with its own message
+    if issubclass(base, HardenedConnection):
+        return base
+    return type(f"Hardened{base.__name__}", (HardenedConnection, base), {})
+
+
+def _watch(conn: asyncpg.Connection, lost: Callable[[BaseException], object]) -> None:
+    """Call `lost` when the server or the network closes `conn` (not its owner)."""
+    if not isinstance(conn, HardenedConnection):
+        return
+    ref = weakref.ref(conn)
+
+    def on_termination(_: object) -> None:
+        conn = ref()
+        if conn is None or conn._outlast_closing or conn._outlast_pinging:
+            return  # closed by its owner, or our ping reports its own failure
+        lost(asyncpg.ConnectionDoesNotExistError("connection closed by the server or the network"))
+
+    conn.add_termination_listener(on_termination)
 
 
 async def _finish(conn: asyncpg.Connection, hardening: Hardening) -> None:
@@ -105,10 +141,10 @@ async def connect(
         conn: asyncpg.Connection = await asyncpg.connect(dsn, **params)
         await _finish(conn, hardening)
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
-        if guard is not None:
-            guard.record_failure(error, op="connect")
+        report_fault(guard, error, "connect")
         raise
     if guard is not None:
+        _watch(conn, lambda error: report_fault(guard, error, "execute"))
         guard.record_success(op="connect")
     return conn
 
@@ -143,7 +179,9 @@ def create_pool(
         )
         if key in kwargs
     }
+    pool_options["connection_class"] = _hardened_class(pool_options.get("connection_class"))
     params, hardening = connect_kwargs(dsn, preset=preset, kwargs=kwargs)
+    params.pop("connection_class")  # the pool passes its own to the connect hook
     user_init: Callable[[Any], Awaitable[None]] | None = pool_options.pop("init", None)
     user_setup: Callable[[Any], Awaitable[None]] | None = pool_options.pop("setup", None)
     pool_options.setdefault("max_queries", MAX_QUERIES)
@@ -162,8 +200,7 @@ def create_pool(
         task.add_done_callback(pending.discard)
 
     def report(error: BaseException, op: str) -> None:
-        fault = guard.record_failure(error, op=op) if guard is not None else classify(error)
-        if is_restart_fault(fault):
+        if report_fault(guard, error, op):
             expire()
 
     def on_query(record: Any) -> None:
@@ -180,6 +217,7 @@ def create_pool(
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             report(error, "connect")
             raise
+        _watch(conn, lambda error: report(error, "execute"))
         if guard is not None:
             guard.record_success(op="connect")
         return conn
@@ -190,16 +228,18 @@ def create_pool(
             await user_init(conn)
 
     async def setup(conn: Any) -> None:
-        fileno = connection_fileno(getattr(conn, "_con", None) or conn)
-        token = socket_deadline.arm(fileno, hardening.ping_timeout) if fileno is not None else 0
+        raw = getattr(conn, "_con", None) or conn
+        if isinstance(raw, HardenedConnection):
+            raw._outlast_pinging = True
         try:
-            await conn.execute("SELECT 1")
+            with socket_deadline.bound(connection_fileno(raw), hardening.ping_timeout):
+                await conn.execute("SELECT 1")
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             report(error, "ping")
             raise
         finally:
-            if token:
-                socket_deadline.disarm(token)
+            if isinstance(raw, HardenedConnection):
+                raw._outlast_pinging = False
         if guard is not None:
             guard.record_success(op="ping")
         if user_setup is not None:

@@ -16,6 +16,22 @@ See the README section "Hardened connections" for every default and why.
 from __future__ import annotations
 
 from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
-from ._pool import AsyncConnectionPool, ConnectionPool, aconnect, connect, connect_kwargs
+from ._pool import (
+    AsyncConnectionPool,
+    AsyncHardenedConnection,
+    ConnectionPool,
+    HardenedConnection,
+    aconnect,
+    connect,
+    connect_kwargs,
+)
 
-__all__ = ["AsyncConnectionPool", "ConnectionPool", "aconnect", "connect", "connect_kwargs"]
+__all__ = [
+    "AsyncConnectionPool",
+    "AsyncHardenedConnection",
+    "ConnectionPool",
+    "HardenedConnection",
+    "aconnect",
+    "connect",
+    "connect_kwargs",
+]

@@ -6,6 +6,13 @@ The factories return the driver's own objects (`psycopg.Connection`,
 - connect kwargs: ``connect_timeout``, keepalives, ``tcp_user_timeout``,
   ``application_name`` and, where allowed, the server timeouts as startup
   ``options``; values in the caller's conninfo or ``kwargs`` win;
+- the connections are `HardenedConnection` / `AsyncHardenedConnection`
+  (subclasses of the caller's ``connection_class``): every network wait of a
+  statement, a commit or a rollback runs under a socket deadline (the
+  preset's statement deadline, or the web request's remaining budget when
+  that is less), so a query on a link that accepts bytes but never answers
+  fails instead of hanging; a failure on the link is reported to the Guard
+  and, when it means the server restarted or the link died, drains the pool;
 - ``configure``: ``SET`` the server timeouts where startup options are not
   allowed (poolers), then the caller's own ``configure``;
 - ``check``: an empty query under a socket deadline of ``ping_timeout``
@@ -19,32 +26,44 @@ The factories return the driver's own objects (`psycopg.Connection`,
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
+from typing import Any, cast
 
 import psycopg
 import psycopg_pool
+from psycopg.abc import RV, PQGen
+from psycopg.rows import Row
 
-from outlast._classify import classify
 from outlast._dsn import parse_dsn
 from outlast._hardening import (
     FaultReporter,
     Hardening,
-    check_startup_options,
-    is_restart_fault,
-    libpq_params,
+    libpq_connect_kwargs,
     preset_for,
+    report_fault,
     session_setup_sql,
     socket_deadline,
-    without_settings,
+    statement_deadline,
 )
 
-__all__ = ["AsyncConnectionPool", "ConnectionPool", "aconnect", "connect", "connect_kwargs"]
+__all__ = [
+    "AsyncConnectionPool",
+    "AsyncHardenedConnection",
+    "ConnectionPool",
+    "HardenedConnection",
+    "aconnect",
+    "connect",
+    "connect_kwargs",
+]
 
 # psycopg_pool doubles its reconnect delay until reconnect_timeout, then gives
 # up and starts again at 1 s: this bounds how late it notices a recovery.
 RECONNECT_TIMEOUT = 60.0
+
+_Pool = psycopg_pool.ConnectionPool[Any] | psycopg_pool.AsyncConnectionPool[Any]
 
 
 def connect_kwargs(
@@ -60,22 +79,151 @@ def connect_kwargs(
     pooler would reject (never echoing the password).
     """
     given = parse_dsn(conninfo) if conninfo else {}
-    hardening = preset_for(conninfo or None, preset)
-    out = dict(kwargs or {})
-    user_options = out.get("options", given.get("options"))
-    hardening = without_settings(hardening, check_startup_options(user_options, hardening))
-    for key, value in libpq_params(hardening).items():
-        if key == "options" and user_options:
-            out["options"] = f"{user_options} {value}"
-        elif key not in out and key not in given:
-            out[key] = value
-    return out, hardening
+    return libpq_connect_kwargs(preset_for(conninfo or None, preset), given, kwargs)
 
 
-def _report_failure(guard: FaultReporter | None, exc: BaseException, op: str) -> bool:
-    """Report `exc`; True when it means the server restarted or the link died."""
-    fault = guard.record_failure(exc, op=op) if guard is not None else classify(exc)
-    return fault is None or is_restart_fault(fault)
+class _Hooks:
+    """What a hardened connection needs: its preset, its Guard and, in a pool, the pool."""
+
+    __slots__ = ("guard", "pool", "preset")
+
+    def __init__(self, preset: Hardening, guard: FaultReporter | None) -> None:
+        self.preset = preset
+        self.guard = guard
+        self.pool: weakref.ref[_Pool] | None = None  # set once the pool exists
+
+    def failed(self, error: BaseException, op: str) -> _Pool | None:
+        """Report `error` (once); the pool to drain when it shows every connection is stale."""
+        if getattr(error, "_outlast_handled", False):
+            return None
+        try:
+            error._outlast_handled = True  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions take attributes
+            pass
+        if not report_fault(self.guard, error, op, unknown_is_restart=op == "ping"):
+            return None
+        return self.pool() if self.pool is not None else None
+
+
+def _socket(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> int | None:
+    try:
+        return conn.pgconn.socket
+    except psycopg.Error:
+        return None  # closed: the driver raises its own error
+
+
+class HardenedConnection(psycopg.Connection[Row]):
+    """A `psycopg.Connection` whose network waits run under a socket deadline.
+
+    psycopg routes every blocking exchange with the server (execute, fetch
+    from a server-side cursor, commit, rollback, copy, pipeline sync) through
+    `wait`; this one arms `outlast.SocketDeadline` around it. `notifies` and
+    waits that carry a timeout of their own are left alone.
+    """
+
+    _outlast: _Hooks | None = None
+    _outlast_op = "execute"
+    _outlast_unbounded = 0
+
+    def wait(
+        self, gen: PQGen[RV], interval: float | None = None, timeout: float | None = None
+    ) -> RV:
+        hooks = self._outlast
+        if hooks is None or timeout is not None or self._outlast_unbounded:
+            return self._wait(gen, interval, timeout)
+        try:
+            with socket_deadline.bound(_socket(self), statement_deadline(hooks.preset)):
+                return self._wait(gen, interval, timeout)
+        except psycopg.Error as error:
+            pool = hooks.failed(error, self._outlast_op)
+            if isinstance(pool, psycopg_pool.ConnectionPool):
+                pool.drain()  # every idle connection is as stale as this one
+            raise
+
+    def _wait(self, gen: PQGen[RV], interval: float | None, timeout: float | None) -> RV:
+        if interval is None:
+            return super().wait(gen, timeout=timeout)
+        return super().wait(gen, interval, timeout)
+
+    def notifies(
+        self, *, timeout: float | None = None, stop_after: int | None = None
+    ) -> Generator[psycopg.Notify, None, None]:
+        self._outlast_unbounded += 1  # waiting for notifications is not a statement
+        try:
+            yield from super().notifies(timeout=timeout, stop_after=stop_after)
+        finally:
+            self._outlast_unbounded -= 1
+
+
+class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
+    """The asyncio twin of `HardenedConnection`."""
+
+    _outlast: _Hooks | None = None
+    _outlast_op = "execute"
+    _outlast_unbounded = 0
+
+    async def wait(
+        self, gen: PQGen[RV], interval: float | None = None, timeout: float | None = None
+    ) -> RV:
+        hooks = self._outlast
+        if hooks is None or timeout is not None or self._outlast_unbounded:
+            return await self._wait(gen, interval, timeout)
+        try:
+            with socket_deadline.bound(_socket(self), statement_deadline(hooks.preset)):
+                return await self._wait(gen, interval, timeout)
+        except psycopg.Error as error:
+            pool = hooks.failed(error, self._outlast_op)
+            if isinstance(pool, psycopg_pool.AsyncConnectionPool):
+                await pool.drain()
+            raise
+
+    async def _wait(self, gen: PQGen[RV], interval: float | None, timeout: float | None) -> RV:
+        if interval is None:
+            return await super().wait(gen, timeout=timeout)
+        return await super().wait(gen, interval, timeout)
+
+    async def notifies(
+        self, *, timeout: float | None = None, stop_after: int | None = None
+    ) -> AsyncGenerator[psycopg.Notify, None]:
+        self._outlast_unbounded += 1
+        try:
+            async for notify in super().notifies(timeout=timeout, stop_after=stop_after):
+                yield notify
+        finally:
+            self._outlast_unbounded -= 1
+
+
+@functools.cache
+def _hardened_class(base: type[Any]) -> type[Any]:
+    """`base` (a caller's ``connection_class``) with the deadline of our subclass."""
+    if not isinstance(base, type) or not issubclass(
+        base, psycopg.Connection | psycopg.AsyncConnection
+    ):
+        return base  # psycopg_pool rejects it with its own message
+    ours: type[Any] = (
+        AsyncHardenedConnection if issubclass(base, psycopg.AsyncConnection) else HardenedConnection
+    )
+    if issubclass(base, ours):
+        return base
+    return type(f"Hardened{base.__name__}", (ours, base), {})
+
+
+@contextlib.contextmanager
+def _pinging(conn: object) -> Iterator[None]:
+    """Faults the connection sees now are reported as the pool's ``ping``."""
+    if not isinstance(conn, HardenedConnection | AsyncHardenedConnection):
+        yield
+        return
+    conn._outlast_op = "ping"
+    try:
+        yield
+    finally:
+        del conn._outlast_op  # back to the class's "execute"
+
+
+def _report_connect_failure(guard: FaultReporter | None, error: BaseException) -> None:
+    if guard is not None:
+        guard.record_failure(error, op="connect")
 
 
 def connect(
@@ -85,15 +233,20 @@ def connect(
     preset: str | Hardening = "default",
     **kwargs: Any,
 ) -> psycopg.Connection[Any]:
-    """`psycopg.connect` with the preset's hardening (and its session ``SET``)."""
+    """`psycopg.connect` with the preset's hardening (and its session ``SET``).
+
+    Returns a `HardenedConnection`: every statement runs under the client-side
+    statement deadline.
+    """
     params, hardening = connect_kwargs(conninfo, preset=preset, kwargs=kwargs)
     if guard is not None:
         guard.check()
     try:
-        conn = psycopg.connect(conninfo, **params)
+        conn: HardenedConnection[Any] = HardenedConnection.connect(conninfo, **params)
+        conn._outlast = _Hooks(hardening, guard)
         _setup(conn, session_setup_sql(hardening))
     except psycopg.Error as error:
-        _report_failure(guard, error, "connect")
+        _report_connect_failure(guard, error)
         raise
     if guard is not None:
         guard.record_success(op="connect")
@@ -112,10 +265,13 @@ async def aconnect(
     if guard is not None:
         guard.check()
     try:
-        conn = await psycopg.AsyncConnection.connect(conninfo, **params)
+        conn: AsyncHardenedConnection[Any] = await AsyncHardenedConnection.connect(
+            conninfo, **params
+        )
+        conn._outlast = _Hooks(hardening, guard)
         await _asetup(conn, session_setup_sql(hardening))
     except psycopg.Error as error:
-        _report_failure(guard, error, "connect")
+        _report_connect_failure(guard, error)
         raise
     if guard is not None:
         guard.record_success(op="connect")
@@ -140,16 +296,55 @@ async def _asetup(conn: psycopg.AsyncConnection[Any], statements: list[str]) -> 
         await conn.commit()
 
 
-def _pool_kwargs(
-    conninfo: str, preset: str | Hardening, kwargs: dict[str, Any]
-) -> tuple[dict[str, Any], Hardening]:
-    out = dict(kwargs)
-    params, hardening = connect_kwargs(conninfo, preset=preset, kwargs=out.pop("kwargs", None))
-    out["kwargs"] = params
-    out.setdefault("timeout", hardening.pool_timeout)
-    out.setdefault("max_lifetime", hardening.max_lifetime)
-    out.setdefault("reconnect_timeout", RECONNECT_TIMEOUT)
-    return out, hardening
+class _PoolSetup:
+    """The parts of a hardened pool shared by the sync and the async factory."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        preset: str | Hardening,
+        guard: FaultReporter | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        options = dict(kwargs)
+        params, self.hardening = connect_kwargs(
+            conninfo, preset=preset, kwargs=options.pop("kwargs", None)
+        )
+        options["kwargs"] = params
+        options.setdefault("timeout", self.hardening.pool_timeout)
+        options.setdefault("max_lifetime", self.hardening.max_lifetime)
+        options.setdefault("reconnect_timeout", RECONNECT_TIMEOUT)
+        self.statements = session_setup_sql(self.hardening)
+        self.user_configure: Callable[[Any], Any] | None = options.pop("configure", None)
+        self.user_check: Callable[[Any], Any] | None = options.pop("check", None)
+        self.user_failed: Callable[[Any], Any] | None = options.pop("reconnect_failed", None)
+        self.options = options
+        # Before the pool exists: an open pool connects in the constructor.
+        self.hooks = _Hooks(self.hardening, guard)
+
+    def connection_class(self, default: type[Any]) -> type[Any]:
+        return _hardened_class(self.options.pop("connection_class", default))
+
+    def attach(self, pool: _Pool) -> None:
+        self.hooks.pool = weakref.ref(pool)
+
+    def adopt(self, conn: Any) -> None:
+        """A new connection of the pool: give it the pool's hooks."""
+        if isinstance(conn, HardenedConnection | AsyncHardenedConnection):
+            conn._outlast = self.hooks
+
+    def ping_failed(self, error: BaseException) -> _Pool | None:
+        return self.hooks.failed(error, "ping")
+
+    def record(self, op: str) -> None:
+        if self.hooks.guard is not None:
+            self.hooks.guard.record_success(op=op)
+
+    def reconnect_failed(self) -> None:
+        if self.hooks.guard is not None:
+            self.hooks.guard.record_failure(
+                psycopg.OperationalError("pool could not reconnect in time"), op="connect"
+            )
 
 
 def ConnectionPool(
@@ -162,55 +357,51 @@ def ConnectionPool(
     """A `psycopg_pool.ConnectionPool` with the preset's hardening.
 
     Every keyword of `psycopg_pool.ConnectionPool` is accepted; ``configure``,
-    ``check`` and ``reconnect_failed`` given here run after outlast's own.
+    ``check`` and ``reconnect_failed`` given here run after outlast's own; a
+    ``connection_class`` is subclassed to add the statement deadline.
     """
-    options, hardening = _pool_kwargs(conninfo, preset, kwargs)
-    statements = session_setup_sql(hardening)
-    user_configure: Callable[[Any], None] | None = options.pop("configure", None)
-    user_check: Callable[[Any], None] | None = options.pop("check", None)
-    user_failed: Callable[[Any], None] | None = options.pop("reconnect_failed", None)
-    pool_ref: list[weakref.ref[psycopg_pool.ConnectionPool[Any]]] = []
+    setup = _PoolSetup(conninfo, preset, guard, kwargs)
+    user_configure, user_check, user_failed = (
+        setup.user_configure,
+        setup.user_check,
+        setup.user_failed,
+    )
+    ping_timeout = setup.hardening.ping_timeout
 
     def configure(conn: psycopg.Connection[Any]) -> None:
-        _setup(conn, statements)
+        setup.adopt(conn)
+        _setup(conn, setup.statements)
         if user_configure is not None:
             user_configure(conn)
-        if guard is not None:
-            guard.record_success(op="connect")
+        setup.record("connect")
 
     def check(conn: psycopg.Connection[Any]) -> None:
-        token = socket_deadline.arm(conn.fileno(), hardening.ping_timeout)
         try:
-            psycopg_pool.ConnectionPool.check_connection(conn)
+            with _pinging(conn), socket_deadline.bound(_socket(conn), ping_timeout):
+                psycopg_pool.ConnectionPool.check_connection(conn)
         except Exception as error:
-            if _report_failure(guard, error, "ping"):
-                pool = pool_ref[0]() if pool_ref else None
-                if pool is not None:
-                    pool.drain()  # every idle connection is as stale as this one
+            stale = setup.ping_failed(error)
+            if isinstance(stale, psycopg_pool.ConnectionPool):
+                stale.drain()  # every idle connection is as stale as this one
             raise
-        finally:
-            socket_deadline.disarm(token)
         if user_check is not None:
             user_check(conn)
-        if guard is not None:
-            guard.record_success(op="ping")
+        setup.record("ping")
 
     def reconnect_failed(pool: psycopg_pool.ConnectionPool[Any]) -> None:
-        if guard is not None:
-            guard.record_failure(
-                psycopg.OperationalError("pool could not reconnect in time"), op="connect"
-            )
+        setup.reconnect_failed()
         if user_failed is not None:
             user_failed(pool)
 
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         conninfo,
+        connection_class=setup.connection_class(HardenedConnection),
         configure=configure,
         check=check,
         reconnect_failed=reconnect_failed,
-        **options,
+        **setup.options,
     )
-    pool_ref.append(weakref.ref(pool))
+    setup.attach(pool)
     return pool
 
 
@@ -226,43 +417,37 @@ def AsyncConnectionPool(
     ``open`` defaults to False (opening in the constructor is deprecated for
     async pools): use ``async with pool:`` or ``await pool.open()``.
     """
-    options, hardening = _pool_kwargs(conninfo, preset, kwargs)
-    options.setdefault("open", False)
-    statements = session_setup_sql(hardening)
-    user_configure: Callable[[Any], Awaitable[None]] | None = options.pop("configure", None)
-    user_check: Callable[[Any], Awaitable[None]] | None = options.pop("check", None)
-    user_failed: Callable[[Any], Any] | None = options.pop("reconnect_failed", None)
-    pool_ref: list[weakref.ref[psycopg_pool.AsyncConnectionPool[Any]]] = []
+    setup = _PoolSetup(conninfo, preset, guard, kwargs)
+    setup.options.setdefault("open", False)
+    user_configure, user_check, user_failed = (
+        setup.user_configure,
+        setup.user_check,
+        setup.user_failed,
+    )
+    ping_timeout = setup.hardening.ping_timeout
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-        await _asetup(conn, statements)
+        setup.adopt(conn)
+        await _asetup(conn, setup.statements)
         if user_configure is not None:
             await user_configure(conn)
-        if guard is not None:
-            guard.record_success(op="connect")
+        setup.record("connect")
 
     async def check(conn: psycopg.AsyncConnection[Any]) -> None:
-        token = socket_deadline.arm(conn.fileno(), hardening.ping_timeout)
         try:
-            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+            with _pinging(conn), socket_deadline.bound(_socket(conn), ping_timeout):
+                await psycopg_pool.AsyncConnectionPool.check_connection(conn)
         except Exception as error:
-            if _report_failure(guard, error, "ping"):
-                pool = pool_ref[0]() if pool_ref else None
-                if pool is not None:
-                    await pool.drain()
+            stale = setup.ping_failed(error)
+            if isinstance(stale, psycopg_pool.AsyncConnectionPool):
+                await stale.drain()
             raise
-        finally:
-            socket_deadline.disarm(token)
         if user_check is not None:
             await user_check(conn)
-        if guard is not None:
-            guard.record_success(op="ping")
+        setup.record("ping")
 
     async def reconnect_failed(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-        if guard is not None:
-            guard.record_failure(
-                psycopg.OperationalError("pool could not reconnect in time"), op="connect"
-            )
+        setup.reconnect_failed()
         if user_failed is not None:
             result = user_failed(pool)
             if isinstance(result, Awaitable):
@@ -270,10 +455,11 @@ def AsyncConnectionPool(
 
     pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
         conninfo,
+        connection_class=cast(Any, setup.connection_class(AsyncHardenedConnection)),
         configure=configure,
         check=check,
         reconnect_failed=reconnect_failed,
-        **options,
+        **setup.options,
     )
-    pool_ref.append(weakref.ref(pool))
+    setup.attach(pool)
     return pool

@@ -18,10 +18,10 @@ from __future__ import annotations
 from outlast._transaction import register_adapter
 
 from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
-from ._pool import ConnectionPool, PoolTimeout, connect, connect_kwargs
+from ._pool import ConnectionPool, HardenedConnection, PoolTimeout, connect, connect_kwargs
 from ._transaction import Psycopg2Adapter
 
 # Guard.transaction(pool) knows psycopg2's own pools; teach it ours too.
 register_adapter(lambda source: isinstance(source, ConnectionPool), Psycopg2Adapter)
 
-__all__ = ["ConnectionPool", "PoolTimeout", "connect", "connect_kwargs"]
+__all__ = ["ConnectionPool", "HardenedConnection", "PoolTimeout", "connect", "connect_kwargs"]

@@ -14,15 +14,23 @@ a connection before handing it out, and has no timeouts. This one:
 - retires connections after a jittered ``max_lifetime``;
 - `connection()` is a context manager that always gives the connection back;
 - connects with the preset's libpq parameters and session ``SET``;
-- reports every fault to the Guard.
+- hands out `HardenedConnection` objects: every statement, fetch from a named
+  cursor, ``COPY``, commit and rollback runs under a socket deadline (the
+  preset's statement deadline, or the web request's remaining budget when
+  that is less), so a query on a link that accepts bytes but never answers
+  fails instead of hanging; the dead connection is then dropped by the pool;
+- reports every fault to the Guard, and drops every idle connection after a
+  fault that shows the server restarted or the link died.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,23 +38,21 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
-from outlast._classify import classify
 from outlast._dsn import parse_dsn
 from outlast._errors import ConfigurationError
 from outlast._hardening import (
     FaultReporter,
     Hardening,
-    check_startup_options,
-    is_restart_fault,
     jittered_lifetime,
-    libpq_params,
+    libpq_connect_kwargs,
     preset_for,
+    report_fault,
     session_setup_sql,
     socket_deadline,
-    without_settings,
+    statement_deadline,
 )
 
-__all__ = ["ConnectionPool", "PoolTimeout", "connect", "connect_kwargs"]
+__all__ = ["ConnectionPool", "HardenedConnection", "PoolTimeout", "connect", "connect_kwargs"]
 
 Connection = psycopg2.extensions.connection
 
@@ -60,16 +66,149 @@ def connect_kwargs(
 ) -> tuple[dict[str, Any], Hardening]:
     """libpq keywords for `psycopg2.connect` (caller's values win) and the effective preset."""
     given = parse_dsn(dsn) if dsn else {}
-    hardening = preset_for(dsn or None, preset)
-    out = dict(kwargs or {})
-    user_options = out.get("options", given.get("options"))
-    hardening = without_settings(hardening, check_startup_options(user_options, hardening))
-    for key, value in libpq_params(hardening).items():
-        if key == "options" and user_options:
-            out["options"] = f"{user_options} {value}"
-        elif key not in out and key not in given:
-            out[key] = value
-    return out, hardening
+    return libpq_connect_kwargs(preset_for(dsn or None, preset), given, kwargs)
+
+
+class _Hooks:
+    """What a hardened connection needs: its preset, its Guard and, in a pool, the pool."""
+
+    __slots__ = ("guard", "pool", "preset")
+
+    def __init__(
+        self, preset: Hardening, guard: FaultReporter | None, pool: ConnectionPool | None
+    ) -> None:
+        self.preset = preset
+        self.guard = guard
+        self.pool = weakref.ref(pool) if pool is not None else None
+
+
+class HardenedConnection(psycopg2.extensions.connection):
+    """A psycopg2 connection whose exchanges with the server run under a socket deadline.
+
+    Its cursors (of any ``cursor_factory``) arm `outlast.SocketDeadline` around
+    ``execute``, ``executemany``, ``callproc``, ``copy_*`` and, for named
+    (server-side) cursors, ``fetch*``; ``commit`` and ``rollback`` too. A
+    failure on the link is reported to the Guard.
+    """
+
+    _outlast: _Hooks | None = None
+
+    def cursor(
+        self,
+        name: str | bytes | None = None,
+        cursor_factory: Any = None,
+        withhold: bool = False,
+        scrollable: bool | None = None,
+    ) -> Any:
+        default: Any = self.cursor_factory  # None unless set on the connection
+        factory = cursor_factory or default or psycopg2.extensions.cursor
+        return super().cursor(
+            name,
+            cursor_factory=_bounded_cursor(factory),
+            withhold=withhold,
+            scrollable=scrollable,
+        )
+
+    def commit(self) -> None:
+        with self.bounded("commit"):
+            super().commit()
+
+    def rollback(self) -> None:
+        with self.bounded("rollback"):
+            super().rollback()
+
+    @contextlib.contextmanager
+    def bounded(self, op: str) -> Iterator[None]:
+        """Run a blocking exchange under the statement deadline; report its failure."""
+        hooks = self._outlast
+        if hooks is None or self.closed:
+            yield
+            return
+        try:
+            with socket_deadline.bound(self.fileno(), statement_deadline(hooks.preset)):
+                yield
+        except psycopg2.Error as error:
+            if report_fault(hooks.guard, error, op):
+                pool = hooks.pool() if hooks.pool is not None else None
+                if pool is not None:
+                    pool.drain()  # every idle connection is as stale as this one
+            raise
+
+
+class BoundedCursor(psycopg2.extensions.cursor):
+    """A cursor of a `HardenedConnection` (mixed into the caller's cursor class)."""
+
+    def _bounded(self, op: str) -> contextlib.AbstractContextManager[None]:
+        conn = self.connection
+        if isinstance(conn, HardenedConnection):
+            return conn.bounded(op)
+        return contextlib.nullcontext()
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with self._bounded("execute"):
+            return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        with self._bounded("execute"):
+            return super().executemany(*args, **kwargs)
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        with self._bounded("execute"):
+            return super().callproc(*args, **kwargs)
+
+    def copy_expert(self, *args: Any, **kwargs: Any) -> Any:
+        with self._bounded("copy"):
+            return super().copy_expert(*args, **kwargs)
+
+    def copy_from(self, *args: Any, **kwargs: Any) -> Any:
+        with self._bounded("copy"):
+            return super().copy_from(*args, **kwargs)
+
+    def copy_to(self, *args: Any, **kwargs: Any) -> Any:
+        with self._bounded("copy"):
+            return super().copy_to(*args, **kwargs)
+
+    # A client-side cursor's rows are already here; a named one fetches them.
+
+    def fetchone(self) -> Any:
+        if self.name is None:
+            return super().fetchone()
+        with self._bounded("fetch"):
+            return super().fetchone()
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        if self.name is None:
+            return super().fetchmany(*args, **kwargs)
+        with self._bounded("fetch"):
+            return super().fetchmany(*args, **kwargs)
+
+    def fetchall(self) -> Any:
+        if self.name is None:
+            return super().fetchall()
+        with self._bounded("fetch"):
+            return super().fetchall()
+
+
+@functools.cache
+def _bounded_cursor(factory: Any) -> Any:
+    """`factory` (a cursor class) with `BoundedCursor`'s deadlines mixed in."""
+    if not isinstance(factory, type) or not issubclass(factory, psycopg2.extensions.cursor):
+        return factory  # a callable: psycopg2 calls it as given
+    if issubclass(factory, BoundedCursor):
+        return factory
+    return type(f"Bounded{factory.__name__}", (BoundedCursor, factory), {})
+
+
+@functools.cache
+def _hardened_factory(factory: Any) -> Any:
+    """A caller's ``connection_factory`` with `HardenedConnection` mixed in."""
+    if factory is None:
+        return HardenedConnection
+    if not isinstance(factory, type) or not issubclass(factory, psycopg2.extensions.connection):
+        return factory
+    if issubclass(factory, HardenedConnection):
+        return factory
+    return type(f"Hardened{factory.__name__}", (HardenedConnection, factory), {})
 
 
 def connect(
@@ -81,16 +220,25 @@ def connect(
 ) -> Connection:
     """`psycopg2.connect` with the preset's hardening (and its session ``SET``)."""
     params, hardening = connect_kwargs(dsn, preset=preset, kwargs=kwargs)
-    return _connect(dsn, params, session_setup_sql(hardening), guard)
+    return _connect(dsn, params, hardening, guard)
 
 
 def _connect(
-    dsn: str, params: dict[str, Any], statements: list[str], guard: FaultReporter | None
+    dsn: str,
+    params: dict[str, Any],
+    hardening: Hardening,
+    guard: FaultReporter | None,
+    pool: ConnectionPool | None = None,
 ) -> Connection:
     if guard is not None:
         guard.check()
+    statements = session_setup_sql(hardening)
+    params = dict(params)
+    params["connection_factory"] = _hardened_factory(params.get("connection_factory"))
     try:
         conn: Connection = psycopg2.connect(dsn, **params)
+        if isinstance(conn, HardenedConnection):
+            conn._outlast = _Hooks(hardening, guard, pool)
         if statements:
             with conn.cursor() as cur:
                 for statement in statements:
@@ -138,7 +286,6 @@ class ConnectionPool:
         self._params, self.hardening = connect_kwargs(dsn, preset=preset, kwargs=kwargs)
         if timeout is not None:
             self.hardening = self.hardening.replace(pool_timeout=timeout)
-        self._statements = session_setup_sql(self.hardening)
         # Read by Guard.transaction to open a direct probe connection.
         self._args: tuple[Any, ...] = (dsn,)
         self._kwargs: dict[str, Any] = dict(self._params)
@@ -250,7 +397,7 @@ class ConnectionPool:
     # -- internals -------------------------------------------------------------
 
     def _new(self) -> Connection:
-        conn = _connect(self._dsn, self._params, self._statements, self.guard)
+        conn = _connect(self._dsn, self._params, self.hardening, self.guard, self)
         with self._cond:
             self._expires[id(conn)] = time.monotonic() + jittered_lifetime(self.hardening)
         return conn
@@ -284,24 +431,21 @@ class ConnectionPool:
             return False
         if time.monotonic() >= self._expires.get(id(conn), 0.0):
             return False
-        token = socket_deadline.arm(conn.fileno(), self.hardening.ping_timeout)
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            conn.rollback()
+            with socket_deadline.bound(conn.fileno(), self.hardening.ping_timeout):
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
         except psycopg2.Error as error:
             if self._report(error, "ping"):
                 self.drain()
             return False
-        finally:
-            socket_deadline.disarm(token)
         if self.guard is not None:
             self.guard.record_success(op="ping")
         return True
 
     def _report(self, error: BaseException, op: str) -> bool:
-        fault = self.guard.record_failure(error, op=op) if self.guard else classify(error)
-        return fault is None or is_restart_fault(fault)
+        return report_fault(self.guard, error, op, unknown_is_restart=True)
 
     def _discard(self, conn: Connection) -> None:
         with contextlib.suppress(Exception):

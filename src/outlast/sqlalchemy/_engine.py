@@ -13,8 +13,9 @@
   its own (``pool_pre_ping`` has none and would hang on a frozen link), and
   invalidate the whole pool when the ping shows the server restarted;
 - ``before/after_cursor_execute``: a client-side deadline per statement
-  (server ``statement_timeout`` + grace) that shuts the socket down when the
-  server cannot answer at all;
+  (server ``statement_timeout`` + grace, or the web request's remaining
+  budget when that is less) that shuts the socket down when the server cannot
+  answer at all;
 - ``handle_error``: report every fault to the Guard and mark restart-class
   faults (57P01/02/03, 25006, lost or refused connections) as disconnects, so
   SQLAlchemy drops every pooled connection instead of handing out stale ones.
@@ -41,17 +42,16 @@ from outlast._hardening import (
     FaultReporter,
     Hardening,
     apply_socket_options,
-    check_startup_options,
+    asyncpg_connect_kwargs,
     connection_fileno,
-    is_restart_fault,
     jittered_lifetime,
-    libpq_params,
+    libpq_connect_kwargs,
     preset_for,
-    session_settings,
+    report_fault,
     session_setup_sql,
     socket_deadline,
+    statement_deadline,
     transport_socket,
-    without_settings,
 )
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
@@ -90,41 +90,25 @@ def _connect_args(
     url: URL, driver: str, preset: Hardening, user_args: Mapping[str, Any]
 ) -> tuple[dict[str, Any], Hardening]:
     """Merge the preset into connect_args; the user's own values win."""
-    args = dict(user_args)
-    query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
     if driver == _ASYNCPG:
-        server = dict(args.get("server_settings") or {})
-        preset = without_settings(preset, _user_settings(server, preset, source="server_settings"))
-        args.setdefault("timeout", preset.connect_timeout)
-        if preset.statement_deadline is not None:
-            args.setdefault("command_timeout", preset.statement_deadline)
-        if preset.application_name:
-            server.setdefault("application_name", preset.application_name)
-        if preset.startup_options:
-            for name, value in session_settings(preset).items():
-                server.setdefault(name, value)
-        args["server_settings"] = server
-        return args, preset
-    user_options = args.get("options", query.get("options"))
-    names = check_startup_options(user_options, preset)
-    preset = without_settings(preset, names)
-    for key, value in libpq_params(preset).items():
-        if key == "options" and user_options:
-            args["options"] = f"{user_options} {value}"
-        elif key not in args and key not in query:
-            args[key] = value
-    return args, preset
+        return asyncpg_connect_kwargs(preset, user_args)
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+    return libpq_connect_kwargs(preset, query, user_args)
 
 
-def _user_settings(server: Mapping[str, Any], preset: Hardening, *, source: str) -> set[str]:
-    names = {name for name in session_settings(Hardening()) if name in server}
-    if names and not preset.startup_options:
-        raise outlast.ConfigurationError(
-            f"preset {preset.name!r} connects through a pooler that rejects startup "
-            f"parameters ({', '.join(sorted(names))} in {source}); drop them and let "
-            "outlast apply the settings with SET after connecting"
-        )
-    return names
+def _prepare(
+    url: str | URL, preset: str | Hardening, kwargs: dict[str, Any]
+) -> tuple[URL, str, dict[str, Any], Hardening]:
+    """The parsed URL, its driver, the keywords for SQLAlchemy's factory, the preset."""
+    parsed = _parse_url(url)
+    driver = _driver(parsed)
+    out = dict(kwargs)
+    connect_args, hardening = _connect_args(
+        parsed, driver, preset_for(parsed.host, preset), out.pop("connect_args", None) or {}
+    )
+    out = _engine_kwargs(out, hardening)
+    out["connect_args"] = connect_args
+    return parsed, driver, out, hardening
 
 
 def _engine_kwargs(kwargs: dict[str, Any], preset: Hardening) -> dict[str, Any]:
@@ -150,19 +134,12 @@ def create_engine(
     ``connect_args`` and URL query parameters given by the caller win over the
     preset; every other keyword goes to SQLAlchemy unchanged.
     """
-    parsed = _parse_url(url)
-    driver = _driver(parsed)
+    parsed, driver, options, hardening = _prepare(url, preset, kwargs)
     if driver == _ASYNCPG:
         raise outlast.ConfigurationError(
             "asyncpg is an async driver: use outlast.sqlalchemy.create_async_engine"
         )
-    hardening = preset_for(parsed.host, preset)
-    connect_args, hardening = _connect_args(
-        parsed, driver, hardening, kwargs.pop("connect_args", None) or {}
-    )
-    engine = sqlalchemy.create_engine(
-        parsed, connect_args=connect_args, **_engine_kwargs(kwargs, hardening)
-    )
+    engine = sqlalchemy.create_engine(parsed, **options)
     _install(engine, guard, hardening, driver)
     return engine
 
@@ -175,17 +152,10 @@ def create_async_engine(
     **kwargs: Any,
 ) -> AsyncEngine:
     """`sqlalchemy.ext.asyncio.create_async_engine` with the preset's hardening."""
-    parsed = _parse_url(url)
-    driver = _driver(parsed)
+    parsed, driver, options, hardening = _prepare(url, preset, kwargs)
     if driver == "psycopg2":
         raise outlast.ConfigurationError("psycopg2 has no asyncio support: use psycopg or asyncpg")
-    hardening = preset_for(parsed.host, preset)
-    connect_args, hardening = _connect_args(
-        parsed, driver, hardening, kwargs.pop("connect_args", None) or {}
-    )
-    engine = _sa_create_async_engine(
-        parsed, connect_args=connect_args, **_engine_kwargs(kwargs, hardening)
-    )
+    engine = _sa_create_async_engine(parsed, **options)
     _install(engine.sync_engine, guard, hardening, driver)
     return engine
 
@@ -231,7 +201,6 @@ class _Hooks:
         self.preset = preset
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
-        self.deadline = preset.statement_deadline
 
     # -- pool events -----------------------------------------------------------
 
@@ -281,10 +250,7 @@ class _Hooks:
         try:
             self._ping(dbapi_connection, info.fileno)
         except Exception as error:
-            fault = self.guard.record_failure(error, op="ping") if self.guard else None
-            if fault is None:
-                fault = outlast.classify(error)
-            if is_restart_fault(fault) or fault is None:
+            if report_fault(self.guard, error, "ping", unknown_is_restart=True):
                 # The server went away under this connection, so under all of
                 # them: drop every pooled connection made before now.
                 raise exc.InvalidatePoolError("ping failed; server restarted or link lost") from (
@@ -295,16 +261,12 @@ class _Hooks:
             self.guard.record_success(op="ping")
 
     def _ping(self, dbapi_connection: DBAPIConnection, fileno: int | None) -> None:
-        token = socket_deadline.arm(fileno, self.preset.ping_timeout) if fileno is not None else 0
-        try:
+        with socket_deadline.bound(fileno, self.preset.ping_timeout):
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
-        finally:
-            if token:
-                socket_deadline.disarm(token)
 
     # -- engine events ---------------------------------------------------------
 
@@ -317,11 +279,12 @@ class _Hooks:
         context: Any,
         executemany: bool,
     ) -> None:
-        if self.deadline is None or context is None:
+        if context is None:
             return
         info = conn.info.get(_KEY)
-        if isinstance(info, _ConnInfo) and info.fileno is not None:
-            context.outlast_deadline = socket_deadline.arm(info.fileno, self.deadline)
+        deadline = statement_deadline(self.preset)
+        if deadline is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
+            context.outlast_deadline = socket_deadline.arm(info.fileno, deadline)
 
     def after_execute(  # noqa: PLR0917 - SQLAlchemy event signature
         self,
@@ -344,11 +307,8 @@ class _Hooks:
             context.execution_context.outlast_deadline = 0  # type: ignore[union-attr]
             socket_deadline.disarm(token)
         error = context.original_exception
-        if self.guard is not None:
-            fault = self.guard.record_failure(error, op="connect" if conn is None else "execute")
-        else:
-            fault = outlast.classify(error)
-        if is_restart_fault(fault) and not context.is_disconnect:
+        op = "connect" if conn is None else "execute"
+        if report_fault(self.guard, error, op) and not context.is_disconnect:
             context.is_disconnect = True
 
 

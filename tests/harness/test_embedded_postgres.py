@@ -103,3 +103,41 @@ def test_standalone_server_outside_pytest(tmp_path) -> None:
 @pytest.mark.external
 def test_external_server_when_configured(external_dsn: str) -> None:
     assert _query(external_dsn, "SELECT 1") == 1
+
+
+def test_a_killed_test_process_leaves_no_server_behind(tmp_path) -> None:
+    # A child interpreter starts a server, then dies by SIGKILL (as a test run
+    # killed by a CI timeout would). The watchdog must take the server down.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from outlast.testing import EmbeddedPostgres\n"
+        "pg = EmbeddedPostgres()\n"
+        "pg.start()\n"
+        "print(pg.port, pg.base_dir, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    port_text, base_dir = child.stdout.readline().split()
+    child.stdout.close()
+    port = int(port_text)
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the orphaned server still accepts connections")
+    while time.monotonic() < deadline and os.path.exists(base_dir):
+        time.sleep(0.1)
+    assert not os.path.exists(base_dir)

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -128,6 +129,7 @@ class EmbeddedPostgres:
         self._proc: subprocess.Popen[bytes] | None = None
         self._run_as: str | None = None
         self._log_file: Any = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -229,7 +231,34 @@ class EmbeddedPostgres:
             user=self._run_as,
             start_new_session=True,  # Ctrl-C in a terminal must not reach it
         )
+        self._start_watchdog(self._proc.pid)
         self._wait_ready(timeout)
+
+    def _start_watchdog(self, pid: int) -> None:
+        # The server runs in its own session, so a test run killed by a timeout
+        # or SIGKILL would leave it running forever. A tiny watchdog process
+        # holds the read end of a pipe whose write end only we hold: when we
+        # die, the pipe closes and the watchdog shuts the server down.
+        self._stop_watchdog()
+        leftover = str(self.base_dir) if self._own_dir else ""
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(pid), leftover],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _stop_watchdog(self) -> None:
+        dog = self._watchdog
+        self._watchdog = None
+        if dog is None or dog.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            dog.stdin.write(b"x")  # "stand down": we stopped the server ourselves
+            dog.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            dog.wait(10)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -311,6 +340,7 @@ class EmbeddedPostgres:
         self.start()
 
     def _close_log(self) -> None:
+        self._stop_watchdog()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -418,6 +448,24 @@ class EmbeddedPostgres:
             if not self.is_running():
                 self.start()
             self.drop_database(name)
+
+
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+pid, base = int(sys.argv[1]), sys.argv[2]
+if sys.stdin.buffer.read(1):
+    sys.exit(0)  # told to stand down
+try:
+    os.kill(pid, signal.SIGQUIT)  # immediate shutdown; the postmaster stops its backends
+    for _ in range(100):
+        time.sleep(0.05)
+        os.kill(pid, 0)
+    os.kill(pid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+if base:
+    shutil.rmtree(base, ignore_errors=True)
+"""
 
 
 def _ident(name: str) -> str:

@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 
 import outlast
+from outlast._deadline import SocketDeadline
 from outlast._hardening import (
     PRESETS,
     Hardening,
-    SocketDeadline,
     check_startup_options,
     is_pooler_host,
     is_restart_fault,

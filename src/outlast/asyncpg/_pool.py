@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from outlast._deadline import connection_fileno, socket_deadline, transport_socket
 from outlast._dsn import parse_dsn
 from outlast._errors import ConfigurationError
 from outlast._hardening import (
@@ -42,12 +43,9 @@ from outlast._hardening import (
     Hardening,
     apply_socket_options,
     asyncpg_connect_kwargs,
-    connection_fileno,
     preset_for,
     report_fault,
     session_setup_sql,
-    socket_deadline,
-    transport_socket,
 )
 
 __all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "create_pool"]

@@ -12,8 +12,8 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
+from outlast._deadline import connection_fileno, socket_deadline
 from outlast._errors import ConfigurationError, DatabaseUnavailable
-from outlast._hardening import connection_fileno, socket_deadline
 from outlast._health import HealthAnswer
 from outlast._web import (
     DEFAULT_BUDGET,

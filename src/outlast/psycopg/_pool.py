@@ -37,6 +37,7 @@ import psycopg_pool
 from psycopg.abc import RV, PQGen
 from psycopg.rows import Row
 
+from outlast._deadline import socket_deadline
 from outlast._dsn import parse_dsn
 from outlast._hardening import (
     FaultReporter,
@@ -45,7 +46,6 @@ from outlast._hardening import (
     preset_for,
     report_fault,
     session_setup_sql,
-    socket_deadline,
     statement_deadline,
 )
 

@@ -38,6 +38,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from outlast._deadline import socket_deadline
 from outlast._dsn import parse_dsn
 from outlast._errors import ConfigurationError
 from outlast._hardening import (
@@ -48,7 +49,6 @@ from outlast._hardening import (
     preset_for,
     report_fault,
     session_setup_sql,
-    socket_deadline,
     statement_deadline,
 )
 

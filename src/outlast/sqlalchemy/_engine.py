@@ -38,20 +38,18 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 import outlast
+from outlast._deadline import connection_fileno, socket_deadline, transport_socket
 from outlast._hardening import (
     FaultReporter,
     Hardening,
     apply_socket_options,
     asyncpg_connect_kwargs,
-    connection_fileno,
     jittered_lifetime,
     libpq_connect_kwargs,
     preset_for,
     report_fault,
     session_setup_sql,
-    socket_deadline,
     statement_deadline,
-    transport_socket,
 )
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]

@@ -36,7 +36,7 @@ from ._clock import waits_disabled
 from ._errors import ConfigurationError, DatabaseUnavailable
 from ._fault import Fault, FaultKind
 from ._guard import Guard
-from ._supervise_core import beat, describe_error, seconds
+from ._supervise_task import beat, describe_error, seconds
 from ._supervisor import Supervisor, ThreadTaskContext
 
 __all__ = ["AsyncLoop", "Loop", "loop"]

@@ -21,16 +21,8 @@ from types import FrameType, TracebackType
 
 from ._backoff import Backoff
 from ._errors import ConfigurationError
-from ._supervise_core import (
-    UNSET,
-    Record,
-    RestartPolicy,
-    SupervisorBase,
-    TaskContext,
-    _current,
-    _Unset,
-    seconds,
-)
+from ._supervise_core import SupervisorBase
+from ._supervise_task import UNSET, Record, RestartPolicy, TaskContext, _current, _Unset, seconds
 
 __all__ = ["Supervisor", "ThreadTaskContext"]
 

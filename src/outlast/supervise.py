@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ._asupervisor import AsyncSupervisor, AsyncTaskContext
 from ._loop import AsyncLoop, Loop, loop
-from ._supervise_core import (
+from ._supervise_task import (
     DEFAULT_BACKOFF,
     OnFailure,
     RestartPolicy,

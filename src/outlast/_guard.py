@@ -295,17 +295,26 @@ class Guard(GuardBase):
     # -- transactions (the algorithm lives in outlast._transaction) ----------------
 
     def transaction(
-        self, source: Any, fn: Callable[..., T], /, *args: Any, op: str | None = None, **kwargs: Any
+        self,
+        source: Any,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        op: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
     ) -> T:
         """Run ``fn(conn, *args, **kwargs)`` in a transaction on `source` and commit it.
 
         Re-runs the whole function on faults that struck before COMMIT; resolves
         a lost COMMIT with ``pg_xact_status`` (never re-sends it) and raises
-        `CommitOutcomeUnknown` if that cannot be settled in time.
+        `CommitOutcomeUnknown` if that cannot be settled in time. `deadline`
+        (seconds from now) replaces the retry deadline for this call, as in `call`.
         """
         from ._transaction import find_adapter, run_transaction
 
-        return run_transaction(self, find_adapter(source), fn, *args, op=op, **kwargs)
+        adapter = find_adapter(source)
+        return run_transaction(self, adapter, fn, *args, op=op, deadline=deadline, **kwargs)
 
     async def atransaction(
         self,
@@ -314,13 +323,14 @@ class Guard(GuardBase):
         /,
         *args: Any,
         op: str | None = None,
+        deadline: float | None = None,
         **kwargs: Any,
     ) -> T:
         """The async twin of `transaction`: ``await fn(conn, *args, **kwargs)``."""
         from ._transaction import arun_transaction, find_adapter
 
         adapter = find_adapter(source, asynchronous=True)
-        return await arun_transaction(self, adapter, fn, *args, op=op, **kwargs)
+        return await arun_transaction(self, adapter, fn, *args, op=op, deadline=deadline, **kwargs)
 
     # -- the slow path ------------------------------------------------------------
 

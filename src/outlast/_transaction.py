@@ -6,7 +6,8 @@ and commits it. What happens on a database fault depends on *when* it struck:
 - before COMMIT was sent (connect, a statement, reading the xid): the server
   rolled the transaction back, so an UNAVAILABLE, CONFLICT or READ_ONLY fault
   re-runs the *whole* function on a fresh connection, within the Guard's
-  attempts and deadline;
+  attempts and deadline (or the call's own ``deadline=``, e.g. the rest of a
+  web request's budget);
 - while COMMIT was in flight (the connection died before the reply): nobody
   knows whether it committed. Just before COMMIT the transaction's id was read
   (``pg_current_xact_id_if_assigned()``). After reconnecting, outlast asks
@@ -226,12 +227,21 @@ def _decide(
     op: str | None,
     now: Callable[[], float],
     rand: Callable[[], float],
+    deadline: float | None = None,
 ) -> Generator[_Command, object, object]:
-    """The whole algorithm, free of I/O. Returns fn's result or raises."""
+    """The whole algorithm, free of I/O. Returns fn's result or raises.
+
+    `deadline` (seconds from the start of the call, e.g. the rest of a web
+    request's budget) replaces the retry policy's deadline, which counts from
+    the first failure.
+    """
     policy = guard.retry
-    deadline = policy.deadline
+    start = None if deadline is None else now()
+    if deadline is None:
+        deadline = policy.deadline
     failed = 0  # attempts of fn that failed (a resolved "aborted" counts)
-    first_failure: float | None = None
+    # Where the deadline counts from: the call's start, else the first failure.
+    first_failure: float | None = start
     while True:
         guard.check()
         outcome = yield _ATTEMPT
@@ -253,6 +263,7 @@ def _decide(
                 resolved = yield from _resolve(
                     guard,
                     op,
+                    deadline=deadline,
                     outcome=outcome,
                     fault=fault,
                     exc=exc,
@@ -280,6 +291,7 @@ def _resolve(
     guard: GuardLike,
     op: str | None,
     *,
+    deadline: float | None,
     outcome: _Outcome,
     fault: Fault,
     exc: Exception,
@@ -291,7 +303,6 @@ def _resolve(
     xid = outcome.xid
     assert xid is not None
     policy = guard.retry
-    deadline = policy.deadline
     probes = 0
     why = "unreachable"
     last_error: BaseException = exc
@@ -391,11 +402,12 @@ def run_transaction(
     /,
     *args: Any,
     op: str | None = None,
+    deadline: float | None = None,
     **kwargs: Any,
 ) -> T:
     """Run ``fn(conn, *args, **kwargs)`` in a transaction with commit-unknown resolution."""
     clock = _clock(guard)
-    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random)
+    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
     reply: object = None
     while True:
         try:
@@ -459,11 +471,12 @@ async def arun_transaction(
     /,
     *args: Any,
     op: str | None = None,
+    deadline: float | None = None,
     **kwargs: Any,
 ) -> T:
     """The asyncio twin of `run_transaction`: ``await fn(conn, *args, **kwargs)``."""
     clock = _clock(guard)
-    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random)
+    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
     reply: object = None
     while True:
         try:

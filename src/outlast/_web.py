@@ -7,8 +7,9 @@ this module. It decides:
   `CommitOutcomeUnknown`, and every fault `classify()` recognises except
   PERMANENT ones, which stay ``500`` with a generic body;
 - the bodies: RFC 9457 ``application/problem+json`` that keeps the seeds'
-  ``error``/``detail``/``status`` fields, and never any SQL, parameter, host
-  name or traceback;
+  ``error``/``detail``/``status`` fields (``error`` is ``OUTCOME_UNKNOWN`` for
+  `CommitOutcomeUnknown`: the write may have been applied), and never any SQL,
+  parameter, host name or traceback;
 - the ``Retry-After`` value (`retry_after_header`: whole seconds, at least 1);
 - the request budget (`RequestBudget`, `budget_remaining`): a deadline per
   request kept in a context variable, so code deep inside a view can pass the
@@ -83,8 +84,21 @@ def retry_after_header(seconds: float | None) -> str:
     return str(min(max(math.ceil(seconds), 1), MAX_RETRY_AFTER))
 
 
-def problem_body(status: int = 503) -> dict[str, Any]:
-    """The RFC 9457 problem document for a 503 (or the generic one for a 500)."""
+def problem_body(status: int = 503, *, outcome_unknown: bool = False) -> dict[str, Any]:
+    """The RFC 9457 problem document for a 503 (or the generic one for a 500).
+
+    ``outcome_unknown``: the 503 for `CommitOutcomeUnknown`. Its ``error`` is
+    ``OUTCOME_UNKNOWN`` instead of ``SERVICE_UNAVAILABLE``, because the write
+    may have been applied: a client must check before sending it again.
+    """
+    if status == 503 and outcome_unknown:
+        return {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "The outcome of the request is unknown: it may have been applied",
+            "error": "OUTCOME_UNKNOWN",
+        }
     if status == 503:
         return {
             "type": "about:blank",
@@ -122,11 +136,13 @@ class Mapped:
         return PROBLEM_CONTENT_TYPE
 
 
-def unavailable(retry_after: float | None, fault: Fault | None = None) -> Mapped:
-    """The 503 answer."""
+def unavailable(
+    retry_after: float | None, fault: Fault | None = None, *, outcome_unknown: bool = False
+) -> Mapped:
+    """The 503 answer (``outcome_unknown``: for a COMMIT whose outcome is unknown)."""
     return Mapped(
         503,
-        dumps(problem_body(503)),
+        dumps(problem_body(503, outcome_unknown=outcome_unknown)),
         (("Retry-After", retry_after_header(retry_after)), ("Cache-Control", "no-store")),
         fault,
     )
@@ -166,7 +182,7 @@ def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | No
         ra = exc.retry_after if exc.retry_after else _guard_retry_after(guard)
         return unavailable(ra, exc.fault)
     if isinstance(exc, CommitOutcomeUnknown):
-        return unavailable(_guard_retry_after(guard), exc.fault)
+        return unavailable(_guard_retry_after(guard), exc.fault, outcome_unknown=True)
     try:
         fault = _classify(exc)
     except Exception:  # classification must never make things worse

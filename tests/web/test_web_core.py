@@ -68,6 +68,19 @@ def test_commit_outcome_unknown_maps_to_503() -> None:
     mapped = _web.map_exception(outlast.CommitOutcomeUnknown("lost", xid="42"))
     assert mapped is not None and mapped.status == 503
     assert dict(mapped.headers)["Retry-After"] == "1"
+    assert mapped.content_type == "application/problem+json"
+
+
+def test_commit_outcome_unknown_says_so_in_the_problem_body() -> None:
+    """A client (and the drill's ledger) must tell "maybe applied" from "not applied"."""
+    mapped = _web.map_exception(outlast.CommitOutcomeUnknown("lost", xid="42"))
+    assert mapped is not None
+    body = json.loads(mapped.body)
+    assert body == _web.problem_body(503, outcome_unknown=True)
+    assert body["error"] == "OUTCOME_UNKNOWN" and body["status"] == 503
+    assert "lost" not in mapped.body.decode()  # the exception's text never leaks
+    plain = _web.map_exception(outlast.DatabaseUnavailable(retry_after=1.0))
+    assert plain is not None and json.loads(plain.body)["error"] == "SERVICE_UNAVAILABLE"
 
 
 def test_plain_application_errors_are_not_mapped() -> None:

@@ -23,8 +23,12 @@ setup. In short::
                 return [dict(r._mapping) for r in await conn.execute(LATEST)]
         return await web.acall(fetch, idempotent=True)
 
-``GET /api/leads``, ``POST /api/leads`` (``{"id": "<client-chosen unique id>",
-"name": "..."}``; the same id twice stores one row), ``GET /api/ping`` (no
+Writes run in ``guard.atransaction(engine, insert, lead, deadline=...)`` (a lost
+COMMIT is resolved with ``pg_xact_status()``, never replayed) into ``lead_writes``,
+whose ``lead_id`` is not unique, so a doubled write would be visible.
+
+``GET /api/leads``, ``POST /api/leads`` (``{"id": "<client-chosen id>",
+"name": "..."}``; the same id twice stores two rows), ``GET /api/ping`` (no
 database), ``/health/live``, ``/health/ready`` and, with outlast, ``/health/db``.
 """
 

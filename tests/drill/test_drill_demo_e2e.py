@@ -23,7 +23,7 @@ def test_drill_demo_outlast_passes_and_plain_service_fails(tmp_path):
             "--report",
             str(report),
             "--scenarios",
-            "down,blackhole,terminate,neon_endpoint_disabled",
+            "down,blackhole,terminate,neon_endpoint_disabled,commit_lost",
             "--duration",
             "5",
         ],  # fmt: skip
@@ -48,4 +48,16 @@ def test_drill_demo_outlast_passes_and_plain_service_fails(tmp_path):
     assert "no_500" in failed(plain, "down")  # 500s where outlast answers 503
     assert "budget" in failed(plain, "blackhole")  # hangs past the budget
     assert "background" in failed(plain, "down")  # the hand-written loop died
+
+    def writes(result, scenario):
+        [s] = [x for x in result["scenarios"] if x["name"] == scenario]
+        return s["writes"]
+
+    # Lost COMMIT replies: outlast resolves them (pg_xact_status), so every write
+    # is acknowledged and stored once; the plain service cannot tell its clients.
+    lost = writes(good, "commit_lost")
+    assert lost["acknowledged"] > 0 and lost["unknown"] == 0
+    assert lost["duplicated"] == 0 and lost["lost"] == 0
+    assert "settled" in failed(plain, "commit_lost")  # writes with an unknown outcome
+    assert writes(plain, "commit_lost")["unknown"] > 0
     assert report.read_text().count('<svg class="timeline"') == 2

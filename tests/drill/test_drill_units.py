@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from outlast.drill import (
@@ -25,6 +27,18 @@ def test_ledger_write_outcomes_follow_jepsen_classes():
     assert write_outcome("refused", problem=False) == "failed"
     for o in ("timeout", "5xx", "reset", "error"):
         assert write_outcome(o, problem=True) == "unknown"
+    # outlast's 503 for an unresolved COMMIT: a problem body, yet maybe applied
+    assert write_outcome("503", problem=True, outcome_unknown=True) == "unknown"
+
+
+def test_ledger_records_an_outcome_unknown_503_as_unknown():
+    lg = Ledger(prefix="u")
+    a, b = lg.new_id(), lg.new_id()
+    lg.record(a, "503", problem=True, outcome_unknown=True)
+    lg.record(b, "503", problem=True)
+    res = lg.check({a: 1})  # the unknown one turned out applied: allowed
+    assert (res.failed, res.unknown, res.unknown_present) == (1, 1, 1)
+    assert res.passed and not res.failed_present
 
 
 def test_ledger_check_finds_lost_doubled_failed_applied_and_unexpected():
@@ -116,6 +130,34 @@ def test_checks_each_flaw_fails_its_check(bad, check):
     assert failed == {check}
 
 
+def test_checks_unknown_write_outcomes_fail_the_settled_check():
+    lg = Ledger(prefix="s")
+    ok, unknown = lg.new_id(), lg.new_id()
+    lg.record(ok, "ok", at=3.0)
+    lg.record(unknown, "5xx", at=3.1)
+    result = _scenario()
+    result.ledger = lg.check({ok: 1, unknown: 1}, window=(0.0, 20.0))
+    recs = [_rec("read", 9.0, "ok", 200), _rec("write", 3.1, "5xx", 500)]
+    res = evaluate(
+        result, recs, [], budget=1.0, max_recovery=5.0, has_ping=False, has_live=False,
+        health_supported=None,
+    )  # fmt: skip
+    assert res.check("writes").passed is True  # Jepsen: an unknown may be applied
+    settled = res.check("settled")
+    assert settled.passed is False and settled.title == "no unknown outcomes"
+    assert "1 of 2 writes unknown" in settled.detail and "1 of them applied" in settled.detail
+    clean = _scenario()
+    lg2 = Ledger(prefix="c")
+    only = lg2.new_id()
+    lg2.record(only, "ok", at=3.0)
+    clean.ledger = lg2.check({only: 1}, window=(0.0, 20.0))
+    res2 = evaluate(
+        clean, [_rec("read", 9.0, "ok", 200)], [], budget=1.0, max_recovery=5.0,
+        has_ping=False, has_live=False, health_supported=None,
+    )  # fmt: skip
+    assert res2.check("settled").passed is True
+
+
 def test_checks_recovery_fails_when_no_success_after_the_fault():
     res = _eval([_rec("read", 1.0, "ok", 200), _rec("read", 9.0, "5xx", 500)])
     assert res.check("recovery").passed is False
@@ -161,6 +203,12 @@ def test_builtin_scenarios_have_the_right_steps():
     flap = builtin("flapping", duration=10, budget=2)
     assert [s.at for s in flap.steps] == [0.0, 4.0, 8.0]
     assert builtin("latency", duration=3, budget=2).steps[0].params == {"ms": 2000}
+    [cut] = builtin("commit_lost", duration=6, budget=2).steps
+    assert (cut.fault, cut.at, cut.duration) == ("cut_after", 0.0, 6.0)
+    assert cut.params["wait_reply"] is True  # the server commits; only the reply is lost
+    assert 0.0 < cut.toxicity < 1.0  # a share of the COMMITs, not all
+    assert re.search(cut.params["pattern"], "COMMIT", re.IGNORECASE)
+    assert not re.search(cut.params["pattern"], "SELECT 'COMMIT'", re.IGNORECASE)
     with pytest.raises(ValueError, match="unknown scenario"):
         builtin("meteor", duration=1, budget=1)
 

@@ -19,7 +19,7 @@ from rich.text import Text
 
 __all__ = ["DEMO_SCENARIOS", "add_arguments", "run_demo"]
 
-DEMO_SCENARIOS = "down,blackhole,freeze,terminate,neon_endpoint_disabled,flapping"
+DEMO_SCENARIOS = "down,blackhole,freeze,terminate,neon_endpoint_disabled,flapping,commit_lost"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

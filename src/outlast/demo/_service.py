@@ -6,18 +6,27 @@ The same routes run two ways:
 
 - ``enabled=True``: built with outlast. One `Guard` for everything: the
   hardened engine reports its faults to it (and refuses checkouts while its
-  breaker is open), reads and writes run through it within the request budget
-  (writes are idempotent: ``ON CONFLICT DO NOTHING`` on the client-chosen id),
+  breaker is open), reads run through it within the request budget, and each
+  write is one ``guard.atransaction``: re-run whole when a fault struck before
+  COMMIT, and when the connection died during COMMIT, resolved with
+  ``pg_xact_status()`` instead of being sent again (an unresolvable one is a
+  503 whose problem body says ``"error": "OUTCOME_UNKNOWN"``).
   `outlast.starlette.install` answers 503 + ``Retry-After`` and serves the
   health endpoints, and a background loop runs under a supervisor.
 - ``enabled=False``: the same routes written the usual way: a plain engine
-  (``pool_pre_ping``), no timeouts, a hand-written background task that dies
-  on its first error, hand-written health routes.
+  (``pool_pre_ping``), a bare INSERT in a transaction with no retry, no
+  timeouts, a hand-written background task that dies on its first error,
+  hand-written health routes.
 
-Routes: ``GET /api/leads`` (the latest 50, or ``?ids=a,b``), ``POST
-/api/leads`` (``{"id": "<client-chosen unique id>", "name": "..."}``; the
-same id twice stores one row), ``GET /api/ping`` (no database),
-``/health/live``, ``/health/ready`` and, with outlast, ``/health/db``.
+Writes go to ``lead_writes``, whose ``lead_id`` is *not* unique (the key is a
+``bigserial``): nothing in the database hides a write applied twice, so the
+drill's "no write doubled" check means something.
+
+Routes: ``GET /api/leads`` (the latest 50, or ``?ids=a,b``; rows are
+``{"id": <lead id>, "name", "row_id"}``, one per stored write), ``POST
+/api/leads`` (``{"id": "<client-chosen id>", "name": "..."}``; the same id
+twice stores two rows), ``GET /api/ping`` (no database), ``/health/live``,
+``/health/ready`` and, with outlast, ``/health/db``.
 
 Run it (settings from the environment, see `outlast.demo._settings`)::
 
@@ -39,16 +48,25 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._settings import CREATE_TABLE, attempt_reserve, settings_from_env, web_guard, web_hardening
+from ._settings import (
+    CREATE_WRITES_INDEX,
+    CREATE_WRITES_TABLE,
+    attempt_reserve,
+    settings_from_env,
+    web_guard,
+    web_hardening,
+)
 
 __all__ = ["LeadIn", "app_from_env", "create_app"]
 
 log = logging.getLogger("outlast.demo")
 
-LATEST = text("SELECT id, name FROM leads ORDER BY created_at DESC, id LIMIT 50")
-BY_IDS = text("SELECT id, name FROM leads WHERE id = ANY(:ids) ORDER BY created_at, id")
-INSERT = text("INSERT INTO leads (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING")
-COUNT = text("SELECT count(*) FROM leads")
+_COLUMNS = "lead_id AS id, name, row_id"
+LATEST = text(f"SELECT {_COLUMNS} FROM lead_writes ORDER BY row_id DESC LIMIT 50")
+BY_IDS = text(f"SELECT {_COLUMNS} FROM lead_writes WHERE lead_id = ANY(:ids) ORDER BY row_id")
+# A bare INSERT: nothing would absorb a second copy of the same write.
+INSERT = text("INSERT INTO lead_writes (lead_id, name) VALUES (:id, :name) RETURNING row_id")
+COUNT = text("SELECT count(*) FROM lead_writes")
 
 
 class LeadIn(BaseModel):
@@ -81,7 +99,8 @@ def _parse_ids(raw: str | None) -> list[str] | None:
 async def _create_table(engine: AsyncEngine) -> None:
     try:
         async with engine.begin() as conn:
-            await conn.exec_driver_sql(CREATE_TABLE)
+            await conn.exec_driver_sql(CREATE_WRITES_TABLE)
+            await conn.exec_driver_sql(CREATE_WRITES_INDEX)
     except Exception as exc:  # the database may be late: serve anyway
         log.warning("could not create the leads table yet: %s", type(exc).__name__)
 
@@ -98,6 +117,7 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
     # failed ping or connect opens the breaker) and does not ping a dead
     # server while the breaker is open.
     engine = create_async_engine(database_url, guard=guard, preset=hardening, pool_size=10)
+    reserve = attempt_reserve(hardening, budget)
     supervisor = AsyncSupervisor()
     seen = {"leads": 0}
 
@@ -123,8 +143,14 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
         budget=budget,
         engine=engine,  # for /health/db
         supervisor=supervisor,  # its loops show in /health/ready
-        attempt_reserve=attempt_reserve(hardening, budget),
+        attempt_reserve=reserve,
     )
+
+    def within_budget() -> float | None:
+        # What `web.acall` hands to the Guard: the rest of the request budget,
+        # minus one attempt's worth, so no retry starts that cannot finish.
+        remaining = outlast.budget_remaining()
+        return None if remaining is None else max(remaining - reserve, 0.0)
 
     @app.get("/api/leads")
     async def list_leads(ids: str | None = None) -> list[dict[str, Any]]:
@@ -136,15 +162,18 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
         result: list[dict[str, Any]] = await web.acall(fetch, idempotent=True)
         return result
 
-    @app.post("/api/leads", status_code=201)
-    async def create_lead(lead: LeadIn) -> dict[str, str]:
-        async def insert() -> None:
-            async with engine.begin() as conn:
-                await conn.execute(INSERT, {"id": lead.id, "name": lead.name})
+    async def insert(conn: AsyncConnection, lead: LeadIn) -> int:
+        return int((await conn.execute(INSERT, {"id": lead.id, "name": lead.name})).scalar_one())
 
-        # The client-chosen id makes the insert idempotent: a retry cannot double it.
-        await web.acall(insert, idempotent=True)
-        return {"id": lead.id}
+    @app.post("/api/leads", status_code=201)
+    async def create_lead(lead: LeadIn) -> dict[str, Any]:
+        # One transaction, retried whole if a fault strikes before COMMIT. If
+        # the connection dies during COMMIT, the Guard asks pg_xact_status()
+        # on a fresh connection: committed -> this returns the first run's
+        # row_id, nothing is inserted twice; aborted -> it runs again; still
+        # unknown at the deadline -> CommitOutcomeUnknown -> 503 OUTCOME_UNKNOWN.
+        row_id = await guard.atransaction(engine, insert, lead, deadline=within_budget())
+        return {"id": lead.id, "row_id": row_id}
 
     @app.get("/api/ping")
     @no_db
@@ -185,10 +214,11 @@ def _plain(database_url: str) -> FastAPI:
             return await _select(conn, _parse_ids(ids))
 
     @app.post("/api/leads", status_code=201)
-    async def create_lead(lead: LeadIn) -> dict[str, str]:
-        async with engine.begin() as conn:
-            await conn.execute(INSERT, {"id": lead.id, "name": lead.name})
-        return {"id": lead.id}
+    async def create_lead(lead: LeadIn) -> dict[str, Any]:
+        async with engine.begin() as conn:  # a lost COMMIT reply is a 500, applied or not
+            result = await conn.execute(INSERT, {"id": lead.id, "name": lead.name})
+            row_id = int(result.scalar_one())
+        return {"id": lead.id, "row_id": row_id}
 
     @app.get("/api/ping")
     async def ping() -> dict[str, Any]:

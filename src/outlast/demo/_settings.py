@@ -4,7 +4,11 @@
   ``postgresql+psycopg://user@host:port/db``), ``OUTLAST_ENABLED`` (``1``, the
   default, runs a service with outlast; ``0`` runs the very same code without
   it) and ``OUTLAST_BUDGET`` (the request budget in seconds, default 5).
-- `CREATE_TABLE`: the ``leads`` table every example service uses.
+- `CREATE_TABLE`: the ``leads`` table the Flask and Django examples use (the
+  lead's id is its primary key, so those writes are idempotent).
+- `CREATE_WRITES_TABLE`, `CREATE_WRITES_INDEX`: the ``lead_writes`` table of
+  the reference FastAPI service (`outlast demo`): a ``bigserial`` key and a
+  plain, non-unique ``lead_id``, so a write applied twice shows as two rows.
 - `web_guard`, `web_hardening`, `attempt_reserve`: a Guard and connection
   settings tuned for a web request budget of a few seconds.
 """
@@ -19,6 +23,8 @@ import outlast
 
 __all__ = [
     "CREATE_TABLE",
+    "CREATE_WRITES_INDEX",
+    "CREATE_WRITES_TABLE",
     "DEFAULT_URL",
     "Settings",
     "attempt_reserve",
@@ -35,6 +41,15 @@ CREATE_TABLE = (
     " name text NOT NULL,"
     " created_at timestamptz NOT NULL DEFAULT now())"
 )
+
+CREATE_WRITES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS lead_writes ("
+    " row_id bigserial PRIMARY KEY,"
+    " lead_id text NOT NULL,"  # deliberately not UNIQUE: a doubled write stays visible
+    " name text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now())"
+)
+CREATE_WRITES_INDEX = "CREATE INDEX IF NOT EXISTS lead_writes_lead_id ON lead_writes (lead_id)"
 
 _OFF = frozenset({"0", "false", "no", "off"})
 

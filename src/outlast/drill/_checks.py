@@ -22,6 +22,7 @@ CHECK_TITLES = {
     "background": "background loop alive",
     "recovery": "recovers after the fault",
     "writes": "no write lost or doubled",
+    "settled": "no unknown outcomes",
 }
 
 
@@ -213,5 +214,17 @@ def evaluate(
                 if items:
                     parts.append(f"{len(items)} {label}")
             checks.append(Check("writes", lg.passed if lg.attempted else None, "; ".join(parts)))
+            # Jepsen allows unknowns, but a client that cannot tell whether its
+            # write happened (a timeout, a 500, a lost COMMIT) is left to guess.
+            checks.append(
+                Check(
+                    "settled",
+                    not lg.unknown if lg.attempted else None,
+                    f"{lg.unknown} of {lg.attempted} writes unknown to the client"
+                    f" ({lg.unknown_present} of them applied)"
+                    if lg.unknown
+                    else f"all {lg.attempted} writes definitely ok or failed",
+                )
+            )
     result.checks = checks
     return result

@@ -151,6 +151,7 @@ def scorecard_table(result: DrillResult, *, details: bool = True) -> Table:
         "background": "loop",
         "recovery": "recovery",
         "writes": "writes",
+        "settled": "settled",
     }
     for name in CHECK_TITLES:
         table.add_column(short[name], justify="center")

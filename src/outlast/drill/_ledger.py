@@ -6,7 +6,9 @@ the database as
 - ``ok``: the service acknowledged it (2xx), so it must exist afterwards;
 - ``failed``: a definite failure (503 with a problem body, a 4xx, or the
   connection to the service refused), so it must *not* exist afterwards;
-- ``unknown``: a timeout, a 500, a reset connection: it may or may not exist.
+- ``unknown``: a timeout, a 500, a reset connection, or a 503 whose problem
+  body says ``"error": "OUTCOME_UNKNOWN"`` (outlast's answer to a COMMIT it
+  could not resolve): it may or may not exist.
 
 After the run everything is read back and compared (Jepsen's set checker):
 every acknowledged write present, none present twice, no definite failure
@@ -31,10 +33,12 @@ FAILED = "failed"
 UNKNOWN = "unknown"
 
 
-def write_outcome(outcome: str, *, problem: bool) -> str:
+def write_outcome(outcome: str, *, problem: bool, outcome_unknown: bool = False) -> str:
     """The ledger outcome of a write from its request outcome class."""
     if outcome == "ok":
         return OK
+    if outcome_unknown:
+        return UNKNOWN  # the service itself says the write may have been applied
     if outcome == "503":
         return FAILED if problem else UNKNOWN
     if outcome in {"4xx", "refused"}:
@@ -104,9 +108,16 @@ class Ledger:
         return f"{self.prefix}-{self._n:06d}"
 
     def record(
-        self, write_id: str, outcome: str, *, problem: bool = False, at: float = 0.0
+        self,
+        write_id: str,
+        outcome: str,
+        *,
+        problem: bool = False,
+        outcome_unknown: bool = False,
+        at: float = 0.0,
     ) -> None:
-        self.entries[write_id] = WriteEntry(write_id, write_outcome(outcome, problem=problem), at)
+        result = write_outcome(outcome, problem=problem, outcome_unknown=outcome_unknown)
+        self.entries[write_id] = WriteEntry(write_id, result, at)
 
     def ids(self) -> list[str]:
         return list(self.entries)

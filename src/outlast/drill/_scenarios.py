@@ -93,8 +93,12 @@ BUILTIN_SCENARIOS = (
     "too_many_connections",
     "terminate",
     "flapping",
+    "commit_lost",
     "restart",
 )
+
+#: ``commit_lost``: the share of connections whose next COMMIT is cut off.
+COMMIT_LOST_TOXICITY = 0.5
 
 _DESCRIPTIONS = {
     "down": "the proxy refuses connections and closes live ones",
@@ -107,6 +111,7 @@ _DESCRIPTIONS = {
     "too_many_connections": "sessions terminated, logins rejected with 53300",
     "terminate": "every live session gets 57P01 admin shutdown",
     "flapping": "down 2 s, up 2 s, repeatedly",
+    "commit_lost": "some COMMITs are applied, but the client never gets the reply",
     "restart": "a real PostgreSQL restart",
 }
 
@@ -132,6 +137,12 @@ def builtin(name: str, *, duration: float, budget: float) -> Scenario:
         while t + 2.0 <= max(d, 2.0) + 1e-9 and len(steps) < 50:
             steps.append(Step("down", t, 2.0))
             t += 4.0
+    elif name == "commit_lost":
+        # The proxy lets COMMIT through, waits for the server's answer (so the
+        # transaction did commit), and closes the connection instead of
+        # passing it on: the client cannot know whether its write happened.
+        params = {"pattern": r"^\s*COMMIT\b", "wait_reply": True}
+        steps = [Step("cut_after", 0.0, d, params, COMMIT_LOST_TOXICITY)]
     elif name == RESTART:
         steps = [Step(RESTART, 0.0, 0.0)]
     else:

@@ -86,6 +86,7 @@ class RequestRecord:
     write_id: str | None = None
     error: str | None = None
     problem: bool = False
+    outcome_unknown: bool = False  # the service said it does not know (OUTCOME_UNKNOWN)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,9 +309,16 @@ class Traffic:
                 content_type=ctype,
                 write_id=write_id,
                 problem=_is_problem(resp),
+                outcome_unknown=_says_outcome_unknown(resp),
             )
         if write_id is not None:
-            self.ledger.record(write_id, rec.outcome, problem=rec.problem, at=start)
+            self.ledger.record(
+                write_id,
+                rec.outcome,
+                problem=rec.problem,
+                outcome_unknown=rec.outcome_unknown,
+                at=start,
+            )
         self.records.append(rec)
         return rec
 
@@ -352,3 +360,18 @@ def _is_problem(resp: httpx.Response) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(body, dict) and ("status" in body or "error" in body or "title" in body)
+
+
+def _says_outcome_unknown(resp: httpx.Response) -> bool:
+    """Whether an error answer says the write may have been applied.
+
+    outlast answers a COMMIT whose outcome it could not resolve with a 503
+    problem whose ``error`` is ``OUTCOME_UNKNOWN``.
+    """
+    if resp.status_code < 500:
+        return False
+    try:
+        body = json.loads(resp.content)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and body.get("error") == "OUTCOME_UNKNOWN"

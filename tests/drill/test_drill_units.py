@@ -38,6 +38,7 @@ def test_ledger_records_an_outcome_unknown_503_as_unknown():
     lg.record(b, "503", problem=True)
     res = lg.check({a: 1})  # the unknown one turned out applied: allowed
     assert (res.failed, res.unknown, res.unknown_present) == (1, 1, 1)
+    assert res.unknown_told == 1  # the service said so: the client knows to look
     assert res.passed and not res.failed_present
 
 
@@ -130,32 +131,40 @@ def test_checks_each_flaw_fails_its_check(bad, check):
     assert failed == {check}
 
 
-def test_checks_unknown_write_outcomes_fail_the_settled_check():
+def _settled_check(entries):
+    """The "settled" check for a scenario whose writes had these (outcome, kwargs)."""
     lg = Ledger(prefix="s")
-    ok, unknown = lg.new_id(), lg.new_id()
-    lg.record(ok, "ok", at=3.0)
-    lg.record(unknown, "5xx", at=3.1)
+    present = {}
+    for outcome, kwargs in entries:
+        wid = lg.new_id()
+        lg.record(wid, outcome, at=3.0, **kwargs)
+        present[wid] = 1 if outcome != "503" or kwargs.get("outcome_unknown") else 0
     result = _scenario()
-    result.ledger = lg.check({ok: 1, unknown: 1}, window=(0.0, 20.0))
-    recs = [_rec("read", 9.0, "ok", 200), _rec("write", 3.1, "5xx", 500)]
+    result.ledger = lg.check(present, window=(0.0, 20.0))
     res = evaluate(
-        result, recs, [], budget=1.0, max_recovery=5.0, has_ping=False, has_live=False,
-        health_supported=None,
-    )  # fmt: skip
-    assert res.check("writes").passed is True  # Jepsen: an unknown may be applied
-    settled = res.check("settled")
-    assert settled.passed is False and settled.title == "no unknown outcomes"
-    assert "1 of 2 writes unknown" in settled.detail and "1 of them applied" in settled.detail
-    clean = _scenario()
-    lg2 = Ledger(prefix="c")
-    only = lg2.new_id()
-    lg2.record(only, "ok", at=3.0)
-    clean.ledger = lg2.check({only: 1}, window=(0.0, 20.0))
-    res2 = evaluate(
-        clean, [_rec("read", 9.0, "ok", 200)], [], budget=1.0, max_recovery=5.0,
+        result, [_rec("read", 9.0, "ok", 200)], [], budget=1.0, max_recovery=5.0,
         has_ping=False, has_live=False, health_supported=None,
     )  # fmt: skip
-    assert res2.check("settled").passed is True
+    assert res.check("writes").passed is True  # Jepsen: an unknown may be applied
+    return res.check("settled")
+
+
+def test_checks_a_client_left_guessing_fails_the_settled_check():
+    settled = _settled_check([("ok", {}), ("5xx", {})])
+    assert settled.passed is False and settled.title == "no client left guessing"
+    assert "1 of 2 writes left the client guessing" in settled.detail
+    assert _settled_check([("ok", {}), ("timeout", {})]).passed is False
+
+
+def test_checks_an_outcome_the_service_reported_unknown_is_settled():
+    told = {"problem": True, "outcome_unknown": True}
+    settled = _settled_check([("ok", {}), ("503", told)])
+    assert settled.passed is True
+    assert "0 of 2 writes left the client guessing, 1 reported unknown" in settled.detail
+    # one silent unknown among told ones still fails
+    assert _settled_check([("503", told), ("reset", {})]).passed is False
+    clean = _settled_check([("ok", {}), ("503", {"problem": True})])
+    assert clean.passed is True and "definitely ok or failed" in clean.detail
 
 
 def test_checks_recovery_fails_when_no_success_after_the_fault():

@@ -19,7 +19,9 @@ from rich.text import Text
 
 __all__ = ["DEMO_SCENARIOS", "add_arguments", "run_demo"]
 
-DEMO_SCENARIOS = "down,blackhole,freeze,terminate,neon_endpoint_disabled,flapping,commit_lost"
+DEMO_SCENARIOS = (
+    "down,blackhole,freeze,terminate,neon_endpoint_disabled,flapping,commit_lost,restart"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,21 +144,23 @@ def run_demo(args: argparse.Namespace) -> int:
     names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="outlast-demo-"))
     with contextlib.ExitStack() as stack:
-        console.print("[bold]outlast demo[/]: starting PostgreSQL (embedded) ...")
-        pg = EmbeddedPostgres(workdir / "pg")
-        stack.callback(pg.cleanup)
-        stack.callback(pg.stop)
-        pg.start()
-
-        def restart() -> None:
-            pg.restart()
-
         services = [("outlast", True), ("plain", False)]
         if args.only:
             services = [s for s in services if s[0] == args.only]
+        console.print(
+            f"[bold]outlast demo[/]: starting {len(services)} embedded PostgreSQL server(s) ..."
+        )
         proxies = []
+        restarts = []
         for name, _ in services:
-            pg.create_database(f"leads_{name}")
+            # One server per service: the `restart` scenario restarts a real
+            # server, and each drill must restart only its own service's.
+            pg = EmbeddedPostgres(workdir / f"pg-{name}")
+            stack.callback(pg.cleanup)
+            stack.callback(pg.stop)
+            pg.start()
+            pg.create_database("leads")
+            restarts.append(pg.restart)
             proxy = Proxy(listen=("127.0.0.1", 0), upstream=("127.0.0.1", pg.port), name=name)
             proxy.start()
             stack.callback(proxy.stop)
@@ -165,8 +169,8 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.callback(admin.stop)
         console.print("starting the service with outlast and the same service without it ...")
         runs = []
-        for (name, enabled), proxy in zip(services, proxies, strict=True):
-            db_url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/leads_{name}"
+        for (name, enabled), proxy, restart in zip(services, proxies, restarts, strict=True):
+            db_url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/leads"
             # The service answers within its own budget, a little under the
             # client's (the drill's), so that a 503 at the deadline still
             # reaches the client in time.

@@ -51,6 +51,7 @@ class WriteEntry:
     id: str
     outcome: str
     at: float
+    told: bool = False  # unknown, and the service said so (OUTCOME_UNKNOWN)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class LedgerResult:
     acknowledged: int = 0
     failed: int = 0
     unknown: int = 0
+    unknown_told: int = 0  # of the unknown: the service itself said "outcome unknown"
     unknown_present: int = 0
     lost: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
@@ -81,6 +83,7 @@ class LedgerResult:
             "acknowledged": self.acknowledged,
             "failed": self.failed,
             "unknown": self.unknown,
+            "unknown_told": self.unknown_told,
             "unknown_present": self.unknown_present,
             "lost": len(self.lost),
             "duplicated": len(self.duplicated),
@@ -117,7 +120,8 @@ class Ledger:
         at: float = 0.0,
     ) -> None:
         result = write_outcome(outcome, problem=problem, outcome_unknown=outcome_unknown)
-        self.entries[write_id] = WriteEntry(write_id, result, at)
+        told = result == UNKNOWN and outcome_unknown
+        self.entries[write_id] = WriteEntry(write_id, result, at, told)
 
     def ids(self) -> list[str]:
         return list(self.entries)
@@ -155,6 +159,7 @@ class Ledger:
                     res.failed_present.append(entry.id)
             else:
                 res.unknown += 1
+                res.unknown_told += entry.told
                 if n:
                     res.unknown_present += 1
         if window is None:

@@ -3,53 +3,37 @@
 Stopped server, blackholed network (chaos proxy), terminated sessions: each is
 logged as exactly one ``[DB_DOWN]`` and one ``[DB_RECOVERED]``, and the loop is
 writing again within a second of the database coming back (row timestamps are
-the server's ``clock_timestamp()``).
+the server's ``clock_timestamp()``). Both twins: a thread loop under a
+`Supervisor` and an asyncio loop under an `AsyncSupervisor` (in its own event
+loop thread, so the outage script is the same), each on outlast's hardened
+psycopg connection, whose client-side statement deadline ends the wait on a
+blackholed link (the proxy's kernel acknowledges every byte, so keepalives and
+tcp_user_timeout cannot fire).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 
 import outlast
-from outlast.supervise import Supervisor
+import outlast.psycopg
+from outlast.supervise import AsyncSupervisor, Supervisor
 
 WAIT = 30.0
 RESUME_WITHIN = 1.0
-
-
-@contextlib.contextmanager
-def _deadline(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
-    """Shut the socket down if a statement outlives `seconds`.
-
-    Through a blackholed proxy the TCP link stays healthy (the proxy's kernel
-    acknowledges every byte), so keepalives and tcp_user_timeout cannot fire;
-    only a client-side deadline ends the wait for a reply that never comes.
-    """
-    sock = socket.socket(fileno=conn.pgconn.socket)  # shares the connection's socket
-    try:
-        timer = threading.Timer(seconds, lambda: _shutdown(sock))
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            timer.join()
-    finally:
-        sock.detach()  # give the descriptor back to psycopg: do not close it
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+# A statement may take 1 s on the server, 2 s in all before the client gives up.
+HARDENING = outlast.Hardening(
+    statement_timeout=1.0, deadline_grace=1.0, connect_timeout=2.0, ping_timeout=1.0
+)
 
 
 class Writer:
@@ -57,41 +41,80 @@ class Writer:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.conn: psycopg.Connection[Any] | None = None
+        self.conn: Any = None
         self.writes: list[float] = []
         self.changed = threading.Condition()
 
-    def __call__(self) -> None:
-        if self.conn is None:
-            self.conn = psycopg.connect(
-                self.dsn,
-                autocommit=True,
-                connect_timeout=2,
-                keepalives=1,
-                keepalives_idle=1,
-                keepalives_interval=1,
-                keepalives_count=2,
-                tcp_user_timeout=2000,
-            )
-        conn = self.conn
-        try:
-            with _deadline(conn, 2.0):
-                conn.execute("INSERT INTO beats DEFAULT VALUES")
-        except BaseException:
-            self.conn = None
-            conn.close()
-            raise
+    def wrote(self) -> None:
         with self.changed:
             self.writes.append(time.time())
             self.changed.notify_all()
+
+    def __call__(self) -> None:
+        if self.conn is None:
+            self.conn = outlast.psycopg.connect(self.dsn, preset=HARDENING, autocommit=True)
+        try:
+            self.conn.execute("INSERT INTO beats DEFAULT VALUES")
+        except BaseException:
+            conn, self.conn = self.conn, None
+            conn.close()
+            raise
+        self.wrote()
+
+    async def tick(self) -> None:
+        if self.conn is None:
+            self.conn = await outlast.psycopg.aconnect(self.dsn, preset=HARDENING, autocommit=True)
+        try:
+            await self.conn.execute("INSERT INTO beats DEFAULT VALUES")
+        except BaseException:
+            conn, self.conn = self.conn, None
+            await conn.close()
+            raise
+        self.wrote()
 
     def wait_for_write_after(self, moment: float) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: any(w > moment for w in self.writes), WAIT)
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+
+@contextmanager
+def _thread_loop(writer: Writer, guard: outlast.Guard) -> Iterator[Callable[[], Any]]:
+    beats = outlast.loop(every=1.0, guard=guard, name="beats")(writer)
+    sup = Supervisor("beats")
+    beats.start(sup, heartbeat=10)
+    try:
+        yield lambda: sup.status()["beats"]
+    finally:
+        assert sup.stop(timeout=WAIT) == []
+        if writer.conn is not None:
+            writer.conn.close()
+
+
+@contextmanager
+def _asyncio_loop(writer: Writer, guard: outlast.Guard) -> Iterator[Callable[[], Any]]:
+    beats = outlast.loop(every=1.0, guard=guard, name="beats")(writer.tick)
+    ready, done = threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with AsyncSupervisor("beats") as sup:
+            beats.start(sup, heartbeat=10)
+            box["loop"], box["sup"] = asyncio.get_running_loop(), sup
+            ready.set()
+            await sup.wait()
+            box["stuck"] = await sup.stop(timeout=WAIT)
+        if writer.conn is not None:
+            await writer.conn.close()
+
+    thread = threading.Thread(target=lambda: (asyncio.run(main()), done.set()), daemon=True)
+    thread.start()
+    assert ready.wait(WAIT)
+    try:
+        yield lambda: box["sup"].status()["beats"]
+    finally:
+        asyncio.run_coroutine_threadsafe(box["sup"].stop(timeout=WAIT), box["loop"]).result(WAIT)
+        thread.join(WAIT)
+        assert done.is_set() and box["stuck"] == []
 
 
 def _first_row_after(dsn: str, moment: float) -> float:
@@ -113,8 +136,9 @@ def _until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
 
 @pytest.mark.slow
 @pytest.mark.destructive
+@pytest.mark.parametrize("twin", ["thread", "asyncio"])
 def test_a_loop_keeps_writing_through_three_outages(
-    pg_control: Any, pg_database: Any, pg_proxy: Any, db_outage: Any, caplog: Any
+    pg_control: Any, pg_database: Any, pg_proxy: Any, db_outage: Any, caplog: Any, twin: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="outlast")
     direct = pg_database.dsn()
@@ -129,21 +153,19 @@ def test_a_loop_keeps_writing_through_three_outages(
         breaker=outlast.Breaker(open_for=0.2, max_open_for=0.5),
     )
     writer = Writer(pg_proxy.dsn(pg_database.name))
-    sync_beats = outlast.loop(every=1.0, guard=guard, name="sync_beats")(writer)
 
     def lines(tag: str) -> list[str]:
         return [
             r.getMessage()
             for r in caplog.records
-            if r.getMessage().startswith(tag) and "op=sync_beats" in r.getMessage()
+            if r.getMessage().startswith(tag) and "op=beats" in r.getMessage()
         ]
 
     def down_logged(n: int) -> Callable[[], bool]:
         return lambda: len(lines("[DB_DOWN]")) >= n
 
-    sup = Supervisor("beats")
-    sync_beats.start(sup, heartbeat=10)
-    try:
+    running = _thread_loop if twin == "thread" else _asyncio_loop
+    with running(writer, guard) as status:
         writer.wait_for_write_after(time.time() + 1.5)  # a few normal ticks first
 
         # 1. The server stops.
@@ -172,18 +194,15 @@ def test_a_loop_keeps_writing_through_three_outages(
         noticed = next(
             r.created
             for r in reversed(caplog.records)
-            if r.getMessage().startswith("[DB_DOWN] op=sync_beats")
+            if r.getMessage().startswith("[DB_DOWN] op=beats")
         )
         assert noticed > before
         writer.wait_for_write_after(noticed)
         assert _first_row_after(direct, noticed) - noticed < RESUME_WITHIN
         _until(lambda: len(lines("[DB_RECOVERED]")) >= 3)
 
-        assert sup.status()["sync_beats"].state == "running"
-        assert sup.status()["sync_beats"].restarts == 0
-    finally:
-        assert sup.stop(timeout=WAIT) == []
-        writer.close()
+        assert status().state == "running"
+        assert status().restarts == 0
 
     downs, recoveries = lines("[DB_DOWN]"), lines("[DB_RECOVERED]")
     assert len(downs) == 3, downs

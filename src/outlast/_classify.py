@@ -34,7 +34,7 @@ from ._fault import Fault, FaultKind, Phase
 from ._redact import summarize
 from ._sqlstate import LOGIN_SQLSTATES, lookup_sqlstate
 
-__all__ = ["classify"]
+__all__ = ["CONFIG_REASONS", "classify"]
 
 _U = FaultKind.UNAVAILABLE
 _C = FaultKind.CONFLICT
@@ -70,8 +70,14 @@ _CONNECT_REASONS = frozenset(
         "endpoint_disabled",
         "compute_unreachable",
         "ssl_config",
+        "bad_dsn",
+        "invalid_connection_option",
     }
 )
+
+CONFIG_REASONS = frozenset({"bad_dsn", "invalid_connection_option"})
+"""Reasons for a connection that was never attempted: the DSN or the options are
+wrong. PERMANENT, and they say nothing about the database's health."""
 
 # Reasons after which a COMMIT that was in flight may or may not have happened.
 _LOST_REASONS_KINDS = frozenset({_U})
@@ -91,6 +97,9 @@ _CONNECT_FUNCS = frozenset(
         "connect_async",
     }
 )
+# Driver modules whose ValueErrors mean "this DSN cannot be parsed".
+_DSN_PARSER_MODULES = frozenset({"sqlalchemy.engine.url"})
+
 _CONNECT_MODULES = frozenset(
     {"asyncpg.connect_utils", "sqlalchemy.pool.base", "sqlalchemy.pool.impl", "psycopg.generators"}
 )
@@ -108,6 +117,38 @@ _NEON_PATTERNS: tuple[tuple[re.Pattern[str], FaultKind, str], ...] = (
     (re.compile(r"endpoint (?:has been|is) disabled"), _U, "endpoint_disabled"),
     (re.compile(r"could(?:n['\u2019]?t| not) connect to compute node"), _U, "compute_unreachable"),
     (re.compile(r"endpoint is temporarily unavailable"), _U, "endpoint_unavailable"),
+)
+
+# libpq's complaints about the DSN or connection options (sqlstate None; psycopg
+# prefixes "connection is bad: ", psycopg2 "invalid dsn: "). They come before
+# the class and the "connection to server ... failed:" wording, which psycopg
+# also puts in front of 'invalid integer value "x" for connection option "y"'.
+_DSN_PATTERNS: tuple[tuple[re.Pattern[str], FaultKind, str], ...] = (
+    (
+        re.compile(
+            r"invalid connection option \"|invalid uri query parameter"
+            r"|invalid integer value \"[^\"\n]*\" for connection option"
+            r"|invalid port number: \"|invalid \"?[a-z_]+\"? value: \""
+            r"|could not parse network address \"|definition of service \"[^\"\n]*\" not found"
+            r"|service file \"[^\"\n]*\" not found|invalid ssl protocol version range"
+        ),
+        _P,
+        "invalid_connection_option",
+    ),
+    (
+        re.compile(
+            r"missing \"=\" after \"[^\n]*\" in connection info string"
+            r"|unterminated quoted string in connection info string"
+            r"|invalid percent-encoded token|forbidden value %00 in percent-encoded value"
+            r"|in ipv6 host address in uri|ipv6 host address may not be empty in uri"
+            r"|unexpected character \"[^\n]*\" at position \d+ in uri"
+            r"|key/value separator \"=\" in uri query parameter"
+            r"|unexpected spaces found in \"|could not match \d+ (?:port numbers|host names) "
+            r"|^invalid dsn:"
+        ),
+        _P,
+        "bad_dsn",
+    ),
 )
 
 _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], FaultKind, str], ...] = (
@@ -458,12 +499,18 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
         generic = reason in _GENERIC_REASONS or code in _OVERRIDABLE_SQLSTATES
         return _Verdict(kind, reason, code, 2 if generic else 4, exc, text)
 
-    # 2. Exception classes (driver classes by name, then standard library classes).
+    # 2. The DSN or options are wrong: libpq's wording (whatever class psycopg
+    # picked), asyncpg's configuration errors and its DSN parser's ValueErrors.
+    config = _config_error(exc, text, names, is_driver, driver_context)
+    if config is not None:
+        return _Verdict(_P, config, None, 3, exc, text)
+
+    # 3. Exception classes (driver classes by name, then standard library classes).
     by_class = _by_class(exc, names, is_driver, driver_context)
     if by_class is not None and by_class[1] not in _GENERIC_REASONS:
         return _Verdict(by_class[0], by_class[1], None, 3, exc, text)
 
-    # 3. Message text, for driver exceptions (and OSErrors seen inside a driver).
+    # 4. Message text, for driver exceptions (and OSErrors seen inside a driver).
     if is_driver or by_class is not None:
         hit = _match_text(text, _NEON_PATTERNS) or _match_text(text, _TEXT_PATTERNS)
         if hit is not None:
@@ -472,6 +519,36 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
             return _Verdict(_U, "connection_failed", None, 3, exc, text)
     if by_class is not None:
         return _Verdict(by_class[0], by_class[1], None, 1, exc, text)
+    return None
+
+
+def _config_error(
+    exc: BaseException, text: str, names: set[str], is_driver: bool, driver_context: bool
+) -> str | None:
+    if is_driver:
+        hit = _match_text(text, _DSN_PATTERNS)
+        if hit is not None:
+            return hit[1]
+        if "ClientConfigurationError" in names:  # asyncpg: a bad DSN or connect() option
+            return (
+                "bad_dsn" if text.lower().startswith("invalid dsn") else "invalid_connection_option"
+            )
+        return None
+    # A bare ValueError is an application bug, unless a driver's own DSN parser
+    # raised it (asyncpg's int() of a port, urllib's "Invalid IPv6 URL",
+    # SQLAlchemy's URL parser; asyncio's "port must be 0-65535" OverflowError).
+    if driver_context and isinstance(exc, ValueError | OverflowError):
+        frames = [
+            (mod, func) for mod, func in _frames(exc) if mod.partition(".")[0] in _DRIVER_ROOTS
+        ]
+        if frames:
+            mod, func = frames[-1]  # the innermost driver frame
+            if mod in _DSN_PARSER_MODULES or (
+                mod == "asyncpg.connect_utils" and func.startswith(("_parse", "_validate"))
+            ):
+                return "bad_dsn"
+            if mod == "asyncpg.connect_utils" and isinstance(exc, OverflowError):
+                return "invalid_connection_option"
     return None
 
 

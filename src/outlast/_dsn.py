@@ -21,66 +21,38 @@ from collections.abc import Mapping
 from urllib.parse import unquote
 
 from ._errors import ConfigurationError
-from ._redact import redact
+from ._redact import LIBPQ_KEYWORDS, redact
 
-__all__ = ["is_url", "make_dsn", "parse_dsn", "redact_dsn"]
+__all__ = ["is_url", "make_dsn", "parse_conninfo", "parse_dsn", "redact_dsn"]
 
 _SCHEME_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-LIBPQ_KEYWORDS = frozenset(
-    {
-        "host",
-        "hostaddr",
-        "port",
-        "dbname",
-        "user",
-        "password",
-        "passfile",
-        "require_auth",
-        "channel_binding",
-        "connect_timeout",
-        "client_encoding",
-        "options",
-        "application_name",
-        "fallback_application_name",
-        "keepalives",
-        "keepalives_idle",
-        "keepalives_interval",
-        "keepalives_count",
-        "tcp_user_timeout",
-        "replication",
-        "gssencmode",
-        "sslmode",
-        "requiressl",
-        "sslnegotiation",
-        "sslcompression",
-        "sslcert",
-        "sslkey",
-        "sslpassword",
-        "sslcertmode",
-        "sslrootcert",
-        "sslcrl",
-        "sslcrldir",
-        "sslsni",
-        "requirepeer",
-        "ssl_min_protocol_version",
-        "ssl_max_protocol_version",
-        "krbsrvname",
-        "gsslib",
-        "gssdelegation",
-        "service",
-        "target_session_attrs",
-        "load_balance_hosts",
-        "min_protocol_version",
-        "max_protocol_version",
-    }
-)
 
 _INT_KEYS = frozenset(
     {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"}
 )
 _INT_KEYS_MS = frozenset({"tcp_user_timeout"})
+
+# Options whose values libpq (and asyncpg, where it knows the option) takes
+# from a fixed list; anything else is refused before a connection is tried.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+}
+
+_SECRET_KEYS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
 
 def _err(what: str) -> ConfigurationError:
@@ -113,6 +85,32 @@ def parse_dsn(dsn: str) -> dict[str, str]:
         raise _err("the DSN is empty")
     params = _parse_url(text) if is_url(text) else _parse_kv(text)
     _validate(params)
+    return params
+
+
+def parse_conninfo(dsn: str) -> dict[str, str]:
+    """`parse_dsn`, plus what libpq itself refuses: for DSNs handed to libpq as is.
+
+    Also rejects a SQLAlchemy ``postgresql+<driver>://`` URL and keywords that
+    libpq does not know. An unknown keyword is named only when the DSN holds
+    no password: an unquoted space in a password (``password=se cret=x``)
+    makes its second half look like a keyword.
+    """
+    params = parse_dsn(dsn)
+    m = _SCHEME_RE.match(dsn.strip())
+    if m is not None and "+" in m["scheme"]:
+        raise _err(
+            "a SQLAlchemy URL (postgresql+<driver>://) is not a libpq connection string;"
+            " use postgresql://"
+        )
+    unknown = sorted(key for key in params if key not in LIBPQ_KEYWORDS)
+    if unknown:
+        shown = (
+            "(not shown: the DSN holds a password)"
+            if _SECRET_KEYS & params.keys()
+            else (", ".join(repr(key) for key in unknown))
+        )
+        raise _err(f"unknown connection option {shown}")
     return params
 
 
@@ -257,6 +255,10 @@ def _validate(params: Mapping[str, str]) -> None:
         ):
             unit = "milliseconds" if key in _INT_KEYS_MS else "seconds"
             raise _err(f"{key!r} must be an integer ({unit})")
+    for key, choices in _CHOICES.items():
+        value = params.get(key)
+        if value is not None and value not in choices:
+            raise _err(f"{key!r} must be one of {', '.join(choices)}")
 
 
 def _quote(value: str) -> str:

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 
 from ._backoff import Retry
 from ._breaker import CLOSED, OPEN, REJECT, Breaker, BreakerCore
+from ._classify import CONFIG_REASONS
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import DatabaseUnavailable
 from ._events import (
@@ -200,7 +201,7 @@ class GuardBase:
         with self._lock:
             if self.breaker.counts(fault):
                 self._failure_locked(fault, op, now, wall, events)
-            else:
+            elif fault.reason not in CONFIG_REASONS:
                 self._success_locked(op, now, wall, events)
             self._refresh_locked(now)
         self._emit(events)
@@ -330,8 +331,9 @@ class GuardBase:
                 pass
             elif counted:
                 self._failure_locked(fault, run.op, now, wall, events)
-            else:
+            elif fault.reason not in CONFIG_REASONS:
                 self._success_locked(run.op, now, wall, events)  # the database answered
+            # else a bad DSN: nothing was sent, so it says nothing about the database
             self._core.release(token)
             if not Retry.retryable(fault, run.idempotent):
                 why = "not_retryable"

@@ -5,9 +5,18 @@ payload goes through. It removes
 
 - passwords in URLs of any scheme (``postgres://user:pw@host``,
   ``postgresql+psycopg://user:p%40ss@host``, ``redis://:pw@host``),
+  including a raw (not percent-encoded) space in the password
+  (``postgres://user:se cret@host``),
 - passwords in libpq key=value strings (``password=secret``,
   ``password='se cret'`` with ``\\'`` escapes), URL query strings
-  (``?password=secret``), and Python/JSON mappings (``'password': 'secret'``),
+  (``?password=secret``), Python/JSON mappings (``'password': 'secret'``) and
+  ``password: secret`` text (YAML, log lines; any case),
+- the fragments libpq (and Python's ``int()``) echo when a DSN cannot be
+  parsed, which may be pieces of a password split off by an unquoted space or
+  a raw ``/`` (``missing "=" after "cret"``, ``invalid percent-encoded token:
+  "p%zzw"``, ``invalid integer value "se" for connection option "port"``);
+  an echoed name that is a libpq keyword is kept (``missing "=" after
+  "dbname"``), any other becomes ``***``,
 - bound SQL parameters that drivers and SQLAlchemy put into messages:
   SQLAlchemy's ``[parameters: ...]`` line, the values in PostgreSQL's
   ``DETAIL:  Key (email)=(a@b.c) already exists.`` and ``Failing row contains
@@ -21,11 +30,81 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MASK", "redact", "summarize"]
+__all__ = ["LIBPQ_KEYWORDS", "MASK", "redact", "summarize"]
 
 MASK = "***"
 
+# libpq's connection keywords (PostgreSQL 18). They live here, not in _dsn,
+# because redaction needs them too: a keyword that libpq echoes back is a
+# public name, never a fragment of a secret, so it is safe to keep.
+LIBPQ_KEYWORDS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "require_auth",
+        "channel_binding",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "application_name",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "replication",
+        "gssencmode",
+        "sslmode",
+        "requiressl",
+        "sslnegotiation",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslcertmode",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "sslkeylogfile",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "krbsrvname",
+        "gsslib",
+        "gssdelegation",
+        "service",
+        "target_session_attrs",
+        "load_balance_hosts",
+        "min_protocol_version",
+        "max_protocol_version",
+        "scram_client_key",
+        "scram_server_key",
+        "oauth_issuer",
+        "oauth_client_id",
+        "oauth_client_secret",
+        "oauth_scope",
+    }
+)
+
 _URL_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s<>`]*)")
+
+# A raw space in the password ("postgres://u:se cret@h") ends the URL above
+# before its "@": "user:" then a first chunk that whitespace interrupts before
+# any "/", "?", "#" or "@", then the rest of the line up to the next "@" (not
+# crossing another URL). This also masks the text between "host:port " and a
+# later "@" on the same line; over-masking a log line beats leaking a password.
+# (A password with both a raw "@" and a raw space cannot be told from a host.)
+_URL_SPACE_RE = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>`/?#@:]*:)"
+    r"(?P<pw>[^\s<>`/?#@]*[ \t][^\n<>`@]{0,256}?)(?=@)"
+)
 
 _PASSWORD_KEYS = r"(?:ssl)?password|passwd|pwd|pgpassword"
 
@@ -58,6 +137,38 @@ _MAP_RE = re.compile(
     )
     """
 )
+
+# password: secret  (YAML, "key: value" log lines). Not after "/", ":" or "@",
+# so a URL whose user is literally named "password" is left to the URL rule.
+_COLON_RE = re.compile(
+    rf"""(?ix)
+    (?<![A-Za-z0-9_/:@.\-])
+    (?P<key>(?:{_PASSWORD_KEYS})[ \t]*:[ \t]*)
+    (?P<val>
+        '(?:\\.|[^'\\])*(?:'|\\?\Z)
+      | "(?:\\.|[^"\\])*(?:"|\\?\Z)
+      | [^\s,;}}\]]+
+    )
+    """
+)
+
+# What libpq echoes when it cannot parse a DSN: the quoted token may be a piece
+# of the password (an unquoted space or a raw "/" in it splits the DSN there).
+# Option names are kept when they are libpq keywords; values always go.
+_LIBPQ_NAME_ECHO_RE = re.compile(
+    r'(?P<head>(?:missing "=" after |invalid connection option '
+    r'|(?:invalid|(?:extra|missing) key/value separator "=" in) URI query parameter: )")'
+    r'(?P<val>[^"\n]*)(?=")'
+)
+_LIBPQ_VALUE_ECHO_RE = re.compile(
+    r"(?P<head>(?:invalid percent-encoded token: |forbidden value %00 in percent-encoded value: "
+    r'|unexpected spaces found in |invalid integer value |invalid port number: )")'
+    r'(?P<val>[^"\n]*)(?=")'
+)
+
+# Python's own echo of a port that is not a number (asyncpg's and SQLAlchemy's
+# DSN parsers call int() on it): the same fragment as above.
+_INT_LITERAL_RE = re.compile(r"(?P<head>invalid literal for int\(\) with base \d+: )'[^\n]*'")
 
 # SQLAlchemy: "[parameters: {...}]" is always one line (values are repr()'d).
 _SA_PARAMS_RE = re.compile(r"\[parameters: [^\n]*")
@@ -97,6 +208,23 @@ def _redact_url(match: re.Match[str]) -> str:
     return f"{scheme}{user}:{MASK}{rest[at:]}"
 
 
+def _redact_url_space(match: re.Match[str]) -> str:
+    if "://" in match["pw"]:  # the "@" belongs to a later URL
+        return match.group(0)
+    return f"{match['head']}{MASK}"
+
+
+def _redact_name_echo(match: re.Match[str]) -> str:
+    val = match["val"]
+    if val in LIBPQ_KEYWORDS or "://" in val:  # a URL's password is already masked
+        return match.group(0)
+    return f"{match['head']}{MASK}"
+
+
+def _redact_value_echo(match: re.Match[str]) -> str:
+    return match.group(0) if "://" in match["val"] else f"{match['head']}{MASK}"
+
+
 def _mask_value(match: re.Match[str]) -> str:
     val = match["val"]
     quote = val[:1] if val[:1] in ("'", '"') else ""
@@ -104,10 +232,15 @@ def _mask_value(match: re.Match[str]) -> str:
 
 
 def _redact(text: str) -> str:
+    text = _URL_SPACE_RE.sub(_redact_url_space, text)
     text = _URL_RE.sub(_redact_url, text)
+    text = _LIBPQ_NAME_ECHO_RE.sub(_redact_name_echo, text)
+    text = _LIBPQ_VALUE_ECHO_RE.sub(_redact_value_echo, text)
+    text = _INT_LITERAL_RE.sub(lambda m: f"{m['head']}'{MASK}'", text)
     text = _QUERY_RE.sub(lambda m: f"{m['key']}={MASK}", text)
     text = _KV_RE.sub(_mask_value, text)
     text = _MAP_RE.sub(_mask_value, text)
+    text = _COLON_RE.sub(_mask_value, text)
     text = _SA_PARAMS_RE.sub(f"[parameters: {MASK}]", text)
     text = _KEY_DETAIL_RE.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", text)
     text = _FAILING_ROW_RE.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", text)

@@ -15,7 +15,8 @@ import sqlalchemy.exc
 
 import outlast
 from outlast import ConfigurationError, FaultKind
-from outlast._dsn import make_dsn, parse_dsn, redact_dsn
+from outlast._dsn import make_dsn, parse_conninfo, parse_dsn, redact_dsn
+from outlast._redact import LIBPQ_KEYWORDS
 
 K = FaultKind
 
@@ -282,6 +283,20 @@ def test_message_is_redacted_and_trimmed() -> None:
         ("DETAIL:  Failing row contains (1, null, secret-token).", "secret-token"),
         ('invalid input syntax for type integer: "secret-42"', "secret-42"),
         ("invalid input for query argument $1: 'secret-42' (an int is required)", "secret-42"),
+        # a raw space in a URL's password, and "password: x" text
+        ("could not connect to postgresql://app:S3cr3t Q@db/x", "S3cr3t"),
+        ("could not connect to postgresql://app:S3cr3t Q@db/x", "t Q"),
+        ("password: hunter22", "hunter22"),
+        ("Password: hunter22 user: app", "hunter22"),
+        ("PGPASSWORD:'hun ter22'", "hun ter22"),
+        # what libpq echoes from a DSN it cannot parse (pieces of the password)
+        ('missing "=" after "cr3tz" in connection info string', "cr3tz"),
+        ('invalid dsn: invalid connection option "cr3tz"', "cr3tz"),
+        ('invalid percent-encoded token: "p%zzw0rd"', "p%zzw0rd"),
+        ('invalid integer value "s3cr" for connection option "port"', "s3cr"),
+        ('invalid port number: "s3cr"', "s3cr"),
+        ('unexpected spaces found in "S3cr3t Q", use percent-encoded spaces (%20)', "S3cr3t"),
+        ("invalid literal for int() with base 10: 's3cr'", "s3cr"),
     ],
 )
 def test_redact_examples(text: str, secret: str) -> None:
@@ -293,6 +308,13 @@ def test_redact_examples(text: str, secret: str) -> None:
 def test_redact_keeps_harmless_text() -> None:
     text = 'password authentication failed for user "app" at postgresql://app@db:5432/x'
     assert outlast.redact(text) == text
+    for harmless in (
+        'missing "=" after "dbname" in connection info string',
+        'invalid sslmode value: "bogus"',
+        "Password for user app:",
+        "see postgresql://db:5432/x as admin@corp",
+    ):
+        assert outlast.redact(harmless) == harmless
     assert outlast.redact(12345) == "12345"
 
 
@@ -360,6 +382,8 @@ def test_parse_dsn(dsn: str, expected: dict[str, str]) -> None:
         ("postgresql://u:Secr3tPw@h/d?Secr3tPw", "key=value"),
         ("postgresql://u:%ZZSecr3tPw@h/d", None),
         ("postgresql://u:%C3%28Secr3tPw@h/d", "percent-encoding"),
+        ("host=db sslmode=Secr3tPw", "'sslmode' must be one of"),
+        ("postgresql://u:Secr3tPw@h/d?target_session_attrs=Secr3tPw", "target_session_attrs"),
     ],
 )
 def test_malformed_dsn_raises_without_the_password(dsn: str, fragment: str | None) -> None:
@@ -381,3 +405,48 @@ def test_make_dsn_round_trip() -> None:
     assert "a b'c" not in redact_dsn(dsn)
     with pytest.raises(ConfigurationError):
         make_dsn({"bad key": "x"})
+
+
+@pytest.mark.parametrize(
+    ("dsn", "fragment"),
+    [
+        ("postgresql+asyncpg://u:Secr3tPw@h/d", "SQLAlchemy URL"),
+        ("host=db dbnme=shop", "unknown connection option 'dbnme'"),
+        ("postgresql://u@h/d?foo=1&bar=2", "unknown connection option 'bar', 'foo'"),
+        ("host=db password=se Secr3tPw=x", "not shown"),
+    ],
+)
+def test_parse_conninfo_refuses_what_libpq_refuses(dsn: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_conninfo(dsn)
+    assert fragment in str(info.value)
+    assert "Secr3tPw" not in str(info.value)
+    # parse_dsn stays lenient: SQLAlchemy URLs carry dialect options libpq never sees
+    if "+" in dsn or "foo" in dsn:
+        parse_dsn(dsn)
+
+
+def test_parse_conninfo_knows_every_keyword_of_the_installed_libpq() -> None:
+    known = {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
+    assert known - LIBPQ_KEYWORDS == set()
+    plain = known - _VALUED
+    assert set(parse_conninfo(" ".join(f"{k}=x" for k in sorted(plain)))) == plain
+
+
+# Keywords whose values parse_dsn checks: "x" is not one of them.
+_VALUED = {
+    "port",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "sslmode",
+    "gssencmode",
+    "channel_binding",
+    "sslcertmode",
+    "sslnegotiation",
+    "target_session_attrs",
+    "load_balance_hosts",
+}

@@ -590,8 +590,15 @@ def _lookup(registry: list[tuple[Matcher, Callable[[Any], T]]], source: object) 
 def find_adapter(source: object, *, asynchronous: bool = False) -> Any:
     """The adapter for `source`, importing its integration on first use.
 
-    Raises `TypeError` naming the source's type when no integration knows it.
+    Raises `TypeError` naming the source's type when no integration knows it,
+    and `ConfigurationError` (a `ValueError`, without the password) for a
+    conninfo string that libpq would refuse: a malformed DSN is a bug to fix,
+    not an outage to retry.
     """
+    if isinstance(source, str):
+        from ._dsn import parse_conninfo
+
+        parse_conninfo(source)
     registry: list[Any] = _ASYNC if asynchronous else _SYNC
     adapter = _lookup(registry, source)
     if adapter is None:

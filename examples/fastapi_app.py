@@ -23,9 +23,11 @@ setup. In short::
                 return [dict(r._mapping) for r in await conn.execute(LATEST)]
         return await web.acall(fetch, idempotent=True)
 
-Writes run in ``guard.atransaction(engine, insert, lead, deadline=...)`` (a lost
-COMMIT is resolved with ``pg_xact_status()``, never replayed) into ``lead_writes``,
-whose ``lead_id`` is not unique, so a doubled write would be visible.
+Writes run in ``await web.atransaction(engine, insert, lead)`` (``guard.atransaction``
+with the rest of the request budget as its deadline: a lost COMMIT is resolved
+with ``pg_xact_status()``, never replayed; unresolved, it is a 503 whose
+``error`` is ``OUTCOME_UNKNOWN``) into ``lead_writes``, whose ``lead_id`` is not
+unique, so a doubled write would be visible.
 
 ``GET /api/leads``, ``POST /api/leads`` (``{"id": "<client-chosen id>",
 "name": "..."}``; the same id twice stores two rows), ``GET /api/ping`` (no

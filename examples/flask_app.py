@@ -5,7 +5,10 @@ Run it::
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
     OUTLAST_ENABLED=1 gunicorn -k gthread --threads 8 --chdir examples flask_app:app
 
-Same routes as the FastAPI example.
+Same routes as the FastAPI example. Reads go through ``web.call`` (the Guard,
+within the request budget); the write is one ``web.transaction`` (a lost COMMIT
+is resolved, never replayed). The lead's id is the table's key, so a client
+that sends the same lead twice stores it once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from _common import BUDGET, CREATE_TABLE, DATABASE_URL, ENABLED
 from flask import Flask, request
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import scoped_session, sessionmaker
 
 log = logging.getLogger("example")
@@ -90,26 +93,25 @@ def list_leads() -> Any:
     return run(fetch, idempotent=True)
 
 
+INSERT = text("INSERT INTO leads (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING")
+
+
+def insert(conn: Connection, lead_id: str, name: str) -> None:
+    conn.execute(INSERT, {"id": lead_id, "name": name})
+
+
 @app.post("/api/leads")
 def create_lead() -> Any:
     body = request.get_json(force=True)
     lead_id, name = str(body["id"]), str(body["name"])
-
-    def insert() -> None:
-        try:
-            Session.execute(
-                text(
-                    "INSERT INTO leads (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING"
-                ),
-                {"id": lead_id, "name": name},
-            )
-            Session.commit()
-        except Exception:
-            Session.rollback()
-            raise
-
-    # The client-chosen id makes the insert idempotent: a retry cannot double it.
-    run(insert, idempotent=True)
+    if web is None:
+        with engine.begin() as conn:  # a lost COMMIT reply is a 500, applied or not
+            insert(conn, lead_id, name)
+    else:
+        # One transaction within the rest of the request budget: re-run whole
+        # if a fault strikes before COMMIT; a lost COMMIT is resolved with
+        # pg_xact_status(), never sent again (unresolved: 503 OUTCOME_UNKNOWN).
+        web.transaction(engine, insert, lead_id, name)
     return {"id": lead_id}, 201
 
 

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from ._errors import DatabaseUnavailable
 from ._fault import Fault
-from ._web import RequestBudgetExceeded, _classify, _guard_retry_after, retry_after_header
+from ._web import _classify, retry_after_header
+from ._web_budget import RequestBudgetExceeded, guard_retry_after
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -220,7 +221,7 @@ def health_db_result(
 def _retry_after_of(error: BaseException | None, guard: Guard) -> float | None:
     if isinstance(error, DatabaseUnavailable) and error.retry_after:
         return error.retry_after
-    return _guard_retry_after(guard)
+    return guard_retry_after(guard)
 
 
 class SyncProbe:

@@ -53,6 +53,7 @@ from ._classify import classify
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
 from ._fault import Fault, FaultKind
+from ._web_budget import CommitWatch
 
 __all__ = [
     "MARKER_SQL",
@@ -192,9 +193,14 @@ class _Attempt:
 
 @dataclass(frozen=True, slots=True)
 class _Sleep:
-    """Command: sleep through the guard's clock; reply with None."""
+    """Command: sleep through the guard's clock; reply with None.
+
+    `resolving`: between two questions about a lost COMMIT (its outcome is
+    still unknown), as opposed to before a retry.
+    """
 
     seconds: float
+    resolving: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +367,7 @@ def _resolve(
                 xid=xid,
                 fault=fault,
             ) from last_error
-        yield _Sleep(sleep)
+        yield _Sleep(sleep, resolving=True)
 
 
 def _give_up(guard: GuardLike, fault: Fault, failed: int, exc: Exception) -> Exception:
@@ -395,6 +401,37 @@ def _op_name(fn: Callable[..., object], op: str | None) -> str | None:
     return name if isinstance(name, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """The machine returned `value`."""
+
+    value: object
+
+
+def _next(
+    machine: Generator[_Command, object, object], reply: object, watch: CommitWatch
+) -> _Command | _Done:
+    """The machine's next command, keeping a web request's COMMIT mark up to date.
+
+    The mark (set by the attempt just before COMMIT) stays while the machine
+    asks about the lost COMMIT or sleeps between questions, and when it gives
+    up while doing so; any other step means the outcome is known.
+    """
+    resolving = isinstance(reply, StatusReply | Exception)  # the answer to an _Ask
+    try:
+        command = machine.send(reply)
+    except StopIteration as stop:
+        watch.settled()
+        return _Done(stop.value)
+    except Exception:
+        if not resolving:
+            watch.settled()
+        raise
+    if not (isinstance(command, _Ask) or (isinstance(command, _Sleep) and command.resolving)):
+        watch.settled()
+    return command
+
+
 def run_transaction(
     guard: GuardLike,
     adapter: TransactionAdapter,
@@ -408,14 +445,14 @@ def run_transaction(
     """Run ``fn(conn, *args, **kwargs)`` in a transaction with commit-unknown resolution."""
     clock = _clock(guard)
     machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
+    watch = CommitWatch()
     reply: object = None
     while True:
-        try:
-            command = machine.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
+        command = _next(machine, reply, watch)
+        if isinstance(command, _Done):
+            return cast(T, command.value)
         if isinstance(command, _Attempt):
-            reply = _attempt(adapter, fn, args, kwargs)
+            reply = _attempt(adapter, fn, args, kwargs, watch)
         elif isinstance(command, _Sleep):
             clock.sleep(command.seconds)
             reply = None
@@ -431,6 +468,7 @@ def _attempt(
     fn: Callable[..., object],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    watch: CommitWatch,
 ) -> _Outcome:
     try:
         handle = adapter.open()
@@ -451,10 +489,12 @@ def _attempt(
             if not isinstance(exc, Exception):
                 raise
             return _Outcome("work", error=exc)
+        watch.sent()
         try:
             adapter.commit(handle)
         except Exception as exc:
             return _Outcome("commit", value=value, error=exc, xid=xid, started=started)
+        watch.settled()
         discard = False
         return _Outcome("done", value=value, xid=xid, started=started)
     finally:
@@ -477,14 +517,14 @@ async def arun_transaction(
     """The asyncio twin of `run_transaction`: ``await fn(conn, *args, **kwargs)``."""
     clock = _clock(guard)
     machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
+    watch = CommitWatch()
     reply: object = None
     while True:
-        try:
-            command = machine.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
+        command = _next(machine, reply, watch)
+        if isinstance(command, _Done):
+            return cast(T, command.value)
         if isinstance(command, _Attempt):
-            reply = await _aattempt(adapter, fn, args, kwargs)
+            reply = await _aattempt(adapter, fn, args, kwargs, watch)
         elif isinstance(command, _Sleep):
             await clock.asleep(command.seconds)
             reply = None
@@ -500,6 +540,7 @@ async def _aattempt(
     fn: Callable[..., Awaitable[object]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    watch: CommitWatch,
 ) -> _Outcome:
     try:
         handle = await adapter.open()
@@ -520,10 +561,12 @@ async def _aattempt(
                     pass
                 return _Outcome("work", error=exc)
             raise  # cancelled: the connection is discarded, never awaited on again
+        watch.sent()
         try:
             await adapter.commit(handle)
         except Exception as exc:
             return _Outcome("commit", value=value, error=exc, xid=xid, started=started)
+        watch.settled()
         discard = False
         return _Outcome("done", value=value, xid=xid, started=started)
     finally:

@@ -8,22 +8,20 @@ this module. It decides:
   PERMANENT ones, which stay ``500`` with a generic body;
 - the bodies: RFC 9457 ``application/problem+json`` that keeps the seeds'
   ``error``/``detail``/``status`` fields (``error`` is ``OUTCOME_UNKNOWN`` for
-  `CommitOutcomeUnknown`: the write may have been applied), and never any SQL,
-  parameter, host name or traceback;
+  `CommitOutcomeUnknown`, and for any failure while a COMMIT of the request
+  was in flight or unresolved: the write may have been applied), and never any
+  SQL, parameter, host name or traceback;
 - the ``Retry-After`` value (`retry_after_header`: whole seconds, at least 1);
-- the request budget (`RequestBudget`, `budget_remaining`): a deadline per
-  request kept in a context variable, so code deep inside a view can pass the
-  rest of it to ``guard.call(..., deadline=...)``;
 - which routes are database routes (`db_route` / `no_db` markers, exempt path
   prefixes);
 - the settings every integration shares (`WebConfig`).
 
-The health documents live in `_health`.
+The request budget (`RequestBudget`, `budget_remaining`, ``*_within_budget``)
+lives in `_web_budget` and the health documents in `_health`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import math
@@ -35,6 +33,19 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
 from ._fault import Fault, FaultKind
+from ._web_budget import (
+    DEFAULT_BUDGET,
+    RequestBudget,
+    RequestBudgetExceeded,
+    acall_within_budget,
+    atransaction_within_budget,
+    budget_exceeded,
+    budget_remaining,
+    call_within_budget,
+    commit_outcome_pending,
+    transaction_within_budget,
+)
+from ._web_budget import guard_retry_after as _guard_retry_after
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -46,28 +57,29 @@ __all__ = [
     "RequestBudget",
     "RequestBudgetExceeded",
     "WebConfig",
+    "acall_within_budget",
+    "atransaction_within_budget",
+    "budget_exceeded",
     "budget_remaining",
+    "call_within_budget",
+    "commit_outcome_pending",
     "db_route",
     "map_exception",
     "no_db",
     "problem_body",
     "retry_after_header",
+    "transaction_within_budget",
 ]
 
 logger = logging.getLogger("outlast")
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
-DEFAULT_BUDGET: Final = 5.0
 #: How long /health/db waits for ``SELECT 1``.
 DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 #: Retry-After never exceeds this (an hour): a client should come back eventually.
 MAX_RETRY_AFTER: Final = 3600
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class RequestBudgetExceeded(DatabaseUnavailable):
-    """The request used up its budget while waiting for the database (-> 503)."""
 
 
 # --------------------------------------------------------------------------- bodies
@@ -162,25 +174,22 @@ def _classify(exc: BaseException) -> Fault | None:
     return classify(exc)
 
 
-def _guard_retry_after(guard: Guard | None) -> float | None:
-    if guard is None:
-        return None
-    try:
-        return float(guard.retry_after)
-    except Exception:  # a broken guard must not turn a 503 into a 500
-        return None
-
-
 def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | None:
     """Decide how an exception raised while serving a request is answered.
 
     Returns None for exceptions that are not database faults: the framework
     handles those as usual. Database faults become a 503 with ``Retry-After``
-    (every kind but PERMANENT, which becomes a generic 500).
+    (every kind but PERMANENT, which becomes a generic 500); the 503 says
+    ``OUTCOME_UNKNOWN`` for `CommitOutcomeUnknown` and whenever a COMMIT of
+    the current request is still unresolved (`commit_outcome_pending`).
     """
+    # A COMMIT of this request was in flight or being resolved when it failed
+    # (its budget ran out, the breaker refused the pg_xact_status question...):
+    # the write may have been applied, so the client must not be told it was not.
+    unknown = commit_outcome_pending()
     if isinstance(exc, DatabaseUnavailable):
         ra = exc.retry_after if exc.retry_after else _guard_retry_after(guard)
-        return unavailable(ra, exc.fault)
+        return unavailable(ra, exc.fault, outcome_unknown=unknown)
     if isinstance(exc, CommitOutcomeUnknown):
         return unavailable(_guard_retry_after(guard), exc.fault, outcome_unknown=True)
     try:
@@ -191,7 +200,7 @@ def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | No
         return None
     if fault.kind is FaultKind.PERMANENT:
         return internal_error(fault)
-    return unavailable(_guard_retry_after(guard), fault)
+    return unavailable(_guard_retry_after(guard), fault, outcome_unknown=unknown)
 
 
 def _redact(text: str) -> str:
@@ -334,90 +343,6 @@ def rollback(sessions: Iterable[Any]) -> None:
             session.rollback()
         except Exception:
             logger.debug("session rollback after a database fault failed", exc_info=True)
-
-
-# --------------------------------------------------------------------------- budget
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "outlast_request_deadline", default=None
-)
-
-
-def budget_remaining() -> float | None:
-    """Seconds left in the current request's budget (None outside a request).
-
-    Pass it on: ``guard.call(fetch, deadline=outlast.budget_remaining())``.
-    Never negative.
-    """
-    deadline = _deadline.get()
-    if deadline is None:
-        return None
-    return max(deadline - time.monotonic(), 0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestBudget:
-    """The longest a database-backed request may run (seconds)."""
-
-    seconds: float = DEFAULT_BUDGET
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.seconds) and self.seconds > 0):
-            from ._errors import ConfigurationError
-
-            raise ConfigurationError(
-                f"budget must be a positive number of seconds, not {self.seconds!r}"
-            )
-
-    def start(self) -> contextvars.Token[float | None]:
-        """Start the clock for the current request (in this context)."""
-        return _deadline.set(time.monotonic() + self.seconds)
-
-    @staticmethod
-    def finish(token: contextvars.Token[float | None]) -> None:
-        """End the request's budget (the token is what `start` returned)."""
-        try:
-            _deadline.reset(token)
-        except ValueError:  # a different context (e.g. a thread pool hop)
-            _deadline.set(None)
-
-
-def _deadline_for(guard: Guard, reserve: float) -> float | None:
-    """The deadline to hand to the Guard: the rest of the budget minus one attempt.
-
-    The Guard only starts a retry whose sleep ends before its deadline, so
-    keeping `reserve` (the worst case of one attempt) back means a retry never
-    starts unless it can finish inside the budget.
-    """
-    remaining = budget_remaining()
-    if remaining is None:
-        return None
-    if remaining <= 0:
-        raise budget_exceeded(guard)
-    return max(remaining - reserve, 0.0)
-
-
-def budget_exceeded(guard: Guard | None) -> RequestBudgetExceeded:
-    """The error for a request whose budget ran out (a 503 that says when to come back)."""
-    return RequestBudgetExceeded(
-        "request budget exhausted", retry_after=_guard_retry_after(guard) or 1.0
-    )
-
-
-def call_within_budget(
-    guard: Guard, fn: Callable[..., Any], /, *args: Any, reserve: float = 0.0, **kwargs: Any
-) -> Any:
-    """``guard.call`` with the rest of the request budget as its deadline."""
-    kwargs.setdefault("deadline", _deadline_for(guard, reserve))
-    return guard.call(fn, *args, **kwargs)
-
-
-async def acall_within_budget(
-    guard: Guard, fn: Callable[..., Any], /, *args: Any, reserve: float = 0.0, **kwargs: Any
-) -> Any:
-    """``guard.acall`` with the rest of the request budget as its deadline."""
-    kwargs.setdefault("deadline", _deadline_for(guard, reserve))
-    return await guard.acall(fn, *args, **kwargs)
 
 
 # --------------------------------------------------------------------------- routes

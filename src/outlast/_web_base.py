@@ -10,7 +10,7 @@ request and wrap an answer in their own response class.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._health import (
     HealthAnswer,
@@ -32,12 +32,15 @@ from ._web import (
     log_fault,
     map_exception,
     record_fault,
+    transaction_within_budget,
 )
 
 if TYPE_CHECKING:
     from ._guard import Guard
 
 __all__ = ["WebBase"]
+
+T = TypeVar("T")
 
 
 class WebBase:
@@ -107,10 +110,27 @@ class WebBase:
 
     # -- what views use -------------------------------------------------------------
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``guard.call(fn, ...)`` with the rest of the request budget as deadline."""
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``guard.call(fn, ...)`` with the rest of the request budget as deadline.
+
+        The deadline is what is left of the budget minus `attempt_reserve`, so
+        no retry starts that could not finish in time; an explicit
+        ``deadline=`` wins. Outside a request: no deadline (the Guard's own).
+        """
         return call_within_budget(
             self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
+    def transaction(self, source: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``guard.transaction(source, fn, ...)`` with the rest of the request budget as deadline.
+
+        Same deadline as `call`: retries and the ``pg_xact_status`` resolution
+        of a lost COMMIT stay inside the budget. While a COMMIT is in flight or
+        being resolved the request is marked, so whatever then fails it
+        answers ``OUTCOME_UNKNOWN``, never "not applied".
+        """
+        return transaction_within_budget(
+            self.guard, source, fn, *args, reserve=self.config.attempt_reserve, **kwargs
         )
 
     # -- faults ---------------------------------------------------------------------

@@ -14,6 +14,10 @@
     async def leads():
         return await web.acall(fetch_leads, idempotent=True)   # deadline = rest of budget
 
+    @app.post("/api/leads")
+    async def add(lead: Lead):      # insert(conn, lead): one transaction, never replayed
+        return await web.atransaction(async_engine, insert, lead)
+
     @app.get("/api/ping")
     @no_db
     async def ping(): return {"ok": True}
@@ -39,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,6 +70,7 @@ from ._web import (
     RequestBudget,
     RequestBudgetExceeded,
     acall_within_budget,
+    atransaction_within_budget,
     budget_exceeded,
     budget_remaining,
     db_route,
@@ -89,6 +94,9 @@ __all__ = [
 ]
 
 _ROLLBACK_TIMEOUT = 1.0
+#: How long a cancelled app may take to stop before the 503 goes out without it.
+_CANCEL_GRACE = 0.05
+T = TypeVar("T")
 
 
 class Outlast(WebBase):
@@ -140,22 +148,42 @@ class Outlast(WebBase):
 
     # -- what endpoints use -------------------------------------------------------
 
-    async def acall(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
-        """``guard.acall`` with the rest of the request budget as deadline."""
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """``guard.acall`` with the rest of the request budget (minus `attempt_reserve`)."""
         return await acall_within_budget(
             self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
         )
 
+    async def atransaction(
+        self, source: Any, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """``guard.atransaction(source, fn, ...)`` with the rest of the request budget.
+
+        The deadline is that of `acall`. While the COMMIT is in flight or
+        being resolved the request is marked: if the budget runs out then, the
+        503 says ``OUTCOME_UNKNOWN`` (the write may have been applied).
+        """
+        return await atransaction_within_budget(
+            self.guard, source, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
     # -- fault handling ---------------------------------------------------------
 
-    async def handle(self, exc: BaseException, scope: Scope) -> Mapped | None:
-        """Map, roll back, record and log one exception (None: not a database fault)."""
+    async def handle(
+        self, exc: BaseException, scope: Scope, *, rollback: bool = True
+    ) -> Mapped | None:
+        """Map, roll back, record and log one exception (None: not a database fault).
+
+        ``rollback=False``: the app is still running (its budget ran out and it
+        has not given up yet), so its session must not be touched from here.
+        """
         mapped = self.map_fault(exc)
         if mapped is None:
             return None
         route = _route(scope)
         scope["outlast.fault"] = True
-        await self._rollback()
+        if rollback:
+            await self._rollback()
         self.report_fault(exc, mapped, route)
         return mapped
 
@@ -212,44 +240,62 @@ class OutlastMiddleware:
             await self.app(scope, receive, send)
             return
         ol = self.outlast
-        started = False
-        status = 0
-        timeout_cm: asyncio.Timeout | None = None
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started, status
-            if message["type"] == "http.response.start":
-                started = True
-                status = int(message["status"])
-                if timeout_cm is not None:
-                    timeout_cm.reschedule(None)  # the budget covers the work, not streaming
-            await send(message)
-
         if not ol.is_db_route(scope):
+            exchange = _Exchange(send)
             try:
-                await self.app(scope, receive, send_wrapper)
+                await self.app(scope, receive, exchange.send)
             except Exception as exc:
-                if started or not await self._answer(exc, scope, send):
+                if exchange.started or not await self._answer(exc, scope, send):
                     raise
             return
 
+        exchange = _Exchange(send)
         token = ol.budget.start()
         try:
             ol.guard.check()
-            async with asyncio.timeout(ol.budget.seconds) as timeout_cm:
-                await self.app(scope, receive, send_wrapper)
-            if status < 500 and not scope.get("outlast.fault"):
+            await self._within_budget(scope, receive, exchange)
+            if exchange.status < 500 and not scope.get("outlast.fault"):
                 record_success(ol.guard, _route(scope))
         except Exception as exc:
-            if timeout_cm is not None and timeout_cm.expired() and isinstance(exc, TimeoutError):
-                exc = budget_exceeded(ol.guard)
-            if started or not await self._answer(exc, scope, send):
+            if exchange.started:
+                raise
+            if not await self._answer(exc, scope, send, rollback=not exchange.abandoned):
                 raise
         finally:
             RequestBudget.finish(token)
 
-    async def _answer(self, exc: BaseException, scope: Scope, send: Send) -> bool:
-        mapped = await self.outlast.handle(exc, scope)
+    async def _within_budget(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
+        """Run the app until it answers; the budget covers the work, not the streaming.
+
+        The app runs in a task of its own (its context, and so the request's
+        budget state, is shared), so that when the budget runs out the 503 can
+        go out at once: a cancelled driver may take its time to give up (psycopg
+        first asks the server to cancel the query and waits for it, 5 s plus
+        5 s), and the client must not wait for that.
+        """
+        budget = budget_remaining()
+        task = asyncio.ensure_future(self.app(scope, receive, exchange.send))
+        exchange.begun = asyncio.get_running_loop().create_future()
+        try:
+            done, _ = await asyncio.wait(
+                (task, exchange.begun), timeout=budget, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # the budget ran out before the response started
+                task.cancel()
+                await asyncio.wait((task,), timeout=_CANCEL_GRACE)
+                if not exchange.started:
+                    exchange.abandoned = True  # whatever the app sends later is dropped
+                    task.add_done_callback(_consume)
+                    raise budget_exceeded(self.outlast.guard)
+            await task
+        except asyncio.CancelledError:
+            task.cancel()  # the server gave up on the request: so does the app
+            raise
+
+    async def _answer(
+        self, exc: BaseException, scope: Scope, send: Send, *, rollback: bool = True
+    ) -> bool:
+        mapped = await self.outlast.handle(exc, scope, rollback=rollback)
         if mapped is None:
             return False
         headers = [
@@ -260,6 +306,35 @@ class OutlastMiddleware:
         await send({"type": "http.response.start", "status": mapped.status, "headers": headers})
         await send({"type": "http.response.body", "body": mapped.body})
         return True
+
+
+class _Exchange:
+    """What the middleware knows about one request's response."""
+
+    __slots__ = ("abandoned", "begun", "downstream", "started", "status")
+
+    def __init__(self, downstream: Send) -> None:
+        self.downstream = downstream
+        self.started = False
+        self.status = 0
+        self.abandoned = False  # the 503 went out instead: the app's answer is dropped
+        self.begun: asyncio.Future[None] | None = None  # set when the response starts
+
+    async def send(self, message: Message) -> None:
+        if self.abandoned:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = int(message["status"])
+            if self.begun is not None and not self.begun.done():
+                self.begun.set_result(None)
+        await self.downstream(message)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned app task's outcome (no "exception never retrieved")."""
+    if task.done() and not task.cancelled():
+        task.exception()
 
 
 def install(

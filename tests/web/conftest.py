@@ -77,13 +77,15 @@ class Service:
                 self.proc.wait(15)
 
 
-def start_service(framework: str, database_url: str, *, enabled: bool, tmp: Path) -> Service:
+def start_service(
+    framework: str, database_url: str, *, enabled: bool, tmp: Path, budget: float = BUDGET
+) -> Service:
     port = free_port()
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url,
         OUTLAST_ENABLED="1" if enabled else "0",
-        OUTLAST_BUDGET=str(BUDGET),
+        OUTLAST_BUDGET=str(budget),
         PYTHONPATH=str(EXAMPLES) + os.pathsep + env.get("PYTHONPATH", ""),
         PYTHONUNBUFFERED="1",
     )
@@ -153,9 +155,9 @@ def web_database(pg_server):  # type: ignore[no-untyped-def]
 def service_factory(pg_proxy, web_database, tmp_path) -> Iterator[object]:  # type: ignore[no-untyped-def]
     started: list[Service] = []
 
-    def start(framework: str, *, enabled: bool = True) -> Service:
+    def start(framework: str, *, enabled: bool = True, budget: float = BUDGET) -> Service:
         url = pg_proxy.url(web_database, driver="psycopg")
-        service = start_service(framework, url, enabled=enabled, tmp=tmp_path)
+        service = start_service(framework, url, enabled=enabled, tmp=tmp_path, budget=budget)
         started.append(service)
         return service
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -313,3 +314,55 @@ def test_readiness_shows_a_real_supervisors_tasks() -> None:
     tasks = doc["checks"]["supervisor:tasks"]
     assert [t["componentId"] for t in tasks] == ["idle"]
     assert tasks[0]["status"] == "pass"
+
+
+def test_web_transaction_passes_the_rest_of_the_budget_minus_the_reserve() -> None:
+    from outlast._web_base import WebBase
+    from outlast.starlette import Outlast
+
+    seen: list[tuple[str, object, float | None]] = []
+
+    class FakeGuard:
+        retry_after = 1.0
+
+        def transaction(self, source, fn, *args, deadline=None, **kw):  # type: ignore[no-untyped-def]
+            seen.append(("sync", source, deadline))
+            return fn("conn", *args)
+
+        async def atransaction(self, source, fn, *args, deadline=None, **kw):  # type: ignore[no-untyped-def]
+            seen.append(("async", source, deadline))
+            return await fn("conn", *args)
+
+    async def awork(conn: str, x: int) -> tuple[str, int]:
+        return conn, x
+
+    web = WebBase(guard=FakeGuard(), budget=5.0, attempt_reserve=2.0)  # type: ignore[arg-type]
+    aweb = Outlast(guard=FakeGuard(), budget=5.0, attempt_reserve=1.5)  # type: ignore[arg-type]
+    assert web.transaction("engine", lambda conn, x: (conn, x), 1) == ("conn", 1)  # no request
+    token = web.budget.start()
+    try:
+        assert web.transaction("engine", lambda conn, x: (conn, x), 2) == ("conn", 2)
+        assert asyncio.run(aweb.atransaction("aengine", awork, 3)) == ("conn", 3)
+        assert web.transaction("engine", lambda conn: conn, deadline=0.25) == "conn"
+    finally:
+        web.budget.finish(token)
+    (k0, s0, d0), (k1, s1, d1), (k2, s2, d2), (_k3, _s3, d3) = seen
+    assert (k0, s0, d0) == ("sync", "engine", None)
+    assert (k1, s1) == ("sync", "engine") and d1 is not None and 2.5 < d1 <= 3.0
+    assert (k2, s2) == ("async", "aengine") and d2 is not None and 3.0 < d2 <= 3.5
+    assert d3 == 0.25  # an explicit deadline wins
+
+
+def test_web_transaction_with_no_budget_left_is_a_503_before_anything_runs() -> None:
+    from outlast._web_base import WebBase
+
+    ran: list[int] = []
+    web = WebBase(guard=outlast.Guard("tx-budget-unit", listeners=()), budget=0.01)
+    token = web.budget.start()
+    try:
+        time.sleep(0.05)
+        with pytest.raises(_web.RequestBudgetExceeded):
+            web.transaction(object(), lambda conn: ran.append(1))
+    finally:
+        web.budget.finish(token)
+    assert ran == []

@@ -7,9 +7,10 @@ The same routes run two ways:
 - ``enabled=True``: built with outlast. One `Guard` for everything: the
   hardened engine reports its faults to it (and refuses checkouts while its
   breaker is open), reads run through it within the request budget, and each
-  write is one ``guard.atransaction``: re-run whole when a fault struck before
-  COMMIT, and when the connection died during COMMIT, resolved with
-  ``pg_xact_status()`` instead of being sent again (an unresolvable one is a
+  write is one ``web.atransaction`` (``guard.atransaction`` within the request
+  budget): re-run whole when a fault struck before COMMIT, and when the
+  connection died during COMMIT, resolved with ``pg_xact_status()`` instead of
+  being sent again (an unresolved one, or a budget that ran out meanwhile, is a
   503 whose problem body says ``"error": "OUTCOME_UNKNOWN"``).
   `outlast.starlette.install` answers 503 + ``Retry-After`` and serves the
   health endpoints, and a background loop runs under a supervisor.
@@ -146,12 +147,6 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
         attempt_reserve=reserve,
     )
 
-    def within_budget() -> float | None:
-        # What `web.acall` hands to the Guard: the rest of the request budget,
-        # minus one attempt's worth, so no retry starts that cannot finish.
-        remaining = outlast.budget_remaining()
-        return None if remaining is None else max(remaining - reserve, 0.0)
-
     @app.get("/api/leads")
     async def list_leads(ids: str | None = None) -> list[dict[str, Any]]:
         async def fetch() -> list[dict[str, Any]]:
@@ -167,12 +162,13 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
 
     @app.post("/api/leads", status_code=201)
     async def create_lead(lead: LeadIn) -> dict[str, Any]:
-        # One transaction, retried whole if a fault strikes before COMMIT. If
-        # the connection dies during COMMIT, the Guard asks pg_xact_status()
-        # on a fresh connection: committed -> this returns the first run's
-        # row_id, nothing is inserted twice; aborted -> it runs again; still
-        # unknown at the deadline -> CommitOutcomeUnknown -> 503 OUTCOME_UNKNOWN.
-        row_id = await guard.atransaction(engine, insert, lead, deadline=within_budget())
+        # One transaction within the rest of the request budget (minus one
+        # attempt), retried whole if a fault strikes before COMMIT. If the
+        # connection dies during COMMIT, the Guard asks pg_xact_status() on a
+        # fresh connection: committed -> this returns the first run's row_id,
+        # nothing is inserted twice; aborted -> it runs again; still unknown
+        # -> 503 OUTCOME_UNKNOWN (also when the budget runs out meanwhile).
+        row_id = await web.atransaction(engine, insert, lead)
         return {"id": lead.id, "row_id": row_id}
 
     @app.get("/api/ping")

@@ -62,3 +62,48 @@ def test_core_modules_import_only_the_standard_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _docstring_tree(doc: str) -> dict[str, str | None]:
+    """``{class name: parent name}`` from the tree drawn in `outlast._errors`' docstring."""
+    lines = doc.split("::", 1)[1].splitlines()
+    tree: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []  # (column of the name, name), outermost first
+    for line in lines:
+        if not line.strip():
+            if tree:
+                break  # the blank line after the drawing ends it
+            continue
+        if "── " in line:
+            column = line.index("── ") + 3
+        elif not tree:
+            column = len(line) - len(line.lstrip())  # the root
+        else:
+            continue  # a description's continuation line
+        name = line[column:].split()[0]
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        tree[name] = stack[-1][1] if stack else None
+        stack.append((column, name))
+    return tree
+
+
+def test_every_exported_outlast_error_is_drawn_in_the_exception_tree() -> None:
+    import outlast._errors
+
+    assert outlast._errors.__doc__ is not None
+    tree = _docstring_tree(outlast._errors.__doc__)
+    assert tree["OutlastError"] is None
+    exported = {
+        name: obj
+        for name in outlast.__all__
+        if isinstance(obj := getattr(outlast, name), type) and issubclass(obj, outlast.OutlastError)
+    }
+    assert "RequestBudgetExceeded" in exported  # the exports this test must cover
+    for name, cls in exported.items():
+        assert name in tree, f"{name} is missing from the tree in outlast._errors"
+        if cls is outlast.OutlastError:
+            continue
+        (parent,) = [b for b in cls.__bases__ if issubclass(b, outlast.OutlastError)]
+        assert tree[name] == parent.__name__, f"{name} is drawn under {tree[name]}"
+    assert set(tree) == set(exported), "the tree names a class outlast does not export"

@@ -4,7 +4,9 @@ Every one of them derives from `OutlastError`::
 
     OutlastError
      ├── DatabaseUnavailable        the breaker is open or retries are exhausted (-> 503)
-     │    └── DatabaseNotReady      wait_for_database() gave up at start-up
+     │    ├── DatabaseNotReady      wait_for_database() gave up at start-up
+     │    └── RequestBudgetExceeded a web request used up its budget waiting for the
+     │                              database (-> 503; defined with the request budgets)
      ├── CommitOutcomeUnknown       COMMIT was in flight when the connection died and
      │                              pg_xact_status() could not tell what happened
      └── ConfigurationError (also ValueError)   a bad option or a malformed DSN

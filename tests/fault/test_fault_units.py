@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
+import subprocess
+import sys
 from typing import Any
 
 import asyncpg
@@ -450,3 +453,61 @@ _VALUED = {
     "target_session_attrs",
     "load_balance_hosts",
 }
+
+
+_NO_DRIVERS = """
+import importlib.abc, json, sys
+
+BLOCKED = {"psycopg", "psycopg2", "psycopg_pool", "psycopg_c", "psycopg_binary",
+           "asyncpg", "sqlalchemy"}
+attempts = []
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+try:
+    import psycopg
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("the import hook does not block psycopg")
+attempts.clear()
+
+import outlast
+
+class FakeAdminShutdown(Exception):  # duck-typed: a driver-like error with a SQLSTATE
+    sqlstate = "57P01"
+
+faults = {
+    "refused": outlast.classify(ConnectionRefusedError(111, "Connection refused")),
+    "admin": outlast.classify(
+        FakeAdminShutdown("terminating connection due to administrator command")
+    ),
+    "bug": outlast.classify(ValueError("not a database error")),
+}
+print(json.dumps({
+    "faults": {k: None if f is None else [f.kind.name, f.reason, f.transient]
+               for k, f in faults.items()},
+    "attempts": attempts,
+    "loaded": sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED),
+}))
+"""
+
+
+def test_classify_works_when_no_driver_is_importable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_DRIVERS], capture_output=True, text=True, check=True, timeout=60
+    )
+    result = json.loads(out.stdout)
+    assert result["faults"] == {
+        "refused": ["UNAVAILABLE", "connection_refused", True],
+        "admin": ["UNAVAILABLE", "admin_shutdown", True],
+        "bug": None,
+    }
+    assert result["attempts"] == []  # classify never even tried to import a driver
+    assert result["loaded"] == []

@@ -11,15 +11,21 @@ from collections.abc import Callable
 
 
 class EchoServer:
-    """An asyncio TCP echo server on its own thread (a cheap upstream)."""
+    """An asyncio TCP echo server on its own thread (a cheap upstream).
 
-    def __init__(self) -> None:
+    `greeting` is sent to every new connection unasked (a server push).
+    `received_at` is the `time.monotonic()` when `received` last grew.
+    """
+
+    def __init__(self, greeting: bytes = b"") -> None:
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.greeting = greeting
         self.port = 0
         self.connections = 0
         self.received = 0
+        self.received_at = 0.0
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -41,8 +47,11 @@ class EchoServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
+            if self.greeting:
+                writer.write(self.greeting)
             while data := await reader.read(65536):
                 self.received += len(data)
+                self.received_at = time.monotonic()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -1,8 +1,8 @@
-"""Every fault as real drivers see it: psycopg 3, psycopg2, asyncpg and psql.
+"""The protocol faults as real drivers see them: psycopg 3, psycopg2, asyncpg and psql.
 
 The proxy sits in front of the session's embedded PostgreSQL (``pg_proxy``);
-each test asserts the error (or hang) the fault promises and the reason
-`outlast.classify` gives it.
+each test asserts the error the fault promises and the reason `outlast.classify`
+gives it. The network faults and ``cut_after`` are in test_chaos_matrix.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import asyncpg
 import psycopg
 import psycopg2
 import pytest
+from pg_clients import wait_for_query
 
 import outlast
 from outlast.testing._chaos_fixtures import ProxiedServer
@@ -148,59 +148,6 @@ def test_reject_login_with_a_custom_error(pg_proxy: ProxiedServer) -> None:
     assert "no pg_hba.conf entry for you" in str(info.value)
 
 
-@pytest.mark.parametrize("driver", sorted(CONNECTORS))
-def test_down_is_connection_refused(pg_proxy: ProxiedServer, driver: str) -> None:
-    with pg_proxy.fault("down"), pytest.raises(Exception) as info:
-        CONNECTORS[driver](pg_proxy)
-    assert reason_of(info.value) == "connection_refused"
-    assert "refused" in str(info.value).lower() or isinstance(info.value, ConnectionRefusedError)
-
-
-def test_down_psql(pg_proxy: ProxiedServer) -> None:
-    with pg_proxy.fault("down"):
-        result = psql(pg_proxy)
-    assert result.returncode == 2 and "Connection refused" in result.stderr
-
-
-@pytest.mark.parametrize("driver", sorted(CONNECTORS))
-def test_blackhole_times_out_the_connect(pg_proxy: ProxiedServer, driver: str) -> None:
-    with pg_proxy.fault("blackhole"):
-        started = time.monotonic()
-        with pytest.raises(Exception) as info:
-            CONNECTORS[driver](pg_proxy, timeout=2)
-        elapsed = time.monotonic() - started
-    assert 1.5 <= elapsed < 30  # about 2 s; generous upper bound for a loaded machine
-    assert reason_of(info.value) == "connect_timeout"
-
-
-def test_blackhole_psql(pg_proxy: ProxiedServer) -> None:
-    with pg_proxy.fault("blackhole"):
-        result = psql(pg_proxy, timeout=2)
-    assert result.returncode == 2 and "timeout expired" in result.stderr
-
-
-def test_reset_psycopg(pg_proxy: ProxiedServer) -> None:
-    with pg_proxy.fault("reset"), pytest.raises(psycopg.OperationalError) as info:
-        psycopg3_connect(pg_proxy)
-    assert reason_of(info.value) in ("connection_lost", "connection_refused", "connection_failed")
-
-
-def _wait_for_query(proxy: ProxiedServer, fragment: str) -> None:
-    # ask the server directly (not through the proxy) until the query is running
-    deadline = time.monotonic() + 30
-    with psycopg.connect(proxy.server.dsn(), autocommit=True) as direct:
-        while time.monotonic() < deadline:
-            rows = direct.execute(
-                "select count(*) from pg_stat_activity"
-                " where query like %s and pid <> pg_backend_pid()",
-                (f"%{fragment}%",),
-            ).fetchone()
-            if rows and rows[0]:
-                return
-            time.sleep(0.05)
-    raise AssertionError(f"query {fragment!r} never started")
-
-
 def _terminate_during(proxy: ProxiedServer, marker: str, run: Callable[[], Any]) -> BaseException:
     caught: list[BaseException] = []
 
@@ -212,7 +159,7 @@ def _terminate_during(proxy: ProxiedServer, marker: str, run: Callable[[], Any])
 
     thread = threading.Thread(target=target)
     thread.start()
-    _wait_for_query(proxy, marker)
+    wait_for_query(proxy, marker)
     proxy.add_fault("terminate")
     thread.join(60)
     assert not thread.is_alive()
@@ -284,43 +231,6 @@ def test_terminate_psql_in_flight(pg_proxy: ProxiedServer) -> None:
     assert isinstance(exc, ZeroDivisionError)  # psql itself returned
     assert results[0].returncode == 2
     assert "FATAL:  terminating connection due to administrator command" in results[0].stderr
-
-
-def test_freeze_hangs_a_live_session_then_resumes(pg_proxy: ProxiedServer) -> None:
-    with psycopg3_connect(pg_proxy) as conn:
-        conn.execute("select 1")
-        fid = pg_proxy.add_fault("freeze")
-        done = threading.Event()
-        result: list[Any] = []
-        thread = threading.Thread(
-            target=lambda: (result.append(conn.execute("select 7").fetchone()), done.set())
-        )
-        thread.start()
-        assert not done.wait(1.0)  # hangs while frozen
-        pg_proxy.remove_fault(fid)
-        assert done.wait(30)
-        thread.join(30)
-        assert result == [(7,)]
-
-
-def test_latency_slows_every_round_trip(pg_proxy: ProxiedServer) -> None:
-    with psycopg3_connect(pg_proxy) as conn:
-        conn.execute("select 1")
-        with pg_proxy.fault("latency", ms=150, direction="downstream"):
-            started = time.monotonic()
-            conn.execute("select 1")
-            assert time.monotonic() - started >= 0.14
-
-
-def test_limit_data_cuts_a_big_result(pg_proxy: ProxiedServer) -> None:
-    with psycopg3_connect(pg_proxy) as conn:
-        conn.execute("select 1")
-        with (
-            pg_proxy.fault("limit_data", bytes=5000),
-            pytest.raises(psycopg.OperationalError) as info,
-        ):
-            conn.execute("select repeat('x', 100000)").fetchone()
-    assert reason_of(info.value) == "connection_lost"
 
 
 def test_sslrequest_is_answered_n_and_tls_is_refused(pg_proxy: ProxiedServer) -> None:

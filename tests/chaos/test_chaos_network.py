@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import statistics
 import threading
 import time
 
@@ -128,18 +129,60 @@ def test_freeze_holds_live_connections_and_resumes(proxy: Proxy) -> None:
     fresh.close()
 
 
-def test_latency_per_direction(proxy: Proxy) -> None:
+@pytest.mark.parametrize(
+    ("direction", "up", "down"), [("upstream", 1, 0), ("downstream", 0, 1), ("both", 1, 1)]
+)
+def test_latency_per_direction(
+    proxy: Proxy, echo: EchoServer, direction: str, up: int, down: int
+) -> None:
+    delay = 0.15
     with connect(proxy.port) as s:
-        with proxy.fault("latency", ms=300, direction="upstream"):
-            t = time.monotonic()
-            s.sendall(b"a")
-            assert recv_exact(s, 1) == b"a"
-            assert time.monotonic() - t >= 0.28
-        t = time.monotonic()
+        s.sendall(b"w")
+        assert recv_exact(s, 1) == b"w"
+        with proxy.fault("latency", ms=150, direction=direction):
+            for _ in range(3):
+                started = time.monotonic()
+                s.sendall(b"a")
+                assert recv_exact(s, 1) == b"a"
+                total = time.monotonic() - started
+                reached = echo.received_at - started  # when the server had the byte
+                assert up * delay * 0.95 <= reached < up * delay + 0.1, reached
+                assert (up + down) * delay * 0.95 <= total < (up + down) * delay + 0.15, total
+        started = time.monotonic()
         s.sendall(b"b")
         assert recv_exact(s, 1) == b"b"
-        elapsed_after = time.monotonic() - t
-    assert elapsed_after < 0.28 or elapsed_after < 5  # the fault is gone (no tight bound)
+        assert time.monotonic() - started < 0.05  # the fault is gone
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize(("direction", "delayed"), [("upstream", 0), ("downstream", 1)])
+def test_upstream_latency_does_not_delay_a_server_push(
+    loop: str, direction: str, delayed: int
+) -> None:
+    with EchoServer(greeting=b"hi") as greeter, Proxy(upstream=greeter.address, loop=loop) as p:
+        with p.fault("latency", ms=200, direction=direction):
+            started = time.monotonic()
+            with connect(p.port) as s:
+                assert recv_exact(s, 2) == b"hi"  # sent by the server unasked
+            elapsed = time.monotonic() - started
+    assert delayed * 0.19 <= elapsed < delayed * 0.2 + 0.1, elapsed
+
+
+def test_latency_jitter_spreads_round_trips(proxy: Proxy) -> None:
+    times: list[float] = []
+    with (
+        connect(proxy.port) as s,
+        proxy.fault("latency", ms=60, jitter_ms=50, direction="upstream"),
+    ):
+        for _ in range(20):
+            started = time.monotonic()
+            s.sendall(b"j")
+            assert recv_exact(s, 1) == b"j"
+            times.append(time.monotonic() - started)
+    # Uniform in 10-110 ms: every value inside, spread out, centred near 60 ms.
+    assert all(0.0095 <= t < 0.11 + 0.1 for t in times), times
+    assert max(times) - min(times) > 0.04, times
+    assert 0.04 <= statistics.mean(times) < 0.09, times
 
 
 def test_latency_with_jitter_keeps_order(proxy: Proxy) -> None:
@@ -150,12 +193,30 @@ def test_latency_with_jitter_keeps_order(proxy: Proxy) -> None:
         assert recv_exact(s, 200) == payload
 
 
-def test_bandwidth_throttles(proxy: Proxy) -> None:
-    with proxy.fault("bandwidth", kbps=100, direction="downstream"), connect(proxy.port) as s:
-        t = time.monotonic()
-        s.sendall(b"z" * 50_000)
-        assert recv_exact(s, 50_000) == b"z" * 50_000
-        assert time.monotonic() - t >= 0.45  # 50 kB at 100 kB/s
+@pytest.mark.parametrize(
+    ("direction", "up", "down"),
+    [("upstream", True, False), ("downstream", False, True), ("both", True, True)],
+)
+def test_bandwidth_per_direction(
+    proxy: Proxy, echo: EchoServer, direction: str, up: bool, down: bool
+) -> None:
+    with connect(proxy.port) as s:
+        s.sendall(b"w")
+        assert recv_exact(s, 1) == b"w"
+        with proxy.fault("bandwidth", kbps=100, direction=direction):
+            started = time.monotonic()
+            s.sendall(b"z" * 50_000)  # 50 kB at 100 kB/s: 0.5 s in a throttled direction
+            assert recv_exact(s, 50_000) == b"z" * 50_000
+            total = time.monotonic() - started
+            reached = echo.received_at - started  # when the server had all of it
+    if up:
+        assert 0.45 <= reached < 0.9, reached
+    else:
+        assert reached < 0.15, reached
+    if down:
+        assert 0.45 <= total < (1.4 if up else 0.9), total
+    else:
+        assert total - reached < 0.15, (total, reached)
 
 
 def test_limit_data_closes_after_n_bytes(proxy: Proxy) -> None:

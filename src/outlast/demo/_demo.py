@@ -135,7 +135,12 @@ def _comparison(results: list[object]) -> Table:
 def run_demo(args: argparse.Namespace) -> int:
     from outlast.chaos import AdminServer, Proxy
     from outlast.drill import DrillConfig, DrillRun, Route, resolve, write_report
-    from outlast.drill._cli import AdminInjector, run_with_progress, scorecard_table
+    from outlast.drill._cli import (
+        DETAILS_MIN_WIDTH,
+        AdminInjector,
+        run_with_progress,
+        scorecard_table,
+    )
     from outlast.testing import EmbeddedPostgres
 
     console = Console(stderr=True)
@@ -208,7 +213,7 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         out.print(_comparison(list(results)))
         for r in results:
-            out.print(scorecard_table(r))
+            out.print(scorecard_table(r, details=out.width >= DETAILS_MIN_WIDTH))
         out.print(f"report: {args.report}   ({elapsed:.0f} s)")
     if args.keep:
         console.print(f"kept {workdir}")

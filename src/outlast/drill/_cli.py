@@ -138,7 +138,13 @@ def _mark(passed: bool | None) -> Text:
     return Text("✓", style="bold green") if passed else Text("✗", style="bold red")
 
 
+# Below this width the failed checks' details wrap into unreadable columns;
+# the HTML report and --json always carry them.
+DETAILS_MIN_WIDTH = 140
+
+
 def scorecard_table(result: DrillResult, *, details: bool = True) -> Table:
+    """The scorecard: a row per scenario, a column per check (details under failures)."""
     verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
     table = Table(title=f"{result.label}  {verdict}", title_justify="left", show_lines=details)
     table.add_column("scenario", style="bold")
@@ -173,7 +179,8 @@ def scorecard_table(result: DrillResult, *, details: bool = True) -> Table:
         lg = result.ledger
         table.caption = (
             f"writes: {lg.acknowledged} acknowledged, {lg.failed} failed, {lg.unknown} unknown "
-            f"({lg.unknown_present} present); lost {len(lg.lost)}, doubled {len(lg.duplicated)}"
+            f"({lg.unknown_told} reported so by the service, {lg.unknown_present} present); "
+            f"lost {len(lg.lost)}, doubled {len(lg.duplicated)}"
         )
     return table
 
@@ -247,7 +254,7 @@ def run_command(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         out = Console()
-        out.print(scorecard_table(result))
+        out.print(scorecard_table(result, details=out.width >= DETAILS_MIN_WIDTH))
         if args.report:
             out.print(f"report: {args.report}")
     return 0 if result.passed else 1

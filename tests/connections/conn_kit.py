@@ -1,10 +1,8 @@
-"""Helpers for the connection tests: a recording TCP proxy, traffic loops, hang checks."""
+"""Helpers for the connection tests: traffic loops, restarts under traffic, hang checks."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -12,108 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import outlast
-
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-PROTOCOL_3 = 196608
-
-
-class RecordingProxy:
-    """A loopback TCP proxy that records the parameters of every StartupMessage."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.startups: list[dict[str, str]] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.host, self.port = self._listener.getsockname()
-        self._closing = False
-        self._threads: list[threading.Thread] = []
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._accept = threading.Thread(target=self._serve, daemon=True)
-        self._accept.start()
-
-    def _serve(self) -> None:
-        while not self._closing:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._handle, args=(client,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _handle(self, client: socket.socket) -> None:
-        server = socket.create_connection(self.upstream, timeout=10)
-        server.settimeout(None)
-        with self._lock:
-            self._socks += [client, server]
-        try:
-            while True:  # SSLRequest / GSSENCRequest first, then the StartupMessage
-                head = _read_exact(client, 8)
-                length, code = struct.unpack("!ii", head)
-                body = _read_exact(client, length - 8)
-                server.sendall(head + body)
-                if code in (SSL_REQUEST, GSSENC_REQUEST):
-                    client.sendall(_read_exact(server, 1))  # 'N' (no TLS on loopback)
-                    continue
-                if code == PROTOCOL_3:
-                    parts = body.split(b"\0")
-                    params = dict(zip(parts[0:-1:2], parts[1:-1:2], strict=False))
-                    self.startups.append({k.decode(): v.decode() for k, v in params.items() if k})
-                break
-        except OSError:
-            client.close()
-            server.close()
-            return
-        pump = threading.Thread(target=_pump, args=(server, client), daemon=True)
-        pump.start()
-        _pump(client, server)
-        pump.join(timeout=10)
-
-    def close(self) -> None:
-        self._closing = True
-        self._listener.close()
-        with self._lock:
-            for sock in self._socks:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def dsn(self, dbname: str) -> str:
-        return f"host={self.host} port={self.port} user=postgres dbname={dbname}"
-
-    def url(self, dbname: str, driver: str | None = "psycopg") -> str:
-        scheme = "postgresql" if not driver else f"postgresql+{driver}"
-        return f"{scheme}://postgres@{self.host}:{self.port}/{dbname}"
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        data += chunk
-    return data
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while chunk := src.recv(65536):
-            dst.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @dataclass

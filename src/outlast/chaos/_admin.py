@@ -5,12 +5,14 @@ Routes::
     GET    /                               {"service": "outlast.chaos", "proxies": [...]}
     GET    /proxies                        {name: stats, ...}
     POST   /proxies                        {"name", "listen", "upstream"} -> 201 stats
-    GET    /proxies/{name}                 stats (with "links")
+    GET    /proxies/{name}                 stats (with "links" and "logins")
     DELETE /proxies/{name}                 stop and forget the proxy -> 204
     GET    /proxies/{name}/faults          [fault, ...]
     POST   /proxies/{name}/faults          {"type", "duration"?, "toxicity"?, "params"?} -> 201
     DELETE /proxies/{name}/faults          remove all its faults -> 204
     DELETE /proxies/{name}/faults/{id}     remove one fault -> 204
+    GET    /proxies/{name}/logins          [login, ...] (recent StartupMessage parameters)
+    DELETE /proxies/{name}/logins          forget them -> 204
     POST   /reset                          remove every fault of every proxy -> 204
 
 Errors are JSON ``{"error": "...", "status": 4xx}``. One request per
@@ -266,6 +268,12 @@ class AdminServer:
             self._proxies.pop(proxy.name, None)
             self._owned.discard(proxy.name)
             await self._blocking(proxy.stop)
+            return 204, None
+        if parts[2] == "logins" and len(parts) == 3:
+            _allow(method, "GET", "DELETE")
+            if method == "GET":
+                return 200, await self._blocking(proxy.logins)
+            await self._blocking(proxy.clear_logins)
             return 204, None
         if parts[2] != "faults":
             raise HTTPError(404, f"no route for {path!r}")

@@ -98,6 +98,14 @@ class AdminClient:
         """Remove every fault of one proxy."""
         self._request("DELETE", f"/proxies/{self._name(proxy)}/faults")
 
+    def logins(self, proxy: str) -> list[dict[str, Any]]:
+        """The recent logins of `proxy` (StartupMessage parameters), oldest first."""
+        result: list[dict[str, Any]] = self._request("GET", f"/proxies/{self._name(proxy)}/logins")
+        return result
+
+    def clear_logins(self, proxy: str) -> None:
+        self._request("DELETE", f"/proxies/{self._name(proxy)}/logins")
+
     def reset(self) -> None:
         """Remove every fault of every proxy."""
         self._request("POST", "/reset")

@@ -8,7 +8,8 @@ else (startup, delays, holds, cuts, terminate) goes through the slow path.
 Boundary tracking: unless the proxy was built with ``track=False``, each
 direction keeps a `MessageTracker` that reads only the 5-byte message headers,
 so a ``terminate`` can slip an ErrorResponse in between whole server messages
-and ``cut_after`` can find a client's COMMIT.
+and ``cut_after`` can find a client's COMMIT. The untyped startup packets are
+parsed either way, to record the login's parameters (`login`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._faults import TERMINATE_ERROR, FaultSpec
+from ._logins import login_parameters
 from ._protocol import (
     MessageTracker,
     ProtocolViolation,
@@ -56,6 +58,7 @@ class Link:
         self.fast_down = False
         self.faults: dict[str, FaultSpec] = {}
         self.rejecting: FaultSpec | None = None
+        self.login: dict[str, str] | None = None  # the StartupMessage's parameters
         self._connecting = False
         self._pending: list[bytes] = []  # client bytes before the upstream is ready
         self._paused: tuple[set[str], set[str]] = (set(), set())  # read pauses per source
@@ -69,11 +72,11 @@ class Link:
         self._sent = [0, 0]  # bytes counted for limit_data since attached
         self._close_after_drain = False
         self._slow_closing = False
-        self._startup = bytearray()  # untyped startup packets, while tracking them
+        self._startup = bytearray()  # untyped startup packets, until the StartupMessage
         self._expect_reply_byte = False
         self.tracker_up: MessageTracker | None = MessageTracker() if track else None
         self.tracker_down: MessageTracker | None = MessageTracker() if track else None
-        self._in_startup = track
+        self._in_startup = True
         self._statements: dict[bytes, bytes] = {}
         self._portals: dict[bytes, bytes] = {}
         self._terminate_pending = False
@@ -310,10 +313,15 @@ class Link:
         if packet.kind == "cancel":
             self._untrack()
             return
+        self._logged_in(packet.parameters, None)
         self._in_startup = False
         if rest and self.tracker_up is not None:
             self.tracker_up.feed(rest)
         self.refresh()
+
+    def _logged_in(self, parameters: dict[str, str], rejected: str | None) -> None:
+        self.login = login_parameters(parameters)
+        self.proxy.login_seen(self, self.login, rejected)
 
     def _find_cut(self, messages: list[tuple[bytes, int]]) -> FaultSpec | None:
         cuts = self._of("cut_after")
@@ -359,6 +367,7 @@ class Link:
                 continue
             if packet.kind == "startup":
                 e = self.rejecting.login_error
+                self._logged_in(packet.parameters, e.code)
                 self.client.write(
                     error_response(e.severity, e.code, e.message, detail=e.detail, hint=e.hint)
                 )
@@ -471,12 +480,16 @@ class Link:
         if not reasons and source is not None and not source.is_closing():
             source.resume_reading()
 
-    def info(self) -> dict[str, Any]:
+    def peer(self) -> str | None:
         peer = self.client.get_extra_info("peername") if self.client else None
+        return f"{peer[0]}:{peer[1]}" if peer else None
+
+    def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "client": f"{peer[0]}:{peer[1]}" if peer else None,
+            "client": self.peer(),
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "faults": sorted(self.faults),
+            "login": None if self.login is None else dict(self.login),
         }

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from ._address import Address, new_event_loop, parse_address
 from ._faults import FaultSpec, make_spec
 from ._link import Link
+from ._logins import LoginLog
 from ._sides import ClientSide, abort_with_rst
 
 __all__ = ["Proxy"]
@@ -48,7 +49,8 @@ class Proxy:
     `track=False` skips the message-boundary bookkeeping (``terminate`` then
     closes live sessions without an ErrorResponse and ``cut_after`` never
     fires). `loop` picks the event loop: ``"asyncio"``, ``"uvloop"`` or
-    ``"auto"`` (uvloop when installed).
+    ``"auto"`` (uvloop when installed). The parameters of the last
+    `keep_logins` StartupMessages are kept for `logins` (never a password).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Proxy:
         track: bool = True,
         connect_timeout: float = 10.0,
         backlog: int = 1024,
+        keep_logins: int = 100,
     ) -> None:
         self.listen_address = parse_address(listen, what="listen")
         self.upstream = parse_address(upstream, what="upstream")
@@ -72,6 +75,7 @@ class Proxy:
             raise ValueError("connect_timeout must be > 0")
         self.connect_timeout = float(connect_timeout)
         self._backlog = backlog
+        self._logins = LoginLog(keep_logins)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -308,6 +312,9 @@ class Proxy:
             self._closed_bytes[0] += link.bytes_up
             self._closed_bytes[1] += link.bytes_down
 
+    def login_seen(self, link: Link, parameters: dict[str, str], rejected: str | None) -> None:
+        self._logins.record(link.id, link.peer(), parameters, rejected)
+
     def cut_fired(self, spec: FaultSpec) -> bool:
         """Count one cut for a ``cut_after`` fault; False once its count is used up."""
         if spec.id not in self._faults:
@@ -445,8 +452,25 @@ class Proxy:
 
         return self._call(run)
 
+    def logins(self) -> list[dict[str, Any]]:
+        """The most recent logins, oldest first: one dict per StartupMessage.
+
+        ``{"connection": id, "client": "host:port", "at": epoch seconds,
+        "parameters": {"user": ..., "database": ..., "application_name": ...,
+        "options": ...}, "rejected": None or the SQLSTATE reject_login answered}``.
+        """
+        return self._call(self._logins.entries)
+
+    def clear_logins(self) -> None:
+        """Forget the recorded logins."""
+        self._call(self._logins.clear)
+
     def stats(self, *, connections: bool = False) -> dict[str, Any]:
-        """Counters: live and total connections, bytes each way, faults, state."""
+        """Counters: live and total connections, bytes each way, faults, state.
+
+        With `connections`, also ``links`` (each live connection, with its
+        ``login`` parameters) and ``logins`` (the recent logins).
+        """
 
         def run() -> dict[str, Any]:
             live = list(self._links.values())
@@ -464,6 +488,7 @@ class Proxy:
             }
             if connections:
                 out["links"] = [x.info() for x in live]
+                out["logins"] = self._logins.entries()
             return out
 
         return self._call(run)

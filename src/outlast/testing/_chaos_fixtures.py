@@ -2,7 +2,8 @@
 
 Imported by the outlast pytest plugin. ``pg_proxy`` is a `ProxiedServer`: a
 `outlast.chaos.Proxy` in front of the session's ``pg_server`` (one proxy per
-session, every fault cleared and every connection closed after each test).
+session; every fault cleared and every connection closed after each test, and
+``pg_proxy.logins()`` holds only the logins of the current test).
 ``db_outage(kind, **params)`` is a context manager that applies one fault to
 it for the duration of a ``with`` block::
 
@@ -58,6 +59,7 @@ def pg_proxy_session(pg_server: EmbeddedPostgres) -> Iterator[ProxiedServer]:
 def pg_proxy(pg_proxy_session: ProxiedServer) -> Iterator[ProxiedServer]:
     """A chaos proxy in front of ``pg_server``; its faults and connections end with the test."""
     pg_proxy_session.clear()
+    pg_proxy_session.clear_logins()
     try:
         yield pg_proxy_session
     finally:

@@ -40,6 +40,15 @@ class DatabaseUnavailable(OutlastError):
     last classified fault, if any.
     """
 
+    # Slots, not the instance __dict__: an open breaker builds one of these per
+    # rejected call, and three slot stores cost less than creating a dict.
+    # (Exceptions keep their __dict__ for any other attribute.)
+    __slots__ = ("fault", "guard", "retry_after")
+
+    retry_after: float
+    fault: Fault | None
+    guard: str | None
+
     def __init__(
         self,
         message: str = "database temporarily unavailable",
@@ -54,13 +63,39 @@ class DatabaseUnavailable(OutlastError):
         self.guard = guard
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_unavailable, (str(self), self.retry_after, self.fault, self.guard))
+        # The class travels too, so a pickled subclass (DatabaseNotReady...) stays one.
+        state = (type(self), str(self), self.retry_after, self.fault, self.guard)
+        return (_rebuild_unavailable, state)
 
 
 def _rebuild_unavailable(
+    cls: type[DatabaseUnavailable],
+    message: str,
+    retry_after: float,
+    fault: Fault | None,
+    guard: str | None,
+) -> DatabaseUnavailable:
+    return cls(message, retry_after=retry_after, fault=fault, guard=guard)
+
+
+_new_exception = BaseException.__new__
+
+
+def fast_unavailable(
     message: str, retry_after: float, fault: Fault | None, guard: str | None
 ) -> DatabaseUnavailable:
-    return DatabaseUnavailable(message, retry_after=retry_after, fault=fault, guard=guard)
+    """``DatabaseUnavailable(message, retry_after=..., fault=..., guard=...)``, cheaper.
+
+    An open breaker builds one per rejected call, and the keyword-argument
+    ``__init__`` (with its ``super()`` call) is most of what a rejection costs.
+    ``BaseException.__new__`` already stores ``args``, so the result is the
+    same object ``__init__`` would make.
+    """
+    error: DatabaseUnavailable = _new_exception(DatabaseUnavailable, message)
+    error.retry_after = retry_after
+    error.fault = fault
+    error.guard = guard
+    return error
 
 
 class DatabaseNotReady(DatabaseUnavailable):

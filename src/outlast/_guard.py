@@ -16,9 +16,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from ._errors import DatabaseUnavailable
+from ._errors import DatabaseUnavailable, fast_unavailable
 from ._fault import FaultKind
-from ._guard_base import ADMITTED, Classifier, GuardBase, Run, op_name
+from ._guard_base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
 
 __all__ = ["Classifier", "Guard"]
 
@@ -82,8 +82,10 @@ class Guard(GuardBase):
             return self._run(run, fn, args, kwargs)
         now = self._clock.monotonic()
         until = self._reject_until
-        if now < until:  # open: fail fast, no lock, nothing allocated but the error
-            raise self._rejection(until - now)
+        if now < until:
+            # Open: fail fast, with no lock, no Run, no extra frame and nothing
+            # allocated but the error (built without its keyword __init__).
+            raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
         return self._run(Run(op_name(fn, op), idempotent, deadline, start), fn, args, kwargs)
 
     async def acall(
@@ -113,7 +115,7 @@ class Guard(GuardBase):
         now = self._clock.monotonic()
         until = self._reject_until
         if now < until:
-            raise self._rejection(until - now)
+            raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
         run = Run(op_name(fn, op), idempotent, deadline, start)
         return await self._arun(run, fn, args, kwargs)
 

@@ -24,7 +24,7 @@ from ._backoff import Retry
 from ._breaker import CLOSED, OPEN, REJECT, Breaker, BreakerCore
 from ._classify import CONFIG_REASONS
 from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import DatabaseUnavailable
+from ._errors import DatabaseUnavailable, fast_unavailable
 from ._events import (
     BreakerClosed,
     BreakerHalfOpen,
@@ -269,12 +269,7 @@ class GuardBase:
     def _rejection(
         self, retry_after: float, cause: BaseException | None = None
     ) -> DatabaseUnavailable:
-        error = DatabaseUnavailable(
-            OPEN_MESSAGE,
-            retry_after=retry_after,
-            fault=self._tracker.last_fault,
-            guard=self.name,
-        )
+        error = fast_unavailable(OPEN_MESSAGE, retry_after, self._tracker.last_fault, self.name)
         if cause is not None:
             error.__cause__ = cause
         return error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 import time
 from datetime import timedelta
@@ -270,3 +271,59 @@ def _capture(fn: object, into: list[BaseException]) -> None:
         fn()  # type: ignore[operator]
     except BaseException as exc:
         into.append(exc)
+
+
+@pytest.mark.parametrize("path", ["call", "acall", "check", "retrying"])
+def test_a_fast_rejection_is_an_ordinary_database_unavailable(path: str) -> None:
+    # The open-breaker path builds its error without __init__ (it is hot); the
+    # result must be indistinguishable from one built the normal way.
+    clock = ManualClock()
+    guard = make_guard(clock, retry=ONCE, breaker=Breaker(failure_threshold=1, open_for=4.0))
+    _fail(guard)
+    clock.advance(1.5)
+    fn = Flaky()
+    with pytest.raises(DatabaseUnavailable) as info:
+        if path == "call":
+            guard.call(fn)
+        elif path == "acall":
+
+            async def afn() -> None:
+                fn()
+
+            asyncio.run(guard.acall(afn))
+        elif path == "check":
+            guard.check()
+        else:
+            guard.retrying(fn)()
+    error = info.value
+    assert fn.calls == 0
+    assert type(error) is DatabaseUnavailable
+    assert error.args == ("database unavailable: circuit breaker open",)
+    assert error.retry_after == pytest.approx(2.5)
+    assert error.guard == "test"
+    assert error.fault is not None and error.fault == guard.state.last_fault
+    twin = DatabaseUnavailable(
+        str(error), retry_after=error.retry_after, fault=error.fault, guard=error.guard
+    )
+    assert repr(error) == repr(twin)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.args, copy.retry_after, copy.fault, copy.guard) == (
+        DatabaseUnavailable,
+        error.args,
+        error.retry_after,
+        error.fault,
+        error.guard,
+    )
+
+
+@pytest.mark.parametrize("cls", [outlast.DatabaseNotReady, outlast.RequestBudgetExceeded])
+def test_database_unavailable_subclasses_survive_pickling(cls: type[DatabaseUnavailable]) -> None:
+    error = cls("gave up", retry_after=3.0, guard="main")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert (copy.args, copy.retry_after, copy.guard, copy.fault) == (
+        ("gave up",),
+        3.0,
+        "main",
+        None,
+    )

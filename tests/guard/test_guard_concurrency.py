@@ -3,12 +3,15 @@
 The "database" is a shared flag: while it says down, the operation raises a
 connection-refused fault. The checks: every call ends in exactly one outcome,
 the Guard's counters match what really happened, exactly one half-open probe
-runs at a time, and nobody waits for the probe.
+runs at a time, and nobody waits for the probe (threads: the slowest rejection;
+tasks: while a probe is held inside its call, 999 others are rejected without
+suspending, in loop time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
@@ -200,3 +203,84 @@ async def test_1000_tasks_share_one_guard_through_a_flapping_database() -> None:
 
     assert outcomes["calls"] == outcomes["ok"] + outcomes["unavailable"] + outcomes["other"]
     _check_consistency(guard, rec, tally, outcomes)
+
+
+async def test_a_slow_half_open_probe_blocks_none_of_1000_tasks() -> None:
+    # One task is the half-open probe and stays inside the database call (awaiting)
+    # until the test lets it go. Meanwhile 999 other tasks call the Guard: each is
+    # rejected at once, in loop time, without suspending (the loop runs nothing
+    # else during a rejection), and all of them are done before the probe is.
+    rec = Recorder()
+    guard = outlast.Guard(
+        "slow-probe",
+        retry=Retry(attempts=1),
+        breaker=Breaker(failure_threshold=1, open_for=0.05, max_open_for=0.05),
+        classifier=classify,
+        listeners=[rec],
+    )
+
+    async def refused() -> None:
+        raise err()
+
+    with contextlib.suppress(DatabaseUnavailable):
+        await guard.acall(refused)
+    assert guard.breaker_state == "open"
+    await asyncio.sleep(0.06)
+    assert guard.breaker_state == "half_open"
+
+    loop = asyncio.get_running_loop()
+    release, inside = asyncio.Event(), asyncio.Event()
+    ticks = 0
+
+    async def ticker() -> None:  # counts loop iterations: proof of (no) suspension
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def slow_probe() -> str:
+        inside.set()
+        await release.wait()
+        return "probe ok"
+
+    ran = 0
+
+    async def must_not_run() -> None:
+        nonlocal ran
+        ran += 1
+
+    durations: list[float] = []
+    suspended = 0
+
+    async def other() -> float:
+        nonlocal suspended
+        await asyncio.sleep(0)  # start the 999 interleaved with each other and the ticker
+        before, start = ticks, loop.time()
+        try:
+            await guard.acall(must_not_run)
+        except DatabaseUnavailable as exc:
+            durations.append(loop.time() - start)
+            suspended += ticks != before
+            return exc.retry_after
+        raise AssertionError("a second call was let through while the probe ran")
+
+    tick_task = asyncio.create_task(ticker())
+    probe = asyncio.create_task(guard.acall(slow_probe))
+    await inside.wait()
+    # A rejection that waited for the probe would hang here: fail instead.
+    retry_afters = await asyncio.wait_for(asyncio.gather(*(other() for _ in range(999))), 10)
+    assert not probe.done()  # the probe is still in its database call
+    assert ran == 0 and len(durations) == 999
+    assert suspended == 0  # no rejection waited for anything
+    assert max(durations) < 0.02  # microseconds of work each; generous for a loaded machine
+    assert all(0 < r <= 0.05 for r in retry_afters)  # half-open, busy: come back soon
+    assert guard.breaker_state == "half_open"
+
+    release.set()
+    assert await probe == "probe ok"
+    assert guard.breaker_state == "closed"
+    assert await guard.acall(lambda: asyncio.sleep(0, "flowing")) == "flowing"
+    assert len(rec.of(outlast.BreakerHalfOpen)) == 1
+    tick_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tick_task

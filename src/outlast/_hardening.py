@@ -25,6 +25,12 @@ Why each default (the README table repeats this):
   ``DISCARD ALL``. Poolers (Neon ``-pooler`` hosts, PgBouncer) reject startup
   ``options``, so there the same settings are applied with ``SET`` right after
   connecting.
+- ``prepared_statements`` - a transaction pooler runs each transaction on
+  whichever server connection is free, where a statement prepared on another
+  one does not exist ("prepared statement ... does not exist"). Pooler presets
+  switch the drivers' server-side prepared statements off.
+- ``connect_retries`` / ``connect_retry_budget`` - a compute that scaled to
+  zero refuses the first logins while it wakes up (`_connect_retry`).
 
 Client-side deadlines on sockets live in `_deadline`.
 """
@@ -80,6 +86,7 @@ _SECONDS_FIELDS = (
     "max_lifetime",
     "pool_timeout",
     "deadline_grace",
+    "connect_retry_budget",
 )
 _INT_FIELDS = ("keepalives_idle", "keepalives_interval", "keepalives_count")
 # Server settings a preset manages; the client may set them itself in its own
@@ -122,6 +129,9 @@ class Hardening:
     pool_timeout: float = 5.0
     startup_options: bool = True
     deadline_grace: float = 2.0
+    prepared_statements: bool = True
+    connect_retries: int = 0
+    connect_retry_budget: float = 10.0
 
     def __post_init__(self) -> None:
         for name in _SECONDS_FIELDS:
@@ -141,6 +151,14 @@ class Hardening:
             raise ConfigurationError("ping_timeout and pool_timeout must be > 0")
         if self.application_name is not None and not isinstance(self.application_name, str):
             raise ConfigurationError("application_name must be a string or None")
+        for name in ("startup_options", "prepared_statements"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name} must be True or False")
+        retries = self.connect_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(
+                f"connect_retries must be a whole number >= 0, not {retries!r}"
+            )
 
     def replace(self, **changes: Any) -> Hardening:
         """A copy with some fields changed (validated like the original)."""
@@ -169,12 +187,16 @@ class Hardening:
 
 PRESETS: Mapping[str, Hardening] = {
     "default": Hardening(name="default"),
-    # Neon computes that scaled to zero take a few seconds to wake up, so the
-    # connect timeout is longer; idle connections die when the compute
-    # suspends, so they are renewed more often.
-    "neon": Hardening(name="neon", connect_timeout=10.0, max_lifetime=300.0),
-    # PgBouncer (and any transaction pooler) rejects startup options.
-    "pgbouncer": Hardening(name="pgbouncer", connect_timeout=5.0, startup_options=False),
+    # Neon computes that scaled to zero take a few seconds to wake up: the
+    # connect timeout is longer and the logins refused meanwhile are retried;
+    # idle connections die when the compute suspends, so they are renewed
+    # more often.
+    "neon": Hardening(name="neon", connect_timeout=10.0, max_lifetime=300.0, connect_retries=10),
+    # PgBouncer (and any transaction pooler) rejects startup options and runs
+    # each transaction on any server connection: no session state.
+    "pgbouncer": Hardening(
+        name="pgbouncer", connect_timeout=5.0, startup_options=False, prepared_statements=False
+    ),
 }
 
 
@@ -193,8 +215,9 @@ def preset_for(dsn_or_host: str | None = None, preset: str | Hardening = "defaul
     """The hardening for a DSN (or a bare host name) and a preset name or value.
 
     A host containing ``-pooler`` (Neon's pooler endpoints) switches startup
-    options off whatever the preset; PgBouncer's usual port 6432 does not, since
-    a plain server may listen there too: pass ``preset="pgbouncer"``.
+    options and server-side prepared statements off whatever the preset;
+    PgBouncer's usual port 6432 does not, since a plain server may listen there
+    too: pass ``preset="pgbouncer"``.
     """
     if isinstance(preset, Hardening):
         chosen = preset
@@ -208,8 +231,8 @@ def preset_for(dsn_or_host: str | None = None, preset: str | Hardening = "defaul
     host = dsn_or_host
     if dsn_or_host and _looks_like_dsn(dsn_or_host):
         host = parse_dsn(dsn_or_host).get("host")
-    if is_pooler_host(host) and chosen.startup_options:
-        chosen = replace(chosen, startup_options=False)
+    if is_pooler_host(host) and (chosen.startup_options or chosen.prepared_statements):
+        chosen = replace(chosen, startup_options=False, prepared_statements=False)
     return chosen
 
 
@@ -342,7 +365,8 @@ def asyncpg_connect_kwargs(
 ) -> tuple[dict[str, Any], Hardening]:
     """Keywords for ``asyncpg.connect`` (the caller's win) and the effective preset.
 
-    ``timeout`` and ``command_timeout`` from the preset; the server timeouts
+    ``timeout`` and ``command_timeout`` from the preset (and
+    ``statement_cache_size=0`` when it forbids prepared statements); the server timeouts
     and ``application_name`` as ``server_settings`` (startup parameters) where
     the preset allows them. Server timeouts the caller put in
     ``server_settings`` keep their values, except with a pooler preset, which
@@ -359,6 +383,10 @@ def asyncpg_connect_kwargs(
         )
     preset = without_settings(preset, managed)
     out.setdefault("timeout", preset.connect_timeout)
+    if not preset.prepared_statements:
+        # 0 disables the cache: asyncpg then uses unnamed statements, which
+        # live only as long as the exchange that created them.
+        out.setdefault("statement_cache_size", 0)
     if preset.statement_deadline is not None:
         out.setdefault("command_timeout", preset.statement_deadline)
     if preset.application_name:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class Traffic:
     starts: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _busy: int = 0  # requests running now
+    _paused: bool = False
 
     def start(self) -> Traffic:
         for i in range(self.threads):
@@ -39,23 +43,58 @@ class Traffic:
             self._workers.append(worker)
         return self
 
+    def _enter(self) -> bool:
+        """Wait until requests may start; False once stopped."""
+        with self._cond:
+            while self._paused and not self._stop.is_set():
+                self._cond.wait(0.1)
+            if self._stop.is_set():
+                return False
+            self._busy += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def between_requests(self) -> Iterator[None]:
+        """No request is running inside the block; new ones wait until it ends."""
+        with self._cond:
+            self._paused = True
+            while self._busy:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while self._enter():
             started = time.monotonic()
             self.starts.append(started)
             try:
-                self.request()
-            except Exception as error:
-                fault = outlast.classify(error)
-                if fault is None and isinstance(error, outlast.DatabaseUnavailable):
-                    fault = error.fault
-                    error_text = "DatabaseUnavailable"
-                else:
-                    error_text = type(error).__name__
-                self.outcomes.append(Outcome(started, False, fault, error_text))
-            else:
-                self.outcomes.append(Outcome(started, True))
+                self._one(started)
+            finally:
+                self._leave()
             self._stop.wait(self.pause)
+
+    def _one(self, started: float) -> None:
+        try:
+            self.request()
+        except Exception as error:
+            fault = outlast.classify(error)
+            if fault is None and isinstance(error, outlast.DatabaseUnavailable):
+                fault = error.fault
+                error_text = "DatabaseUnavailable"
+            else:
+                error_text = type(error).__name__
+            self.outcomes.append(Outcome(started, False, fault, error_text))
+        else:
+            self.outcomes.append(Outcome(started, True))
 
     def stop(self) -> None:
         self._stop.set()
@@ -69,18 +108,12 @@ class Traffic:
     def started_after(self, t: float) -> int:
         return sum(1 for s in self.starts if s >= t)
 
-    def stale_failures(self, since: float = 0.0) -> list[Outcome]:
-        """Failures on an existing connection (not 'the server is down while connecting').
-
-        Only requests that started at `since` or later count: pass the moment
-        the server was known to be down to leave out the requests that were in
-        flight when it shut down (no pool can save those).
-        """
+    def stale_failures(self) -> list[Outcome]:
+        """Failures on an existing connection (not 'the server is down while connecting')."""
         return [
             o
             for o in self.outcomes
             if not o.ok
-            and o.started >= since
             and not (o.error == "DatabaseUnavailable" or (o.fault and o.fault.phase == "connect"))
         ]
 
@@ -107,17 +140,19 @@ class Restart:
 def restart_under_traffic(pg_control: Any, request: Callable[[], object]) -> Restart:
     """Stop and start the server under steady traffic from three threads.
 
-    The server is stopped (fast shutdown: every backend is terminated), a few
-    requests start while it is down, then it is started again and the traffic
-    runs until 30 requests succeeded. `Restart.down_at` is when the stop had
-    finished: a request that started later and failed on a pooled connection
-    met a stale one; earlier ones may have been in flight at the shutdown.
+    The server is stopped (fast shutdown: every backend is terminated) between
+    two requests: none is in flight at that instant, since no pool could save
+    a statement the server is killed under. A few requests start while it is
+    down, then it is started again and the traffic runs until 30 requests
+    succeeded. Every request of the run counts, for a hardened and a plain
+    client alike: one that failed on a pooled connection met a stale one.
     """
     traffic = Traffic(request, threads=3).start()
     try:
         assert wait_until(lambda: traffic.successes_after(0) >= 20, 30), "no warm traffic"
-        pg_control.stop()
-        down_at = time.monotonic()
+        with traffic.between_requests():
+            pg_control.stop()
+            down_at = time.monotonic()  # before any request can start again
         assert wait_until(lambda: traffic.started_after(down_at) >= 3, 30), "traffic stalled"
         pg_control.start()
         up_at = time.monotonic()

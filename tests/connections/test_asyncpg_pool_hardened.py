@@ -160,3 +160,83 @@ async def test_closing_and_retiring_connections_is_not_a_fault(pg_database: Any)
         await asyncio.sleep(0)
     assert guard.state.up
     assert guard.state.last_fault is None
+
+
+# ------------------------------------------------------------ max lifetime
+
+# Lifetimes between 0.5 s and 1 s (jitter shortens, never lengthens).
+SHORT_LIFE = PRESETS["default"].replace(max_lifetime=1.0, max_lifetime_jitter=0.5)
+
+
+@pytest.mark.parametrize("in_use", [False, True], ids=["idle", "in_use"])
+async def test_pool_renews_a_connection_after_its_max_lifetime(
+    pg_database: Any, in_use: bool
+) -> None:
+    guard = outlast.Guard("asyncpg-lifetime")
+    async with create_pool(
+        pg_database.url(driver=None),
+        guard=guard,
+        preset=SHORT_LIFE,
+        min_size=1,
+        max_size=1,
+        max_inactive_connection_lifetime=0,  # only the lifetime retires connections here
+    ) as pool:
+        async with pool.acquire() as conn:
+            first = conn.get_server_pid()
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == first  # young: kept
+            if in_use:
+                await asyncio.sleep(1.2)
+                # Never cut under its user: it is retired when it comes back.
+                assert await conn.fetchval("SELECT 1") == 1
+        if not in_use:
+            await asyncio.sleep(1.2)
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() != first
+            alive = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", first
+            )
+        assert alive == 0  # the old session was closed, not leaked
+    assert guard.state.up and guard.state.last_fault is None  # renewal is not a fault
+
+
+async def test_lifetimes_are_jittered_per_connection(pg_database: Any) -> None:
+    # 1 s to 2 s each; measured on the server (backend start to disappearance),
+    # so how long the pool took to open them does not count.
+    preset = PRESETS["default"].replace(max_lifetime=2.0, max_lifetime_jitter=0.5)
+    watcher = await asyncpg.connect(pg_database.url(driver=None))
+    try:
+        async with create_pool(
+            pg_database.url(driver=None),
+            preset=preset,
+            min_size=5,
+            max_size=5,
+            max_inactive_connection_lifetime=0,
+        ) as pool:
+            held = [await pool.acquire() for _ in range(5)]
+            pids = [conn.get_server_pid() for conn in held]
+            for conn in held:
+                await pool.release(conn)
+            started = dict(
+                await watcher.fetch(
+                    "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = ANY($1)", pids
+                )
+            )
+            gone: dict[int, float] = {}
+            deadline = time.monotonic() + 5.0
+            while len(gone) < len(pids) and time.monotonic() < deadline:
+                row = await watcher.fetchrow(
+                    "SELECT clock_timestamp() AS now, array_agg(pid) AS alive"
+                    " FROM pg_stat_activity WHERE pid = ANY($1)",
+                    pids,
+                )
+                for pid in set(pids) - set(row["alive"] or ()) - set(gone):
+                    gone[pid] = (row["now"] - started[pid]).total_seconds()
+                await asyncio.sleep(0.02)
+    finally:
+        await watcher.close()
+    lifetimes = sorted(gone.values())
+    print("asyncpg lifetimes:", ", ".join(f"{t:.2f}" for t in lifetimes))
+    assert len(lifetimes) == 5
+    assert all(1.0 - 0.1 <= t <= 2.0 + SLACK for t in lifetimes)
+    assert lifetimes[-1] - lifetimes[0] > 0.1  # not all renewed at the same moment

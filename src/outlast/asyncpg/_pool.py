@@ -7,12 +7,21 @@ and `connect` fix that:
 - ``timeout`` (connect) and ``command_timeout`` (a client-side limit per query:
   the server's ``statement_timeout`` plus a grace period) from the preset;
 - the server timeouts travel as ``server_settings`` (startup parameters) where
-  allowed; for poolers, which reject them, an ``init`` hook runs ``SET``;
+  allowed; for poolers, which reject them, ``SET`` runs after connecting and
+  again on every acquire (the pool's reset on release runs ``RESET ALL``);
+- pooler presets pass ``statement_cache_size=0``: no named prepared
+  statements, which a transaction pooler cannot keep track of;
+- connect retries where the preset asks for them (``neon``): a login refused
+  while a compute wakes up is tried again (`outlast._connect_retry`);
 - keepalives and ``TCP_USER_TIMEOUT`` are set on the socket right after
   connecting (asyncpg exposes no option for them): we reach the socket through
   the connection's asyncio transport, ``transport.get_extra_info("socket")``;
 - ``setup`` (run on every acquire) pings the connection under a socket deadline
-  of ``ping_timeout``;
+  of ``ping_timeout`` (with the ``SET`` statements as the ping, for poolers);
+- a jittered ``max_lifetime`` per connection, which asyncpg lacks: each
+  connection gets its own expiry when it connects; once it has passed, an idle
+  connection is terminated at once and one in use when it is released, so the
+  pool replaces it on the next acquire;
 - a query logger reports every failed query to the Guard; after a
   restart-class fault it calls ``pool.expire_connections()`` so every pooled
   connection is replaced on its next acquire;
@@ -29,12 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import math
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
+from outlast._connect_retry import aretry_connect
 from outlast._deadline import connection_fileno, socket_deadline, transport_socket
 from outlast._dsn import parse_dsn
 from outlast._errors import ConfigurationError
@@ -43,6 +55,7 @@ from outlast._hardening import (
     Hardening,
     apply_socket_options,
     asyncpg_connect_kwargs,
+    jittered_lifetime,
     preset_for,
     report_fault,
     session_setup_sql,
@@ -52,6 +65,10 @@ __all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "cr
 
 MAX_QUERIES = 50_000
 """Queries before a pooled connection is replaced (bounds server-side cache growth)."""
+
+# asyncpg >= 0.30 calls a pool's ``reset`` hook on release: where it does not,
+# a connection in use when its lifetime ends lives on until it is idle again.
+_POOL_HAS_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
 
 
 def connect_kwargs(
@@ -79,6 +96,8 @@ class HardenedConnection(asyncpg.Connection):
 
     _outlast_closing = False
     _outlast_pinging = False
+    _outlast_in_use = False  # acquired from its pool (between setup and reset)
+    _outlast_expires = math.inf  # loop time after which the pool retires it
 
     async def close(self, *, timeout: float | None = None) -> None:
         self._outlast_closing = True
@@ -136,7 +155,9 @@ async def connect(
     if guard is not None:
         guard.check()
     try:
-        conn: asyncpg.Connection = await asyncpg.connect(dsn, **params)
+        conn: asyncpg.Connection = await aretry_connect(
+            hardening, lambda: asyncpg.connect(dsn, **params)
+        )
         await _finish(conn, hardening)
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         report_fault(guard, error, "connect")
@@ -156,8 +177,10 @@ def create_pool(
 ) -> asyncpg.Pool:
     """`asyncpg.create_pool` with the preset's hardening (``await`` it or ``async with``).
 
-    ``init`` and ``setup`` given here run after outlast's own; ``connect`` is
-    not accepted (outlast installs its own hook to harden the socket).
+    ``init``, ``setup`` and ``reset`` given here run after outlast's own (a
+    ``reset`` of yours replaces asyncpg's default ``Connection.reset()``, as
+    in asyncpg); ``connect`` is not accepted (outlast installs its own hook to
+    harden the socket).
     """
     if "connect" in kwargs:
         raise ConfigurationError("outlast.asyncpg.create_pool installs its own 'connect' hook")
@@ -182,6 +205,10 @@ def create_pool(
     params.pop("connection_class")  # the pool passes its own to the connect hook
     user_init: Callable[[Any], Awaitable[None]] | None = pool_options.pop("init", None)
     user_setup: Callable[[Any], Awaitable[None]] | None = pool_options.pop("setup", None)
+    user_reset: Callable[[Any], Awaitable[None]] | None = pool_options.pop("reset", None)
+    # The ping on acquire; for poolers the SET statements themselves (one
+    # round trip), since asyncpg's reset on release ran RESET ALL.
+    ping_sql = "; ".join(session_setup_sql(hardening)) or "SELECT 1"
     pool_options.setdefault("max_queries", MAX_QUERIES)
     pool_options.setdefault("max_inactive_connection_lifetime", hardening.max_lifetime / 6)
     # asyncpg.Pool takes no weak references; the cycle pool -> hook -> pool is
@@ -206,15 +233,30 @@ def create_pool(
         if error is not None:
             report(error, "execute")
 
+    def retire(ref: weakref.ref[HardenedConnection]) -> None:
+        conn = ref()
+        if conn is None or conn.is_closed() or conn._outlast_in_use:
+            return  # gone already, or in use: retired when it is released
+        # Idle in the pool: asyncpg's own idle timeout terminates it the same
+        # way; the pool connects a new one when it needs it.
+        conn.terminate()
+
     async def hardened_connect(*args: Any, **kw: Any) -> asyncpg.Connection:
         if guard is not None:
             guard.check()
         try:
-            conn: asyncpg.Connection = await asyncpg.connect(*args, **kw)
+            conn: asyncpg.Connection = await aretry_connect(
+                hardening, lambda: asyncpg.connect(*args, **kw)
+            )
             await _finish(conn, hardening)
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             report(error, "connect")
             raise
+        if isinstance(conn, HardenedConnection):
+            lifetime = jittered_lifetime(hardening)
+            loop = asyncio.get_running_loop()
+            conn._outlast_expires = loop.time() + lifetime
+            loop.call_later(lifetime, retire, weakref.ref(conn))
         _watch(conn, lambda error: report(error, "execute"))
         if guard is not None:
             guard.record_success(op="connect")
@@ -228,10 +270,10 @@ def create_pool(
     async def setup(conn: Any) -> None:
         raw = getattr(conn, "_con", None) or conn
         if isinstance(raw, HardenedConnection):
-            raw._outlast_pinging = True
+            raw._outlast_in_use = raw._outlast_pinging = True
         try:
             with socket_deadline.bound(connection_fileno(raw), hardening.ping_timeout):
-                await conn.execute("SELECT 1")
+                await conn.execute(ping_sql)
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             report(error, "ping")
             raise
@@ -242,6 +284,25 @@ def create_pool(
             guard.record_success(op="ping")
         if user_setup is not None:
             await user_setup(conn)
+
+    async def reset(conn: Any) -> None:
+        if user_reset is not None:
+            await user_reset(conn)
+        else:
+            await conn.reset()  # what asyncpg does without a reset hook
+        if not isinstance(conn, HardenedConnection):
+            return
+        conn._outlast_in_use = False
+        loop = asyncio.get_running_loop()
+        if loop.time() >= conn._outlast_expires:
+            # Runs before anyone can acquire it again: the pool puts it back
+            # in its queue right after this hook, and a waiter wakes later.
+            loop.call_soon(retire, weakref.ref(conn))
+
+    if _POOL_HAS_RESET:
+        pool_options["reset"] = reset
+    elif user_reset is not None:
+        pool_options["reset"] = user_reset
 
     pool = asyncpg.create_pool(
         dsn,

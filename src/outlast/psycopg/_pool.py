@@ -5,7 +5,12 @@ The factories return the driver's own objects (`psycopg.Connection`,
 
 - connect kwargs: ``connect_timeout``, keepalives, ``tcp_user_timeout``,
   ``application_name`` and, where allowed, the server timeouts as startup
-  ``options``; values in the caller's conninfo or ``kwargs`` win;
+  ``options``; ``prepare_threshold=None`` (no server-side prepared
+  statements) for pooler presets; values in the caller's conninfo or
+  ``kwargs`` win;
+- connect retries where the preset asks for them (``neon``): a login refused
+  while a compute wakes up is tried again (`outlast._connect_retry`), for
+  single connections and inside the pool's own connect;
 - the connections are `HardenedConnection` / `AsyncHardenedConnection`
   (subclasses of the caller's ``connection_class``): every network wait of a
   statement, a commit or a rollback runs under a socket deadline (the
@@ -30,13 +35,14 @@ import contextlib
 import functools
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import psycopg
 import psycopg_pool
 from psycopg.abc import RV, PQGen
 from psycopg.rows import Row
 
+from outlast._connect_retry import aretry_connect, retry_connect
 from outlast._deadline import socket_deadline
 from outlast._dsn import parse_dsn
 from outlast._hardening import (
@@ -79,7 +85,13 @@ def connect_kwargs(
     pooler would reject (never echoing the password).
     """
     given = parse_dsn(conninfo) if conninfo else {}
-    return libpq_connect_kwargs(preset_for(conninfo or None, preset), given, kwargs)
+    params, hardening = libpq_connect_kwargs(preset_for(conninfo or None, preset), given, kwargs)
+    if not hardening.prepared_statements:
+        # psycopg prepares a query server-side after 5 runs; behind a
+        # transaction pooler the next run may land on a server connection
+        # that never saw it.
+        params.setdefault("prepare_threshold", None)
+    return params, hardening
 
 
 class _Hooks:
@@ -124,6 +136,16 @@ class HardenedConnection(psycopg.Connection[Row]):
     _outlast: _Hooks | None = None
     _outlast_op = "execute"
     _outlast_unbounded = 0
+    _outlast_connect: Hardening | None = None  # set on a pool's own subclass
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        """`psycopg.Connection.connect`, retried as the pool's preset allows."""
+        parent = super().connect
+        preset = cls._outlast_connect
+        if preset is None:
+            return parent(conninfo, **kwargs)
+        return retry_connect(preset, lambda: parent(conninfo, **kwargs))
 
     def wait(
         self, gen: PQGen[RV], interval: float | None = None, timeout: float | None = None
@@ -161,6 +183,16 @@ class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
     _outlast: _Hooks | None = None
     _outlast_op = "execute"
     _outlast_unbounded = 0
+    _outlast_connect: Hardening | None = None
+
+    @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        """`psycopg.AsyncConnection.connect`, retried as the pool's preset allows."""
+        parent = super().connect
+        preset = cls._outlast_connect
+        if preset is None:
+            return await parent(conninfo, **kwargs)
+        return await aretry_connect(preset, lambda: parent(conninfo, **kwargs))
 
     async def wait(
         self, gen: PQGen[RV], interval: float | None = None, timeout: float | None = None
@@ -242,7 +274,9 @@ def connect(
     if guard is not None:
         guard.check()
     try:
-        conn: HardenedConnection[Any] = HardenedConnection.connect(conninfo, **params)
+        conn: HardenedConnection[Any] = retry_connect(
+            hardening, lambda: HardenedConnection.connect(conninfo, **params)
+        )
         conn._outlast = _Hooks(hardening, guard)
         _setup(conn, session_setup_sql(hardening))
     except psycopg.Error as error:
@@ -265,8 +299,8 @@ async def aconnect(
     if guard is not None:
         guard.check()
     try:
-        conn: AsyncHardenedConnection[Any] = await AsyncHardenedConnection.connect(
-            conninfo, **params
+        conn: AsyncHardenedConnection[Any] = await aretry_connect(
+            hardening, lambda: AsyncHardenedConnection.connect(conninfo, **params)
         )
         conn._outlast = _Hooks(hardening, guard)
         await _asetup(conn, session_setup_sql(hardening))
@@ -323,7 +357,14 @@ class _PoolSetup:
         self.hooks = _Hooks(self.hardening, guard)
 
     def connection_class(self, default: type[Any]) -> type[Any]:
-        return _hardened_class(self.options.pop("connection_class", default))
+        cls = _hardened_class(self.options.pop("connection_class", default))
+        if not self.hardening.connect_retries or not issubclass(
+            cls, HardenedConnection | AsyncHardenedConnection
+        ):
+            return cls
+        # psycopg_pool connects through ``connection_class.connect``: a
+        # subclass of this pool's own carries the preset that retries it.
+        return type(cls.__name__, (cls,), {"_outlast_connect": self.hardening})
 
     def attach(self, pool: _Pool) -> None:
         self.hooks.pool = weakref.ref(pool)

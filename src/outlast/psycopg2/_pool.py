@@ -13,7 +13,10 @@ a connection before handing it out, and has no timeouts. This one:
   and rolls back a connection left inside a transaction;
 - retires connections after a jittered ``max_lifetime``;
 - `connection()` is a context manager that always gives the connection back;
-- connects with the preset's libpq parameters and session ``SET``;
+- connects with the preset's libpq parameters and session ``SET``, retrying a
+  login refused while a compute wakes up where the preset asks for it
+  (``neon``); psycopg2 never prepares statements server-side, so pooler
+  presets need nothing more;
 - hands out `HardenedConnection` objects: every statement, fetch from a named
   cursor, ``COPY``, commit and rollback runs under a socket deadline (the
   preset's statement deadline, or the web request's remaining budget when
@@ -38,6 +41,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from outlast._connect_retry import retry_connect
 from outlast._deadline import socket_deadline
 from outlast._dsn import parse_dsn
 from outlast._errors import ConfigurationError
@@ -236,7 +240,7 @@ def _connect(
     params = dict(params)
     params["connection_factory"] = _hardened_factory(params.get("connection_factory"))
     try:
-        conn: Connection = psycopg2.connect(dsn, **params)
+        conn: Connection = retry_connect(hardening, lambda: psycopg2.connect(dsn, **params))
         if isinstance(conn, HardenedConnection):
             conn._outlast = _Hooks(hardening, guard, pool)
         if statements:

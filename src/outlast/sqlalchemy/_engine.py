@@ -6,7 +6,13 @@
 - connect arguments: libpq ``connect_timeout``, keepalives and
   ``tcp_user_timeout`` (psycopg, psycopg2); ``timeout`` and ``command_timeout``
   (asyncpg, whose socket gets keepalives and ``TCP_USER_TIMEOUT`` after
-  connecting); server timeouts as startup options where allowed;
+  connecting); server timeouts as startup options where allowed; for pooler
+  presets no server-side prepared statements (psycopg ``prepare_threshold=None``;
+  asyncpg ``statement_cache_size=0`` and the dialect's
+  ``prepared_statement_cache_size=0``);
+- the pool's creator retries a login refused while a compute wakes up, where
+  the preset asks for it (``neon``), sleeping without blocking the event loop
+  for async engines;
 - ``connect`` listener: ``SET`` the server timeouts where startup options are
   not allowed (poolers), stamp the connection's jittered expiry;
 - ``checkout`` listener: retire expired connections, ping with a deadline of
@@ -23,6 +29,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Mapping
@@ -38,6 +45,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 import outlast
+from outlast._connect_retry import retry_connect
 from outlast._deadline import connection_fileno, socket_deadline, transport_socket
 from outlast._hardening import (
     FaultReporter,
@@ -55,6 +63,7 @@ from outlast._hardening import (
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
 
 _LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg_async", "psycopgbinary"})
+_PSYCOPG3_DRIVERS = _LIBPQ_DRIVERS - {"psycopg2"}
 _ASYNCPG = "asyncpg"
 _KEY = "outlast"  # connection-record info key
 _ENGINES: weakref.WeakKeyDictionary[Engine, _Hooks] = weakref.WeakKeyDictionary()
@@ -87,11 +96,23 @@ def _driver(url: URL) -> str:
 def _connect_args(
     url: URL, driver: str, preset: Hardening, user_args: Mapping[str, Any]
 ) -> tuple[dict[str, Any], Hardening]:
-    """Merge the preset into connect_args; the user's own values win."""
-    if driver == _ASYNCPG:
-        return asyncpg_connect_kwargs(preset, user_args)
+    """Merge the preset into connect_args; the user's own values (and URL query) win."""
     query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
-    return libpq_connect_kwargs(preset, query, user_args)
+    if driver == _ASYNCPG:
+        args, preset = asyncpg_connect_kwargs(preset, user_args)
+        if not preset.prepared_statements:
+            # The dialect keeps its own cache of prepared statements on top
+            # of asyncpg's; with asyncpg's off, those are unnamed statements
+            # that must not outlive one exchange either.
+            args.setdefault("prepared_statement_cache_size", 0)
+    else:
+        args, preset = libpq_connect_kwargs(preset, query, user_args)
+        if not preset.prepared_statements and driver in _PSYCOPG3_DRIVERS:
+            args.setdefault("prepare_threshold", None)
+    for key in ("statement_cache_size", "prepared_statement_cache_size", "prepare_threshold"):
+        if key in query and key not in user_args:
+            args.pop(key, None)  # set in the URL by the caller: theirs wins
+    return args, preset
 
 
 def _prepare(
@@ -319,9 +340,43 @@ class _ConnInfo:
         self.fresh = True
 
 
+def _retrying_creator(engine: Engine, preset: Hardening) -> None:
+    """Make the pool's creator retry refused logins as `preset` allows.
+
+    The creator is where SQLAlchemy runs the ``do_connect`` listeners and the
+    driver's connect, so the application's own listeners (a fresh IAM token,
+    say) run again on every attempt. ``engine.dispose()`` recreates the pool
+    with the same creator.
+    """
+    if not preset.connect_retries:
+        return
+    pool = engine.pool
+    inner = pool._invoke_creator
+    if engine.dialect.is_async:
+        # The creator runs inside SQLAlchemy's greenlet: await the sleep
+        # through it rather than blocking the event loop.
+        from sqlalchemy.util import concurrency
+
+        await_ = getattr(concurrency, "await_", None) or concurrency.await_only
+
+        def sleep(seconds: float) -> None:
+            await_(asyncio.sleep(seconds))
+
+    else:
+
+        def sleep(seconds: float) -> None:
+            time.sleep(seconds)
+
+    def creator(connection_record: ConnectionPoolEntry | None = None) -> DBAPIConnection:
+        return retry_connect(preset, lambda: inner(connection_record), sleep=sleep)  # type: ignore[arg-type]
+
+    pool._creator = creator
+
+
 def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
     hooks = _Hooks(guard, preset, driver)
     _ENGINES[engine] = hooks
+    _retrying_creator(engine, preset)
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)
     event.listen(engine.pool, "checkout", hooks.on_checkout)

@@ -1,31 +1,30 @@
-"""1,000 transactions through the chaos proxy with faults at random points.
+"""1,000 transactions per driver through the chaos proxy, with faults at random points.
 
-Afterwards every acknowledged write is present exactly once, nothing was
-written twice (the table has no UNIQUE constraint), every lost COMMIT was
-resolved or reported as `CommitOutcomeUnknown`. Printed counts go to the
-report (``pytest -s``).
+Public API only: ``guard.transaction(pool, fn)`` / ``guard.atransaction`` on
+outlast's hardened factories (psycopg 3 pool, SQLAlchemy engine, psycopg2
+pool, asyncpg pool), all connected through the ``pg_proxy`` fixture. ``fn``
+breaks the link itself at random points, including right after COMMIT is sent
+(see ``ledger_kit``). Afterwards every acknowledged write is present exactly
+once (the table has no UNIQUE constraint), nothing was written twice, every
+lost COMMIT was resolved or reported as `CommitOutcomeUnknown`, and enough
+COMMITs were really resolved as committed and as aborted that the test cannot
+pass without exercising the resolution. Printed counts go to the report
+(``pytest -s``).
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import pytest
-from ledger_kit import (
-    COMMIT_CUT_TOXICITY,
-    CUT_COMMIT,
-    AsyncFaultyAdapter,
-    FaultyAdapter,
-    Ledger,
-    check_ledger,
-)
+from ledger_kit import SCHEMA, Injector, Ledger, check_ledger
 
 import outlast
-from outlast.chaos import Proxy
 from outlast.testing.plugin import PgDatabase
 
 N = int(os.environ.get("OUTLAST_LEDGER_N", "1000"))
@@ -37,15 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.fixture
 def ledger_db(pg_database: PgDatabase) -> PgDatabase:
     with psycopg.connect(pg_database.dsn(), autocommit=True) as conn:
-        # Deliberately no PRIMARY KEY / UNIQUE: a double write must show up.
-        conn.execute("CREATE TABLE ledger (id bigint NOT NULL, attempt int NOT NULL)")
+        for statement in SCHEMA:
+            conn.execute(statement)
     return pg_database
-
-
-@pytest.fixture
-def proxy(pg_server: Any) -> Iterator[Proxy]:
-    with Proxy(upstream=(pg_server.host, pg_server.port)) as p:
-        yield p
 
 
 def _guard() -> outlast.Guard:
@@ -59,134 +52,163 @@ def _guard() -> outlast.Guard:
     )
 
 
-def _rows(db: PgDatabase) -> dict[int, int]:
+def _rows(db: PgDatabase) -> dict[int, tuple[int, int]]:
     with psycopg.connect(db.dsn()) as conn:
-        return dict(conn.execute("SELECT id, count(*) FROM ledger GROUP BY id").fetchall())
+        doomed = conn.execute("SELECT count(*) FROM ledger WHERE doom IS NOT NULL").fetchone()
+        assert doomed == (0,)  # the deferred key let no doomed row through
+        rows = conn.execute("SELECT id, count(*), max(attempt) FROM ledger GROUP BY id")
+        return {i: (n, a) for i, n, a in rows.fetchall()}
 
 
-def _report(name: str, ledger: Ledger, rows: dict[int, int]) -> None:
+def _check(name: str, ledger: Ledger, db: PgDatabase, elapsed: float) -> None:
+    rows = _rows(db)
     counts = ledger.counts()
+    resolved = ledger.resolutions()
     print(
-        f"\n[ledger {name}] n={len(ledger.outcome)} ok={counts['ok']}"
+        f"\n[ledger {name}] n={len(ledger.outcome)} in {elapsed:.1f}s ok={counts['ok']}"
         f" unknown={counts['unknown']} failed={counts['failed']}"
-        f" resolved-committed={ledger.statuses['committed']}"
-        f" resolved-aborted={ledger.statuses['aborted'] + ledger.statuses['unassigned']}"
-        f" in-progress-answers={ledger.statuses['in progress']}"
-        f" injected={dict(ledger.injected)} rows={sum(rows.values())}"
+        f" resolved-committed={resolved['committed']} resolved-aborted={resolved['aborted']}"
+        f" slowest={ledger.slowest:.2f}s injected={dict(sorted(ledger.injected.items()))}"
+        f" rows={len(rows)}"
     )
+    check_ledger(ledger, rows)
+    assert ledger.unfired == 0  # every armed COMMIT cut struck a COMMIT
+    assert counts["ok"] >= N * 0.95
+    assert counts["unknown"] <= max(1, N // 100)  # the server was up: answers came
+    # Both resolutions really happened, through the real server.
+    assert resolved["committed"] >= max(1, N // 100)
+    assert resolved["aborted"] >= max(1, N // 200)
 
 
-def _run_sync(guard: outlast.Guard, adapter: FaultyAdapter, ledger: Ledger, insert: Any) -> None:
-    from outlast._transaction import run_transaction
+# The INSERT each driver runs: (conn, id, attempt, doom) with doom None or 1.
+SyncInsert = Callable[[Any, int, int, int | None], None]
+AsyncInsert = Callable[[Any, int, int, int | None], Awaitable[None]]
 
+
+def _sync_fn(injector: Injector, insert: SyncInsert) -> Callable[[Any, int], int]:
+    def write(conn: Any, i: int) -> int:
+        kind, attempt = injector.draw(i)
+        if kind == "before":
+            injector.kill_link()
+        insert(conn, i, attempt, 1 if kind == "doomed" else None)
+        if kind == "middle":
+            injector.kill_link()
+        elif kind in ("reply_lost", "cut_early", "doomed"):
+            injector.arm_commit_cut(kind)
+        return i
+
+    return write
+
+
+def _async_fn(injector: Injector, insert: AsyncInsert) -> Callable[[Any, int], Awaitable[int]]:
+    async def write(conn: Any, i: int) -> int:
+        kind, attempt = injector.draw(i)
+        if kind == "before":
+            injector.kill_link()
+        await insert(conn, i, attempt, 1 if kind == "doomed" else None)
+        if kind == "middle":
+            injector.kill_link()
+        elif kind in ("reply_lost", "cut_early", "doomed"):
+            injector.arm_commit_cut(kind)
+        return i
+
+    return write
+
+
+def _run_sync(source: Any, guard: outlast.Guard, injector: Injector, insert: SyncInsert) -> None:
+    ledger = injector.ledger
+    write = _sync_fn(injector, insert)
     for i in range(N):
-        adapter.choose()
-        attempt = [0]
+        start = time.monotonic()
         try:
-            run_transaction(guard, adapter, insert, i, attempt)
+            assert guard.transaction(source, write, i) == i
             ledger.outcome[i] = "ok"
         except outlast.CommitOutcomeUnknown:
             ledger.outcome[i] = "unknown"
         except outlast.DatabaseUnavailable:
             ledger.outcome[i] = "failed"
+        ledger.slowest = max(ledger.slowest, time.monotonic() - start)
+        injector.settle()
 
 
-def _assert_exercised(ledger: Ledger) -> None:
-    counts = ledger.counts()
-    assert counts["ok"] >= N * 0.95
-    # Both resolutions really happened through the real server.
-    assert ledger.statuses["committed"] >= max(1, N // 100)
-    assert ledger.statuses["aborted"] + ledger.statuses["unassigned"] >= max(1, N // 200)
+def _libpq_insert(conn: Any, i: int, attempt: int, doom: int | None) -> None:
+    conn.execute("INSERT INTO ledger (id, attempt, doom) VALUES (%s, %s, %s)", (i, attempt, doom))
 
 
-def test_ledger_psycopg_pool_survives_lost_commits(ledger_db: PgDatabase, proxy: Proxy) -> None:
-    from psycopg_pool import ConnectionPool
+def test_ledger_psycopg_pool(ledger_db: PgDatabase, pg_proxy: Any) -> None:
+    from outlast.psycopg import ConnectionPool
 
-    from outlast.psycopg._transaction import PsycopgAdapter
-
-    ledger = Ledger()
-    dsn = ledger_db.dsn(host=proxy.host, port=proxy.port, connect_timeout=5)
-    proxy.add_fault("cut_after", toxicity=COMMIT_CUT_TOXICITY, pattern=CUT_COMMIT)
-
-    def insert(conn: psycopg.Connection[Any], i: int, attempt: list[int]) -> int:
-        attempt[0] += 1
-        conn.execute("INSERT INTO ledger (id, attempt) VALUES (%s, %s)", (i, attempt[0]))
-        return i
-
-    with ConnectionPool(dsn, min_size=1, max_size=1, open=True, timeout=30) as pool:
-        adapter = FaultyAdapter(PsycopgAdapter(pool), proxy, random.Random(SEED), ledger)
-        _run_sync(_guard(), adapter, ledger, insert)
-    proxy.clear()
-    rows = _rows(ledger_db)
-    _report("psycopg", ledger, rows)
-    check_ledger(ledger, rows)
-    _assert_exercised(ledger)
+    ledger, guard = Ledger(), _guard()
+    injector = Injector(pg_proxy, random.Random(SEED), ledger)
+    start = time.monotonic()
+    with ConnectionPool(
+        pg_proxy.dsn(ledger_db.name), guard=guard, min_size=1, max_size=2, open=True
+    ) as pool:
+        _run_sync(pool, guard, injector, _libpq_insert)
+    _check("psycopg pool", ledger, ledger_db, time.monotonic() - start)
 
 
-def test_ledger_sqlalchemy_engine_survives_lost_commits(
-    ledger_db: PgDatabase, proxy: Proxy
-) -> None:
+def test_ledger_sqlalchemy_engine(ledger_db: PgDatabase, pg_proxy: Any) -> None:
     import sqlalchemy as sa
 
-    from outlast.sqlalchemy._transaction import EngineAdapter
+    from outlast.sqlalchemy import create_engine
 
-    ledger = Ledger()
-    url = f"postgresql+psycopg://postgres@{proxy.host}:{proxy.port}/{ledger_db.name}"
-    proxy.add_fault("cut_after", toxicity=COMMIT_CUT_TOXICITY, pattern=CUT_COMMIT)
-    engine = sa.create_engine(url, pool_size=1, max_overflow=2, connect_args={"connect_timeout": 5})
-    stmt = sa.text("INSERT INTO ledger (id, attempt) VALUES (:i, :a)")
+    stmt = sa.text("INSERT INTO ledger (id, attempt, doom) VALUES (:i, :a, :d)")
 
-    def insert(conn: sa.Connection, i: int, attempt: list[int]) -> int:
-        attempt[0] += 1
-        conn.execute(stmt, {"i": i, "a": attempt[0]})
-        return i
+    def insert(conn: sa.Connection, i: int, attempt: int, doom: int | None) -> None:
+        conn.execute(stmt, {"i": i, "a": attempt, "d": doom})
 
+    ledger, guard = Ledger(), _guard()
+    injector = Injector(pg_proxy, random.Random(SEED + 1), ledger)
+    start = time.monotonic()
+    engine = create_engine(pg_proxy.url(ledger_db.name), guard=guard, pool_size=1, max_overflow=2)
     try:
-        adapter = FaultyAdapter(EngineAdapter(engine), proxy, random.Random(SEED + 1), ledger)
-        _run_sync(_guard(), adapter, ledger, insert)
+        _run_sync(engine, guard, injector, insert)
     finally:
         engine.dispose()
-    proxy.clear()
-    rows = _rows(ledger_db)
-    _report("sqlalchemy", ledger, rows)
-    check_ledger(ledger, rows)
-    _assert_exercised(ledger)
+    _check("sqlalchemy", ledger, ledger_db, time.monotonic() - start)
 
 
-async def test_ledger_asyncpg_pool_survives_lost_commits(
-    ledger_db: PgDatabase, proxy: Proxy
-) -> None:
-    import asyncpg
+def test_ledger_psycopg2_pool(ledger_db: PgDatabase, pg_proxy: Any) -> None:
+    from outlast.psycopg2 import ConnectionPool
 
-    from outlast._transaction import arun_transaction
-    from outlast.asyncpg._transaction import AsyncpgAdapter
+    def insert(conn: Any, i: int, attempt: int, doom: int | None) -> None:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO ledger (id, attempt, doom) VALUES (%s, %s, %s)", (i, attempt, doom)
+            )
 
-    ledger = Ledger()
-    url = f"postgresql://postgres@{proxy.host}:{proxy.port}/{ledger_db.name}"
-    proxy.add_fault("cut_after", toxicity=COMMIT_CUT_TOXICITY, pattern=CUT_COMMIT)
+    ledger, guard = Ledger(), _guard()
+    injector = Injector(pg_proxy, random.Random(SEED + 3), ledger)
+    start = time.monotonic()
+    with ConnectionPool(pg_proxy.dsn(ledger_db.name), guard=guard, max_size=2) as pool:
+        _run_sync(pool, guard, injector, insert)
+    _check("psycopg2 pool", ledger, ledger_db, time.monotonic() - start)
 
-    async def insert(conn: Any, i: int, attempt: list[int]) -> int:
-        attempt[0] += 1
-        await conn.execute("INSERT INTO ledger (id, attempt) VALUES ($1, $2)", i, attempt[0])
-        return i
 
-    guard = _guard()
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=1, timeout=5)
-    try:
-        adapter = AsyncFaultyAdapter(AsyncpgAdapter(pool), proxy, random.Random(SEED + 2), ledger)
+async def test_ledger_asyncpg_pool(ledger_db: PgDatabase, pg_proxy: Any) -> None:
+    from outlast.asyncpg import create_pool
+
+    async def insert(conn: Any, i: int, attempt: int, doom: int | None) -> None:
+        await conn.execute(
+            "INSERT INTO ledger (id, attempt, doom) VALUES ($1, $2, $3)", i, attempt, doom
+        )
+
+    ledger, guard = Ledger(), _guard()
+    injector = Injector(pg_proxy, random.Random(SEED + 2), ledger)
+    write = _async_fn(injector, insert)
+    start = time.monotonic()
+    url = pg_proxy.url(ledger_db.name, driver=None)
+    async with create_pool(url, guard=guard, min_size=1, max_size=2) as pool:
         for i in range(N):
-            adapter.choose()
+            began = time.monotonic()
             try:
-                await arun_transaction(guard, adapter, insert, i, [0])
+                assert await guard.atransaction(pool, write, i) == i
                 ledger.outcome[i] = "ok"
             except outlast.CommitOutcomeUnknown:
                 ledger.outcome[i] = "unknown"
             except outlast.DatabaseUnavailable:
                 ledger.outcome[i] = "failed"
-    finally:
-        await pool.close()
-    proxy.clear()
-    rows = _rows(ledger_db)
-    _report("asyncpg", ledger, rows)
-    check_ledger(ledger, rows)
-    _assert_exercised(ledger)
+            ledger.slowest = max(ledger.slowest, time.monotonic() - began)
+            injector.settle()
+    _check("asyncpg pool", ledger, ledger_db, time.monotonic() - start)

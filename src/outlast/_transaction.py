@@ -595,6 +595,7 @@ _INTEGRATIONS = {
     "psycopg_pool": "outlast.psycopg",
     "psycopg2": "outlast.psycopg2",
     "asyncpg": "outlast.asyncpg",
+    "django": "outlast.django",
     "builtins": "outlast.psycopg",  # a conninfo string is for psycopg 3
 }
 

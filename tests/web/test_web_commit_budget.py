@@ -1,7 +1,8 @@
 """A request that fails while its COMMIT is in flight or being resolved says OUTCOME_UNKNOWN.
 
-Real services (uvicorn, gunicorn) behind the chaos proxy, writing with
-``web.atransaction`` / ``web.transaction``. Two ways the request can end
+Real services (uvicorn; gunicorn for Flask and Django) behind the chaos
+proxy, writing with ``web.atransaction`` / ``web.transaction`` (Django:
+``runtime().transaction(connection, ...)``). Two ways the request can end
 before anyone knows whether its COMMIT took effect:
 
 - the resolution is refused: every COMMIT reply is lost (``cut_after``) and
@@ -38,8 +39,8 @@ OUTCOME_UNKNOWN = {
     "error": "OUTCOME_UNKNOWN",
 }
 SLACK = 1.0
-TABLES = {"fastapi": "lead_writes", "flask": "leads"}
-KEY = {"fastapi": "lead_id", "flask": "id"}
+TABLES = {"fastapi": "lead_writes", "flask": "leads", "django": "leads"}
+KEY = {"fastapi": "lead_id", "flask": "id", "django": "id"}
 SLOW_NAME = "slow-commit"
 SLOW_COMMIT = 1.2  # seconds; below the examples' statement_timeout (1.5 s)
 
@@ -59,7 +60,7 @@ def direct_dsn(pg_server: Any, web_database: str) -> str:
     return str(pg_server.dsn(web_database))
 
 
-@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
 def test_a_lost_commit_whose_resolution_is_refused_is_outcome_unknown(
     framework: str, service_factory: Callable[..., Service], pg_proxy: Any, direct_dsn: str
 ) -> None:
@@ -90,7 +91,7 @@ def slow_commit(direct_dsn: str) -> Iterator[None]:
             "CREATE OR REPLACE FUNCTION outlast_slow_commit() RETURNS trigger"
             f" LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep({SLOW_COMMIT}); RETURN NULL; END $$"
         )
-        for table in TABLES.values():
+        for table in sorted(set(TABLES.values())):
             conn.execute(f"DROP TRIGGER IF EXISTS outlast_slow_commit ON {table}")
             conn.execute(
                 f"CREATE CONSTRAINT TRIGGER outlast_slow_commit AFTER INSERT ON {table}"
@@ -99,7 +100,7 @@ def slow_commit(direct_dsn: str) -> Iterator[None]:
             )
     yield
     with psycopg.connect(direct_dsn, autocommit=True) as conn:
-        for table in TABLES.values():
+        for table in sorted(set(TABLES.values())):
             conn.execute(f"DROP TRIGGER IF EXISTS outlast_slow_commit ON {table}")
 
 
@@ -129,7 +130,9 @@ COMMIT_HANGS = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("framework", ["fastapi", pytest.param("flask", marks=COMMIT_HANGS)])
+@pytest.mark.parametrize(
+    "framework", ["fastapi", pytest.param("flask", marks=COMMIT_HANGS), "django"]
+)
 def test_a_budget_that_runs_out_during_commit_is_outcome_unknown(
     framework: str,
     service_factory: Callable[..., Service],

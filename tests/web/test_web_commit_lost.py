@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 from conftest import Service
 
 CUT_COMMIT = {"pattern": r"^\s*COMMIT\b", "wait_reply": True}
@@ -61,3 +63,24 @@ def test_without_outlast_a_lost_commit_is_a_500_for_an_applied_write(
             status = None  # uvicorn may drop the connection after the error
     assert status in (500, None)
     assert _stored(svc, [lead]) == Counter({lead: 1})  # yet it was applied
+
+
+@pytest.mark.parametrize("framework", ["flask", "django"])
+def test_flask_and_django_resolve_a_lost_commit_and_answer_201(
+    framework: str,
+    service_factory: Callable[..., Service],
+    pg_proxy: Any,
+    pg_server: Any,
+    web_database: str,
+) -> None:
+    """``web.transaction`` (Flask) and ``runtime().transaction`` (Django) resolve it too."""
+    svc = service_factory(framework)
+    base = f"cut-{framework}-{uuid.uuid4().hex[:8]}"
+    assert svc.post_lead(f"{base}-warm")[0].status_code == 201
+    ids = [f"{base}-{i}" for i in range(3)]
+    with pg_proxy.fault("cut_after", **CUT_COMMIT):
+        answers = [svc.post_lead(i)[0] for i in ids]
+    assert [a.status_code for a in answers] == [201] * 3, [a.text for a in answers]
+    with psycopg.connect(pg_server.dsn(web_database), autocommit=True) as conn:
+        rows = conn.execute("SELECT id FROM leads WHERE id = ANY(%s)", (ids,)).fetchall()
+    assert sorted(r[0] for r in rows) == ids

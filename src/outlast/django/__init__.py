@@ -29,12 +29,20 @@ logs each fault once on the ``outlast`` logger and reports it to the Guard.
 Django closes a connection that saw an error at the end of the request, and
 ``ATOMIC_REQUESTS`` rolls the transaction back, so there is no session to roll
 back by hand.
+
+Writes: ``runtime().transaction(connection, fn, ...)`` runs ``fn(connection)``
+(ORM code as usual) in one transaction within the rest of the budget,
+re-run whole after a fault before COMMIT; a lost COMMIT is resolved with
+``pg_xact_status()``, never sent again, and a request that fails while it is
+unresolved answers 503 ``OUTCOME_UNKNOWN``. Not inside ``atomic()`` /
+``ATOMIC_REQUESTS`` (see `outlast.django._transaction`).
 """
 
 from __future__ import annotations
 
 from outlast._web import RequestBudgetExceeded, budget_remaining, db_route, no_db
 
+from . import _transaction  # noqa: F401 - teaches Guard.transaction Django connections
 from ._middleware import OutlastMiddleware, runtime
 
 __all__ = [

@@ -1,0 +1,146 @@
+"""`Guard.transaction` on a Django database connection.
+
+::
+
+    from django.db import connection
+    from outlast.django import runtime
+
+    def add_lead(conn, lead_id, name):
+        Lead.objects.create(id=lead_id, name=name)    # the ORM, as usual
+
+    runtime().transaction(connection, add_lead, lead_id, name)
+
+The source is ``django.db.connection`` or ``django.db.connections[alias]``;
+``fn`` receives that connection, and every ORM query inside it (on this
+thread, that alias) belongs to the transaction: autocommit is turned off for
+the attempt and COMMIT is sent by outlast, which reads the transaction's id
+first so that a lost COMMIT is resolved with ``pg_xact_status()`` and never
+sent twice. ``transaction.atomic()`` blocks inside ``fn`` become savepoints.
+It cannot run inside ``atomic()`` or with ``ATOMIC_REQUESTS``: the retried
+unit must be outlast's own transaction.
+
+Inside a request the Django middleware bounds the ORM's queries by the
+request budget; this adapter bounds the rest the same way: COMMIT (which
+Django does not send through its query hooks) and the ``pg_xact_status``
+question, which runs on a connection of its own in a helper thread so that a
+dead link cannot hold the request past its budget.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils.connection import ConnectionProxy
+
+from outlast._deadline import connection_fileno, socket_deadline
+from outlast._errors import ConfigurationError
+from outlast._transaction import MARKER_SQL, StatusReply, register_adapter, status_sql
+from outlast._web_budget import budget_exceeded, budget_remaining
+
+__all__ = ["DjangoAdapter"]
+
+_STATUS = status_sql("%s")
+#: Seconds kept back so the 503 goes out before the budget ends (as the middleware).
+_MARGIN = 0.2
+
+
+def _alias(source: Any) -> str:
+    if isinstance(source, ConnectionProxy):
+        return str(source._alias)
+    return str(source.alias)
+
+
+def _is_django_connection(source: object) -> bool:
+    return isinstance(source, BaseDatabaseWrapper | ConnectionProxy)
+
+
+class DjangoAdapter:
+    """``fn(connection)`` with this thread's Django connection in a transaction."""
+
+    def __init__(self, source: Any) -> None:
+        self.alias = _alias(source)
+
+    def open(self) -> Any:
+        conn = connections[self.alias]  # this thread's, resolved per attempt
+        if conn.in_atomic_block:
+            raise ConfigurationError(
+                "Guard.transaction() on a Django connection cannot run inside"
+                " transaction.atomic() or with ATOMIC_REQUESTS: the transaction it"
+                " retries must be its own"
+            )
+        conn.ensure_connection()
+        return conn
+
+    def begin(self, handle: Any) -> Any:
+        handle.set_autocommit(False)
+        return handle
+
+    def marker(self, handle: Any) -> tuple[str | None, str | None]:
+        with handle.cursor() as cursor:
+            cursor.execute(MARKER_SQL)
+            row = cursor.fetchone()
+        return row[0], row[1]
+
+    def commit(self, handle: Any) -> None:
+        remaining = budget_remaining()
+        fileno = connection_fileno(handle.connection) if remaining is not None else None
+        if remaining is None or fileno is None:
+            handle.commit()
+            return
+        # Django sends COMMIT outside its execute_wrapper hooks: bound it here.
+        token = socket_deadline.arm(fileno, max(remaining - _MARGIN, 0.05))
+        try:
+            handle.commit()
+        finally:
+            socket_deadline.disarm(token)
+
+    def rollback(self, handle: Any) -> None:
+        handle.rollback()
+
+    def close(self, handle: Any, *, discard: bool) -> None:
+        if discard:
+            handle.close()  # the next ensure_connection() starts afresh, autocommit on
+        elif not handle.get_autocommit():
+            handle.set_autocommit(True)
+
+    def status(self, xid: str, *, timeout: float) -> StatusReply:
+        remaining = budget_remaining()
+        if remaining is None:
+            return self._ask(xid)
+        limit = min(timeout, remaining - _MARGIN)
+        if limit <= 0:
+            raise budget_exceeded(None)
+        answer: list[StatusReply | BaseException] = []
+
+        def ask() -> None:
+            try:
+                answer.append(self._ask(xid))
+            except BaseException as exc:  # handed to the caller's thread
+                answer.append(exc)
+
+        helper = threading.Thread(target=ask, name="outlast-xact-status", daemon=True)
+        helper.start()
+        helper.join(limit)
+        if not answer:  # still connecting or waiting: it finishes on its own
+            raise budget_exceeded(None)
+        reply = answer[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def _ask(self, xid: str) -> StatusReply:
+        # A connection of its own: the request's may be the one that died.
+        conn = connections.create_connection(self.alias)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(_STATUS, [xid])
+                row = cursor.fetchone()
+        finally:
+            conn.close()
+        return StatusReply(row[0], row[1])
+
+
+register_adapter(_is_django_connection, DjangoAdapter)

@@ -177,6 +177,7 @@ def _check_refused_once(
     proxy: Any, before: int, elapsed: float, error: BaseException, reason: str
 ) -> None:
     fault = outlast.classify(error)
+    print(f"refused ({reason}) after {elapsed:.3f} s")
     assert fault is not None and fault.reason == reason, error
     assert elapsed < AT_ONCE
     assert _connections(proxy) - before == 1  # one login, no retry

@@ -180,8 +180,9 @@ def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | No
     Returns None for exceptions that are not database faults: the framework
     handles those as usual. Database faults become a 503 with ``Retry-After``
     (every kind but PERMANENT, which becomes a generic 500); the 503 says
-    ``OUTCOME_UNKNOWN`` for `CommitOutcomeUnknown` and whenever a COMMIT of
-    the current request is still unresolved (`commit_outcome_pending`).
+    ``OUTCOME_UNKNOWN`` for `CommitOutcomeUnknown`, for a COMMIT_UNKNOWN fault
+    (a view's own commit lost its connection) and whenever a COMMIT of the
+    current request is still unresolved (`commit_outcome_pending`).
     """
     # A COMMIT of this request was in flight or being resolved when it failed
     # (its budget ran out, the breaker refused the pg_xact_status question...):
@@ -200,6 +201,7 @@ def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | No
         return None
     if fault.kind is FaultKind.PERMANENT:
         return internal_error(fault)
+    unknown = unknown or fault.kind is FaultKind.COMMIT_UNKNOWN
     return unavailable(_guard_retry_after(guard), fault, outcome_unknown=unknown)
 
 

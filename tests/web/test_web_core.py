@@ -100,6 +100,9 @@ def test_driver_errors_map_by_fault_kind(monkeypatch: pytest.MonkeyPatch) -> Non
     for key in "urc":
         mapped = _web.map_exception(_DriverError(key))
         assert mapped is not None and mapped.status == 503, key
+        # A COMMIT that lost its connection may have been applied: say so.
+        expected = "OUTCOME_UNKNOWN" if key == "c" else "SERVICE_UNAVAILABLE"
+        assert json.loads(mapped.body)["error"] == expected, key
     mapped = _web.map_exception(_DriverError("p"))
     assert mapped is not None and mapped.status == 500
     assert "Retry-After" not in dict(mapped.headers)

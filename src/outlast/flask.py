@@ -8,7 +8,12 @@
 
     guard = outlast.Guard("main")
     app = Flask(__name__)
-    Outlast(app, guard=guard, budget=5.0, session=Session, engine=engine)
+    web = Outlast(app, guard=guard, budget=5.0, session=Session, engine=engine)
+
+    @app.post("/api/leads")
+    def add():                  # insert(conn, lead): one transaction, never replayed
+        web.transaction(engine, insert, request.get_json())   # deadline = rest of budget
+        return {}, 201
 
     @app.get("/api/ping")
     @no_db                      # never gets a 503 from the breaker
@@ -24,7 +29,9 @@ What it installs on the app:
   ``application/problem+json`` with ``Retry-After``; PERMANENT faults become
   a generic 500 (no SQL, parameters, host or traceback). The session (`session=`
   and Flask-SQLAlchemy's ``db.session``) is rolled back, the fault is logged
-  once on the ``outlast`` logger and reported to the Guard;
+  once on the ``outlast`` logger and reported to the Guard. A failure while a
+  COMMIT of ``web.transaction`` is in flight or unresolved is the 503 whose
+  ``error`` is ``OUTCOME_UNKNOWN`` (the write may have been applied);
 - ``/health/live``, ``/health/ready`` and ``/health/db`` (``application/health+json``).
 
 Database routes: every view except the health endpoints, `exempt` path

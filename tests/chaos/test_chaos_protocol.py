@@ -136,6 +136,30 @@ def test_message_tracker_matches_a_reference_split(bodies: list[bytes], cuts: li
     assert tracker.at_boundary
 
 
+@given(
+    st.lists(st.tuples(st.sampled_from(b"DTCZE"), st.binary(max_size=30)), max_size=10),
+    st.lists(st.integers(0, 400), max_size=8),
+    st.binary(max_size=12),
+)
+@settings(max_examples=300, deadline=None)
+def test_skim_keeps_the_same_state_as_feed(
+    messages: list[tuple[int, bytes]], cuts: list[int], garbage: bytes
+) -> None:
+    stream = b"".join(msg(bytes([tag]), body) for tag, body in messages) + garbage
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    skimmer, feeder = MessageTracker(), MessageTracker()
+    for a, b in itertools.pairwise(points):
+        skimmer.skim(stream[a:b])
+        assert feeder.feed(stream[a:b]) == []
+        assert (skimmer.at_boundary, skimmer.broken) == (feeder.at_boundary, feeder.broken)
+    tail = msg(b"Z", b"I")
+    assert skimmer.feed_to_boundary(tail) == feeder.feed_to_boundary(tail)
+    # and capturing afterwards sees the same messages
+    skimmer.set_capture(True)
+    feeder.set_capture(True)
+    assert skimmer.feed(tail + tail) == feeder.feed(tail + tail)
+
+
 def test_feed_to_boundary_finds_the_end_of_the_current_message() -> None:
     tracker = MessageTracker()
     first = msg(b"D", b"x" * 10)

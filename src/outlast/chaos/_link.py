@@ -15,11 +15,11 @@ parsed either way, to record the login's parameters (`login`).
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._delivery import Delivery
 from ._faults import TERMINATE_ERROR, FaultSpec
 from ._logins import login_parameters
 from ._protocol import (
@@ -36,14 +36,49 @@ if TYPE_CHECKING:
 
 __all__ = ["Link"]
 
-_DIR_NAMES = {"upstream": (C2S,), "downstream": (S2C,), "both": (C2S, S2C)}
-_QUEUE_HIGH = 1 << 20
-_QUEUE_LOW = 1 << 18
 _CUT_REPLY_TIMEOUT = 30.0
 
 
-class Link:
+class Link(Delivery):
     """A client connection and its upstream connection, with the faults applied to it."""
+
+    # Slots: the hot path reads and writes a few of these on every chunk.
+    __slots__ = (
+        "_close_after_drain",
+        "_connecting",
+        "_cut",
+        "_cut_timer",
+        "_dropped",
+        "_expect_reply_byte",
+        "_in_startup",
+        "_last_due",
+        "_paused",
+        "_pending",
+        "_portals",
+        "_queued",
+        "_queues",
+        "_sent",
+        "_slow_closing",
+        "_startup",
+        "_statements",
+        "_terminate_pending",
+        "_timers",
+        "bytes_down",
+        "bytes_up",
+        "client",
+        "closed",
+        "fast_down",
+        "fast_up",
+        "faults",
+        "id",
+        "login",
+        "loop",
+        "proxy",
+        "rejecting",
+        "tracker_down",
+        "tracker_up",
+        "upstream",
+    )
 
     def __init__(self, proxy: Proxy, link_id: int, *, track: bool) -> None:
         self.proxy = proxy
@@ -130,9 +165,6 @@ class Link:
         else:
             self.close()
 
-    def _other(self, direction: int) -> asyncio.Transport | None:
-        return self.upstream if direction == C2S else self.client
-
     def close(self, *, rst: bool = False) -> None:
         if self.closed:
             return
@@ -155,9 +187,6 @@ class Link:
         self.proxy.link_closed(self)
 
     # ----------------------------------------------------------- faults
-
-    def _of(self, kind: str) -> list[FaultSpec]:
-        return [f for f in self.faults.values() if f.kind == kind]
 
     def attach(self, spec: FaultSpec) -> None:
         self.faults[spec.id] = spec
@@ -285,7 +314,7 @@ class Link:
                 self.close()
                 return
         elif tracker is not None:
-            tracker.feed(data)
+            tracker.skim(data)
         self._send(S2C, data)
 
     def _untrack(self) -> None:
@@ -316,7 +345,7 @@ class Link:
         self._logged_in(packet.parameters, None)
         self._in_startup = False
         if rest and self.tracker_up is not None:
-            self.tracker_up.feed(rest)
+            self.tracker_up.skim(rest)
         self.refresh()
 
     def _logged_in(self, parameters: dict[str, str], rejected: str | None) -> None:
@@ -373,112 +402,6 @@ class Link:
                 )
             self.close()
             return
-
-    # ----------------------------------------------------------- delivery
-
-    def _send(self, direction: int, data: bytes) -> None:
-        """Forward `data`, through delays and limits when faults ask for them."""
-        if not data:
-            return
-        limits = [
-            f for f in self._of("limit_data") if direction in _DIR_NAMES[f.params["direction"]]
-        ]
-        over = False
-        if limits:
-            self._sent[direction] += len(data)
-            total = (
-                sum(self._sent)
-                if limits[0].params["direction"] == "both"
-                else self._sent[direction]
-            )
-            allowed = min(f.params["bytes"] for f in limits)
-            if total >= allowed:
-                data = data[: max(0, len(data) - (total - allowed))]
-                over = True
-        delay = self._delay(direction, len(data))
-        if delay is None and not self._queues[direction]:
-            target = self._other(direction)
-            if target is not None and data:
-                target.write(data)
-        elif data:
-            now = self.loop.time()
-            due = max(now + (delay or 0.0), self._last_due[direction])
-            due = self._throttle(direction, due, len(data))
-            self._last_due[direction] = due
-            self._queues[direction].append((due, data))
-            self._queued[direction] += len(data)
-            if self._queued[direction] > _QUEUE_HIGH:
-                self.pause(direction, "queue")
-            if self._timers[direction] is None:
-                self._schedule(direction)
-        if over:
-            if self._queues[direction]:
-                self._close_after_drain = True
-            else:
-                self.close()
-
-    def _delay(self, direction: int, size: int) -> float | None:
-        total: float | None = None
-        for spec in self.faults.values():
-            if spec.kind == "latency" and direction in _DIR_NAMES[spec.params["direction"]]:
-                jitter = spec.params["jitter_ms"]
-                ms = spec.params["ms"] + (random.uniform(-jitter, jitter) if jitter else 0.0)
-                total = (total or 0.0) + max(0.0, ms) / 1000.0
-            elif spec.kind == "bandwidth" and direction in _DIR_NAMES[spec.params["direction"]]:
-                total = total or 0.0
-        return total
-
-    def _throttle(self, direction: int, due: float, size: int) -> float:
-        rates: list[float] = [
-            f.params["kbps"] * 1000.0
-            for f in self._of("bandwidth")
-            if direction in _DIR_NAMES[f.params["direction"]]
-        ]
-        if not rates:
-            return due
-        return due + size / min(rates)
-
-    def _schedule(self, direction: int) -> None:
-        due = self._queues[direction][0][0]
-        self._timers[direction] = self.loop.call_at(due, self._deliver, direction)
-
-    def _deliver(self, direction: int) -> None:
-        self._timers[direction] = None
-        if self.closed or "hold" in self._paused[direction]:
-            return
-        queue = self._queues[direction]
-        now = self.loop.time()
-        target = self._other(direction)
-        while queue and queue[0][0] <= now:
-            _, data = queue.popleft()
-            self._queued[direction] -= len(data)
-            if target is not None:
-                target.write(data)
-        if self._queued[direction] < _QUEUE_LOW:
-            self.resume(direction, "queue")
-        if queue:
-            self._schedule(direction)
-        elif self._close_after_drain and not self._queues[1 - direction]:
-            self.close()
-        else:
-            self.refresh()
-
-    def pause(self, direction: int, reason: str) -> None:
-        """Stop reading from the source of `direction` (C2S: the client)."""
-        reasons = self._paused[direction]
-        source = self.client if direction == C2S else self.upstream
-        if not reasons and source is not None and not source.is_closing():
-            source.pause_reading()
-        reasons.add(reason)
-
-    def resume(self, direction: int, reason: str) -> None:
-        reasons = self._paused[direction]
-        if reason not in reasons:
-            return
-        reasons.discard(reason)
-        source = self.client if direction == C2S else self.upstream
-        if not reasons and source is not None and not source.is_closing():
-            source.resume_reading()
 
     def peer(self) -> str | None:
         peer = self.client.get_extra_info("peername") if self.client else None

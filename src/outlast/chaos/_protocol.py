@@ -41,6 +41,7 @@ MAX_MESSAGE_LENGTH = 1 << 30
 
 _INT32 = struct.Struct("!i")
 _HEADER = struct.Struct("!cI")
+_UINT32 = struct.Struct("!I")
 
 
 class ProtocolViolation(ValueError):
@@ -237,6 +238,35 @@ class MessageTracker:
         self._body = None
         pos += take
         return None if self._need else pos
+
+    def skim(self, data: bytes) -> None:
+        """`feed` for the proxy's hot path: the same accounting, nothing returned.
+
+        One length read per message and no slicing: a whole-messages chunk (the
+        usual case) costs a few hundred nanoseconds.
+        """
+        if self._capture or self._header or self.broken:
+            self.feed(data)
+            return
+        n = len(data)
+        pos = self._need
+        if pos >= n:
+            self._need = pos - n
+            return
+        unpack = _UINT32.unpack_from
+        last = n - 5
+        while pos <= last:
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > MAX_MESSAGE_LENGTH:
+                self.broken = True
+                self._need = 0
+                return
+            pos += 1 + length
+        if pos < n:  # a header cut by the end of the chunk
+            self._header = bytes(data[pos:])
+            self._need = 0
+        else:
+            self._need = pos - n
 
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         """Account for `data`; return ``(message, end_offset)`` pairs when capturing."""

@@ -56,7 +56,7 @@ class ClientSide(_Side):
         if link.fast_up:
             tracker = link.tracker_up
             if tracker is not None:
-                tracker.feed(data)
+                tracker.skim(data)
             link.upstream.write(data)  # type: ignore[union-attr]
         else:
             link.client_data(data)
@@ -85,7 +85,7 @@ class UpstreamSide(_Side):
         if link.fast_down:
             tracker = link.tracker_down
             if tracker is not None:
-                tracker.feed(data)
+                tracker.skim(data)
             link.client.write(data)  # type: ignore[union-attr]
         else:
             link.server_data(data)

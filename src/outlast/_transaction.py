@@ -339,6 +339,12 @@ def _resolve(
                     fault=fault,
                 ) from exc
             why = f"transaction still {reply.status}"
+        elif isinstance(reply, DatabaseUnavailable):
+            # The breaker (or a hardened pool obeying it) refused the status
+            # question. That says nothing about the COMMIT: it is still
+            # unknown, so keep asking until the deadline, then say so.
+            last_error = reply
+            why = "unreachable (circuit breaker open)"
         else:
             assert isinstance(reply, Exception)
             last_error = reply

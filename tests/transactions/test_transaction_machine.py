@@ -107,6 +107,29 @@ def test_unreachable_until_the_deadline_raises_commit_outcome_unknown() -> None:
         assert clock.monotonic() <= 5.0
 
 
+def test_breaker_refusing_the_status_question_still_means_unknown() -> None:
+    """An open breaker says nothing about the COMMIT: never DatabaseUnavailable."""
+
+    def make() -> tuple[FakeAdapter, outlast.Guard, Any]:
+        guard, clock = make_guard(attempts=3, deadline=2.0)
+        refused = [outlast.DatabaseUnavailable("breaker open", retry_after=1.0)] * 100
+        return FakeAdapter([("commit", Lost("gone"))], refused), guard, clock
+
+    for adapter, outcome, runs in _run_both(make):
+        assert isinstance(outcome, outlast.CommitOutcomeUnknown), outcome
+        assert "circuit breaker open" in str(outcome)
+        assert runs == [21] and adapter.calls["commit"] == 1
+        assert adapter.calls["status"] > 1  # it kept asking until the deadline
+
+    def make_then_ok() -> tuple[FakeAdapter, outlast.Guard, Any]:
+        guard, clock = make_guard(attempts=3, deadline=2.0)
+        statuses = [outlast.DatabaseUnavailable("breaker open", retry_after=0.1), COMMITTED]
+        return FakeAdapter([("commit", Lost("gone"))], statuses), guard, clock
+
+    for adapter, outcome, runs in _run_both(make_then_ok):
+        assert outcome == 42 and runs == [21] and adapter.calls["status"] == 2
+
+
 def test_forgotten_xid_raises_commit_outcome_unknown_at_once() -> None:
     def make() -> tuple[FakeAdapter, outlast.Guard, Any]:
         guard, clock = make_guard()

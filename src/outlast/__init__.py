@@ -36,7 +36,7 @@ from ._hardening import Hardening, preset_for
 from ._loop import loop
 from ._redact import redact
 from ._state import DatabaseState
-from ._transaction import register_adapter
+from ._transaction_adapters import register_adapter
 from ._version import __version__
 from ._wait import WaitAttempt, wait_for_database
 from ._web import RequestBudgetExceeded, budget_remaining

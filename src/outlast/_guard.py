@@ -313,7 +313,8 @@ class Guard(GuardBase):
         `CommitOutcomeUnknown` if that cannot be settled in time. `deadline`
         (seconds from now) replaces the retry deadline for this call, as in `call`.
         """
-        from ._transaction import find_adapter, run_transaction
+        from ._transaction import run_transaction
+        from ._transaction_adapters import find_adapter
 
         adapter = find_adapter(source)
         return run_transaction(self, adapter, fn, *args, op=op, deadline=deadline, **kwargs)
@@ -329,7 +330,8 @@ class Guard(GuardBase):
         **kwargs: Any,
     ) -> T:
         """The async twin of `transaction`: ``await fn(conn, *args, **kwargs)``."""
-        from ._transaction import arun_transaction, find_adapter
+        from ._transaction import arun_transaction
+        from ._transaction_adapters import find_adapter
 
         adapter = find_adapter(source, asynchronous=True)
         return await arun_transaction(self, adapter, fn, *args, op=op, deadline=deadline, **kwargs)

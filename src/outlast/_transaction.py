@@ -42,132 +42,29 @@ and are imported lazily, by name, when a source of theirs shows up.
 
 from __future__ import annotations
 
-import importlib
+import asyncio
+import contextvars
 import random
+import threading
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
-from ._backoff import Retry
 from ._classify import classify
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
 from ._fault import Fault, FaultKind
+from ._transaction_adapters import (
+    AsyncTransactionAdapter,
+    GuardLike,
+    StatusReply,
+    TransactionAdapter,
+)
 from ._web_budget import CommitWatch
 
-__all__ = [
-    "MARKER_SQL",
-    "AsyncTransactionAdapter",
-    "StatusReply",
-    "TransactionAdapter",
-    "arun_transaction",
-    "find_adapter",
-    "register_adapter",
-    "run_transaction",
-    "status_sql",
-]
+__all__ = ["arun_transaction", "run_transaction"]
 
 T = TypeVar("T")
-
-MARKER_SQL = "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text"
-"""Read before COMMIT: the transaction's xid (NULL if it wrote nothing) and the
-server's start time (to notice a restart between COMMIT and the question)."""
-
-
-def status_sql(placeholder: str) -> str:
-    """The resolution query, with the driver's placeholder for the xid (text).
-
-    ``pg_current_xact_id()`` assigns this session a fresh xid, so an xid that
-    is not below it was never handed out: the server restarted without it
-    (its WAL never reached disk) and the transaction cannot have committed.
-    Asking ``pg_xact_status`` about such an xid would be an error.
-    """
-    return (
-        "SELECT CASE WHEN q.x < pg_current_xact_id() THEN pg_xact_status(q.x)"
-        " ELSE 'unassigned' END, pg_postmaster_start_time()::text"
-        f" FROM (SELECT CAST(CAST({placeholder} AS text) AS xid8) AS x) AS q"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class StatusReply:
-    """What the resolution query returned.
-
-    `status` is ``"committed"``, ``"aborted"``, ``"in progress"``,
-    ``"unassigned"`` (the xid was never handed out) or None (the xid is too old
-    for the server to remember); `started` is ``pg_postmaster_start_time()``.
-    """
-
-    status: str | None
-    started: str | None
-
-
-class TransactionAdapter(Protocol):
-    """What `run_transaction` needs from a driver (one adapter per source).
-
-    Handles are opaque to the core. Every method may raise the driver's own
-    exceptions; the core classifies them.
-    """
-
-    def open(self) -> Any:
-        """Check out or open a connection (or session) and return a handle."""
-        ...
-
-    def begin(self, handle: Any) -> Any:
-        """Start a transaction; return what the user function receives."""
-        ...
-
-    def marker(self, handle: Any) -> tuple[str | None, str | None]:
-        """Run `MARKER_SQL` inside the transaction: (xid or None, server start)."""
-        ...
-
-    def commit(self, handle: Any) -> None: ...
-
-    def rollback(self, handle: Any) -> None: ...
-
-    def close(self, handle: Any, *, discard: bool) -> None:
-        """Give the connection back; ``discard=True``: it may be broken, drop it."""
-        ...
-
-    def status(self, xid: str, *, timeout: float) -> StatusReply:
-        """Ask `status_sql` on a *fresh* connection, within about `timeout` seconds."""
-        ...
-
-
-class AsyncTransactionAdapter(Protocol):
-    """The asyncio twin of `TransactionAdapter`."""
-
-    async def open(self) -> Any: ...
-
-    async def begin(self, handle: Any) -> Any: ...
-
-    async def marker(self, handle: Any) -> tuple[str | None, str | None]: ...
-
-    async def commit(self, handle: Any) -> None: ...
-
-    async def rollback(self, handle: Any) -> None: ...
-
-    async def close(self, handle: Any, *, discard: bool) -> None: ...
-
-    async def status(self, xid: str, *, timeout: float) -> StatusReply: ...
-
-
-class GuardLike(Protocol):
-    """The part of `outlast.Guard` that transactions use."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def retry(self) -> Retry: ...
-
-    def check(self) -> None: ...
-
-    def record_failure(self, exc: BaseException, *, op: str | None = None) -> Fault | None: ...
-
-    def record_success(self, *, op: str | None = None) -> None: ...
-
-
 # --------------------------------------------------------------------------
 # The pure decision logic
 # --------------------------------------------------------------------------
@@ -223,9 +120,15 @@ _UNKNOWN_AT_COMMIT = frozenset(
 _RETRIED_WHOLE = frozenset(
     {FaultKind.UNAVAILABLE, FaultKind.READ_ONLY, FaultKind.CONFLICT, FaultKind.COMMIT_UNKNOWN}
 )
-# A probe never waits less than this for its connection (libpq counts whole seconds).
-_MIN_PROBE_TIMEOUT = 2.0
+# The shells bound each status question by its timeout (whatever the driver's
+# own connect timeout, which libpq rounds up to 2 s); a spent deadline still
+# asks once, this briefly: when the server is up the answer takes milliseconds.
+_MIN_PROBE_TIMEOUT = 0.25
 _NO_DEADLINE_PROBE_TIMEOUT = 10.0
+
+
+class _NoAnswer(Exception):
+    """The status question got no answer within its timeout (says nothing of the COMMIT)."""
 
 
 def _decide(
@@ -339,12 +242,17 @@ def _resolve(
                     fault=fault,
                 ) from exc
             why = f"transaction still {reply.status}"
-        elif isinstance(reply, DatabaseUnavailable):
+        elif isinstance(reply, DatabaseUnavailable | _NoAnswer):
             # The breaker (or a hardened pool obeying it) refused the status
-            # question. That says nothing about the COMMIT: it is still
-            # unknown, so keep asking until the deadline, then say so.
+            # question, or it went unanswered in time. That says nothing about
+            # the COMMIT: it is still unknown, so keep asking until the
+            # deadline, then say so.
             last_error = reply
-            why = "unreachable (circuit breaker open)"
+            why = (
+                "unreachable (circuit breaker open)"
+                if isinstance(reply, DatabaseUnavailable)
+                else "no answer to the status question"
+            )
         else:
             assert isinstance(reply, Exception)
             last_error = reply
@@ -463,10 +371,34 @@ def run_transaction(
             clock.sleep(command.seconds)
             reply = None
         else:
-            try:
-                reply = adapter.status(command.xid, timeout=command.timeout)
-            except Exception as exc:
-                reply = exc
+            reply = _ask(adapter, command)
+
+
+def _ask(adapter: TransactionAdapter, command: _Ask) -> object:
+    """``adapter.status()``, answered within ``command.timeout`` or `_NoAnswer`.
+
+    The question runs in a thread of its own (with this context: the Guard's
+    admission, the web request's budget) because a blocking driver cannot be
+    interrupted: a connect on a frozen link waits its whole connect timeout.
+    The thread ends by itself (every step has a timeout); a late answer is
+    dropped. Lost COMMITs are rare, so is this thread.
+    """
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(adapter.status(command.xid, timeout=command.timeout))
+        except Exception as exc:
+            box.append(exc)
+
+    context = contextvars.copy_context()
+    asker = threading.Thread(target=context.run, args=(run,), name="outlast-xact-status")
+    asker.daemon = True
+    asker.start()
+    asker.join(command.timeout)
+    if not box:
+        return _NoAnswer(f"no answer about transaction {command.xid} in {command.timeout:.2f}s")
+    return box[0]
 
 
 def _attempt(
@@ -535,10 +467,21 @@ async def arun_transaction(
             await clock.asleep(command.seconds)
             reply = None
         else:
-            try:
-                reply = await adapter.status(command.xid, timeout=command.timeout)
-            except Exception as exc:
-                reply = exc
+            reply = await _aask(adapter, command)
+
+
+async def _aask(adapter: AsyncTransactionAdapter, command: _Ask) -> object:
+    """The async twin of `_ask`: the question is cancelled at its timeout."""
+    limit = asyncio.timeout(command.timeout)
+    try:
+        async with limit:
+            return await adapter.status(command.xid, timeout=command.timeout)
+    except TimeoutError as exc:
+        if limit.expired():
+            return _NoAnswer(f"no answer about transaction {command.xid} in {command.timeout:.2f}s")
+        return exc
+    except Exception as exc:
+        return exc
 
 
 async def _aattempt(
@@ -580,94 +523,3 @@ async def _aattempt(
             await adapter.close(handle, discard=discard)
         except Exception:
             pass
-
-
-# --------------------------------------------------------------------------
-# Finding the adapter for a source
-# --------------------------------------------------------------------------
-
-Matcher = str | Callable[[object], bool]
-"""A qualified type name (``"psycopg_pool.pool.ConnectionPool"``, matched
-against the source's class and its bases) or a predicate."""
-
-_SYNC: list[tuple[Matcher, Callable[[Any], TransactionAdapter]]] = []
-_ASYNC: list[tuple[Matcher, Callable[[Any], AsyncTransactionAdapter]]] = []
-
-# Top-level module of a source's type -> the integration that knows it. Strings
-# only: the core never imports a higher layer statically.
-_INTEGRATIONS = {
-    "sqlalchemy": "outlast.sqlalchemy",
-    "psycopg": "outlast.psycopg",
-    "psycopg_pool": "outlast.psycopg",
-    "psycopg2": "outlast.psycopg2",
-    "asyncpg": "outlast.asyncpg",
-    "django": "outlast.django",
-    "builtins": "outlast.psycopg",  # a conninfo string is for psycopg 3
-}
-
-
-def register_adapter(
-    match: Matcher,
-    factory: Callable[[Any], Any],
-    *,
-    asynchronous: bool = False,
-) -> None:
-    """Teach `Guard.transaction` (or ``atransaction``) a new kind of source.
-
-    `factory(source)` returns a `TransactionAdapter` (an
-    `AsyncTransactionAdapter` with ``asynchronous=True``). Later registrations
-    win over earlier ones, so an application can override a built-in adapter.
-    """
-    if asynchronous:
-        _ASYNC.insert(0, (match, factory))
-    else:
-        _SYNC.insert(0, (match, factory))
-
-
-def _matches(match: Matcher, source: object) -> bool:
-    if isinstance(match, str):
-        return any(f"{cls.__module__}.{cls.__qualname__}" == match for cls in type(source).__mro__)
-    return bool(match(source))
-
-
-def _lookup(registry: list[tuple[Matcher, Callable[[Any], T]]], source: object) -> T | None:
-    for match, factory in registry:
-        if _matches(match, source):
-            return factory(source)
-    return None
-
-
-def find_adapter(source: object, *, asynchronous: bool = False) -> Any:
-    """The adapter for `source`, importing its integration on first use.
-
-    Raises `TypeError` naming the source's type when no integration knows it,
-    and `ConfigurationError` (a `ValueError`, without the password) for a
-    conninfo string that libpq would refuse: a malformed DSN is a bug to fix,
-    not an outage to retry.
-    """
-    if isinstance(source, str):
-        from ._dsn import parse_conninfo
-
-        parse_conninfo(source)
-    registry: list[Any] = _ASYNC if asynchronous else _SYNC
-    adapter = _lookup(registry, source)
-    if adapter is None:
-        integration = _INTEGRATIONS.get(type(source).__module__.split(".")[0])
-        if integration is not None:
-            try:
-                importlib.import_module(f"{integration}._transaction")
-            except ModuleNotFoundError as exc:
-                raise TypeError(
-                    f"{integration} is needed for a {type(source).__qualname__} source"
-                    f" but could not be imported ({exc.name} is missing)"
-                ) from exc
-            adapter = _lookup(registry, source)
-    if adapter is None:
-        kind = "atransaction" if asynchronous else "transaction"
-        raise TypeError(
-            f"Guard.{kind}() does not know how to open a transaction on a"
-            f" {type(source).__module__}.{type(source).__qualname__}; pass a SQLAlchemy"
-            " engine or sessionmaker, a psycopg pool or conninfo string, a psycopg2 pool,"
-            " an asyncpg pool, or register an adapter with outlast.register_adapter()"
-        )
-    return adapter

@@ -13,7 +13,8 @@ import pytest
 from tx_fakes import AsyncFakeAdapter, Bug, Conflict, FakeAdapter, Lost, make_guard
 
 import outlast
-from outlast._transaction import StatusReply, arun_transaction, run_transaction
+from outlast._transaction import arun_transaction, run_transaction
+from outlast._transaction_adapters import StatusReply
 
 COMMITTED = StatusReply("committed", "boot-1")
 ABORTED = StatusReply("aborted", "boot-1")

@@ -37,7 +37,7 @@ from django.utils.connection import ConnectionProxy
 
 from outlast._deadline import connection_fileno, socket_deadline
 from outlast._errors import ConfigurationError
-from outlast._transaction import MARKER_SQL, StatusReply, register_adapter, status_sql
+from outlast._transaction_adapters import MARKER_SQL, StatusReply, register_adapter, status_sql
 from outlast._web_budget import budget_exceeded, budget_remaining
 
 __all__ = ["DjangoAdapter"]

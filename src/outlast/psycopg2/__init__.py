@@ -15,7 +15,7 @@ See the README section "Hardened connections" for every default and why.
 
 from __future__ import annotations
 
-from outlast._transaction import register_adapter
+from outlast._transaction_adapters import register_adapter
 
 from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
 from ._pool import ConnectionPool, HardenedConnection, PoolTimeout, connect, connect_kwargs

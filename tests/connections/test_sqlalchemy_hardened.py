@@ -246,3 +246,67 @@ def test_other_pool_classes_are_accepted(pg_database: Any) -> None:
                 assert _show(conn, "statement_timeout") == "30s"
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------ COMMIT on a frozen link
+
+FROZEN_COMMIT = outlast.Hardening(statement_timeout=1.0, deadline_grace=1.0)  # 2 s deadline
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_sync_commit_on_a_frozen_link_is_bounded(
+    pg_proxy: Any, pg_database: Any, driver: str
+) -> None:
+    """COMMIT goes through the dialect, not a cursor: it must have a deadline too."""
+    engine = create_engine(pg_proxy.url(pg_database.name, driver=driver), preset=FROZEN_COMMIT)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS frozen_commit (x int)")
+        conn = engine.connect()
+        conn.exec_driver_sql("INSERT INTO frozen_commit VALUES (1)")
+        pg_proxy.add_fault("freeze")
+        start = time.monotonic()
+        try:
+            with pytest.raises(sa.exc.OperationalError) as info:
+                conn.commit()
+            elapsed = time.monotonic() - start
+        finally:
+            pg_proxy.clear()
+            conn.invalidate()
+            conn.close()
+        print(f"sqlalchemy+{driver}: frozen COMMIT failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value, during_commit=True)
+        assert fault is not None and fault.kind is outlast.FaultKind.COMMIT_UNKNOWN
+        assert 1.5 < elapsed < FROZEN_COMMIT.statement_deadline + SLACK
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_async_commit_on_a_frozen_link_is_bounded(
+    pg_proxy: Any, pg_database: Any, driver: str
+) -> None:
+    engine = create_async_engine(
+        pg_proxy.url(pg_database.name, driver=driver), preset=FROZEN_COMMIT
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS frozen_commit (x int)")
+        conn = await engine.connect()
+        await conn.exec_driver_sql("INSERT INTO frozen_commit VALUES (1)")
+        pg_proxy.add_fault("freeze")
+        start = time.monotonic()
+        try:
+            with pytest.raises(Exception) as info:  # noqa: PT011 - classified below
+                await conn.commit()
+            elapsed = time.monotonic() - start
+        finally:
+            pg_proxy.clear()
+            await conn.invalidate()
+            await conn.close()
+        print(f"sqlalchemy+{driver} (async): frozen COMMIT failed after {elapsed:.2f} s")
+        fault = outlast.classify(info.value, during_commit=True)
+        assert fault is not None and fault.kind is outlast.FaultKind.COMMIT_UNKNOWN, info.value
+        assert 1.5 < elapsed < FROZEN_COMMIT.statement_deadline + SLACK
+    finally:
+        await engine.dispose()

@@ -123,16 +123,7 @@ def _wait_for_commits(dsn: str, *, busy: bool, timeout: float = 5.0) -> None:
             time.sleep(0.005)
 
 
-COMMIT_HANGS = pytest.mark.xfail(
-    strict=True,
-    reason="outlast.sqlalchemy arms its client-side deadline around cursor executes only,"
-    " not around COMMIT: a sync COMMIT on a frozen link waits until the link thaws",
-)
-
-
-@pytest.mark.parametrize(
-    "framework", ["fastapi", pytest.param("flask", marks=COMMIT_HANGS), "django"]
-)
+@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
 def test_a_budget_that_runs_out_during_commit_is_outcome_unknown(
     framework: str,
     service_factory: Callable[..., Service],

@@ -21,7 +21,9 @@
 - ``before/after_cursor_execute``: a client-side deadline per statement
   (server ``statement_timeout`` + grace, or the web request's remaining
   budget when that is less) that shuts the socket down when the server cannot
-  answer at all;
+  answer at all; the dialect's ``do_commit`` / ``do_rollback`` get the same
+  deadline (no cursor event covers them, and a COMMIT on a frozen link would
+  otherwise wait for the link to thaw, past any budget);
 - ``handle_error``: report every fault to the Guard and mark restart-class
   faults (57P01/02/03, 25006, lost or refused connections) as disconnects, so
   SQLAlchemy drops every pooled connection instead of handing out stale ones.
@@ -373,10 +375,33 @@ def _retrying_creator(engine: Engine, preset: Hardening) -> None:
     pool._creator = creator
 
 
+def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
+    """Put COMMIT and ROLLBACK under the statement deadline.
+
+    They go through the dialect, not a cursor, so the execute events never
+    see them. Each engine has its own dialect instance, so wrapping its
+    methods touches no other engine.
+    """
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_connection: PoolProxiedConnection) -> None:
+        with socket_deadline.bound(connection_fileno(dbapi_connection), statement_deadline(preset)):
+            commit(dbapi_connection)
+
+    def do_rollback(dbapi_connection: PoolProxiedConnection) -> None:
+        with socket_deadline.bound(connection_fileno(dbapi_connection), statement_deadline(preset)):
+            rollback(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
 def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
     hooks = _Hooks(guard, preset, driver)
     _ENGINES[engine] = hooks
     _retrying_creator(engine, preset)
+    _bounded_transaction_ends(engine, preset)
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)
     event.listen(engine.pool, "checkout", hooks.on_checkout)

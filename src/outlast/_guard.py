@@ -16,11 +16,12 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ._admission import PASS, Admission, admit
 from ._errors import DatabaseUnavailable, fast_unavailable
 from ._fault import FaultKind
 from ._guard_base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
 
-__all__ = ["Classifier", "Guard"]
+__all__ = ["Admission", "Classifier", "Guard"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -118,6 +119,23 @@ class Guard(GuardBase):
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
         run = Run(op_name(fn, op), idempotent, deadline, start)
         return await self._arun(run, fn, args, kwargs)
+
+    def admit(self, *, op: str | None = None) -> Admission:
+        """Ask the breaker once for work that does not run inside `call` (a web request).
+
+        Raises `DatabaseUnavailable` when the breaker rejects: open, or
+        half-open with a probe already in flight. While it is closed this
+        returns at once (a shared admission that holds nothing). When the
+        breaker is half-open and the slot is free, the work is the probe:
+        checks inside it (``check()``, hardened pools, nested `call`) let it
+        through, and `Admission.release` (or leaving its ``with`` /
+        ``async with`` block) records success if no database fault escaped,
+        failure if one did (unless the work's own calls already settled the
+        probe), and frees the slot. `op` names the work in events.
+        """
+        if self._fast:
+            return PASS
+        return admit(self, op)
 
     @overload
     def retrying(self, fn: Callable[P, T], /) -> Callable[P, T]: ...

@@ -51,10 +51,11 @@ logger = logging.getLogger("outlast")
 _random = random.random
 
 # The Guard whose slow path (breaker not plainly closed) is running user code in
-# this thread or task. Hooks inside that code (a pool's checkout calling
-# `check()`) must not turn away the very call -- often the half-open probe --
-# that the Guard already admitted. Set only on the slow path, so the success
-# path pays nothing.
+# this thread or task, or the `Admission` (see `_admission`) of a probe that
+# runs outside `call` (a web request). Hooks inside that code (a pool's
+# checkout calling `check()`) must not turn away the very call -- often the
+# half-open probe -- that the Guard already admitted. Set only on the slow
+# path, so the success path pays nothing.
 ADMITTED: ContextVar[object | None] = ContextVar("outlast_admitted", default=None)
 
 # Attribute put on an exception that `record_failure` already counted, so the
@@ -176,7 +177,7 @@ class GuardBase:
 
     def check(self) -> None:
         """Raise `DatabaseUnavailable` at once if the breaker would reject a call now."""
-        if self._fast or ADMITTED.get() is self:
+        if self._fast or self._admitted():
             return
         now = self._clock.monotonic()
         if now < self._reject_until:
@@ -266,6 +267,11 @@ class GuardBase:
             )
             return None
 
+    def _admitted(self) -> bool:
+        """Is this thread or task inside work this Guard admitted (a call, a live probe)?"""
+        holder = ADMITTED.get()
+        return holder is self or getattr(holder, "_holder", None) is self
+
     def _rejection(
         self, retry_after: float, cause: BaseException | None = None
     ) -> DatabaseUnavailable:
@@ -281,6 +287,10 @@ class GuardBase:
         now = self._clock.monotonic()
         if now < self._reject_until:
             raise self._rejection(self._reject_until - now, run.last_exc)
+        if getattr(ADMITTED.get(), "_holder", None) is self:
+            # Inside work admitted with `admit()` (a web request that is the
+            # probe): its calls are part of the probe and take no slot of their own.
+            return 0
         with self._lock:
             token = self._core.admit(now)
             if token == REJECT:

@@ -109,3 +109,48 @@ def test_without_wait_reply_the_client_is_cut_at_once(
                 break
             direct.execute("select pg_sleep(0.05)")
         assert direct.execute("select count(*) from t").fetchone() == (1,)
+
+
+def _settled_status(db: PgDatabase, xid: Any) -> tuple[str, int]:
+    """The xid's status once the server has noticed its client is gone."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        status = xact_status(db, xid)
+        if status[0] != "in progress" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_commit_never_forwarded_rolls_back(
+    pg_proxy: ProxiedServer, table: PgDatabase, protocol: str
+) -> None:
+    """``forward=False``: the server never sees the COMMIT, so the transaction aborts."""
+    if protocol == "simple":
+        conn2 = psycopg2.connect(proxied(pg_proxy, table))
+        cur = conn2.cursor()
+        cur.execute("insert into t values (1)")
+        cur.execute("select pg_current_xact_id()")
+        xid = cur.fetchone()[0]
+        with pg_proxy.fault("cut_after", pattern=r"^\s*commit", forward=False):
+            with pytest.raises(psycopg2.OperationalError) as info:
+                conn2.commit()
+        conn2.close()
+    else:
+        conn3 = psycopg.connect(proxied(pg_proxy, table))
+        conn3.execute("insert into t values (1)")
+        xid = conn3.execute("select pg_current_xact_id()").fetchone()[0]  # type: ignore[index]
+        with pg_proxy.fault("cut_after", pattern="COMMIT", forward=False, count=1):
+            with pytest.raises(psycopg.OperationalError) as info:  # type: ignore[assignment]
+                conn3.execute("COMMIT")  # Parse/Bind/Execute/Sync: none of it forwarded
+        conn3.close()
+    assert _settled_status(table, xid) == ("aborted", 0)
+    fault = outlast.classify(info.value, during_commit=True)
+    assert fault is not None and fault.kind == outlast.FaultKind.COMMIT_UNKNOWN
+
+
+def test_forward_must_be_a_boolean(pg_proxy: ProxiedServer) -> None:
+    with pytest.raises(ValueError, match="forward must be true or false"):
+        pg_proxy.add_fault("cut_after", pattern="COMMIT", forward="no")

@@ -161,10 +161,13 @@ def _cut_after(params: Mapping[str, Any]) -> dict[str, Any]:
     wait_reply = params.get("wait_reply", True)
     if not isinstance(wait_reply, bool):
         raise ValueError("wait_reply must be true or false")
+    forward = params.get("forward", True)
+    if not isinstance(forward, bool):
+        raise ValueError("forward must be true or false")
     count = params.get("count")
     if count is not None:
         count = int(_number("count", count, minimum=1, integer=True))
-    return {"pattern": pattern, "wait_reply": wait_reply, "count": count}
+    return {"pattern": pattern, "wait_reply": wait_reply, "forward": forward, "count": count}
 
 
 _Validator = Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -184,7 +187,7 @@ _KINDS: dict[str, tuple[_Validator, frozenset[str]]] = {
         frozenset({"preset", "severity", "sqlstate", "message", "detail", "hint"}),
     ),
     "terminate": (_none, frozenset()),
-    "cut_after": (_cut_after, frozenset({"pattern", "wait_reply", "count"})),
+    "cut_after": (_cut_after, frozenset({"pattern", "wait_reply", "forward", "count"})),
 }
 
 FAULT_KINDS: tuple[str, ...] = tuple(_KINDS)

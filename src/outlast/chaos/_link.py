@@ -277,10 +277,18 @@ class Link(Delivery):
         else:
             tracker = self.tracker_up
             if tracker is not None:
-                cut = self._find_cut(tracker.feed(data)) if self._cut is None else None
+                found = self._find_cut(tracker.feed(data)) if self._cut is None else None
+                if found is not None and not found[0].params["forward"]:
+                    # The server must never see the message: forward what came
+                    # before it and close both sides (an open transaction rolls
+                    # back; a message begun in an earlier chunk stays unfinished).
+                    _spec, end, length = found
+                    self._send(C2S, data[: max(0, end - length)])
+                    self.close()
+                    return
                 self._send(C2S, data)
-                if cut is not None:
-                    self._start_cut(cut)
+                if found is not None:
+                    self._start_cut(found[0])
                 return
         self._send(C2S, data)
 
@@ -352,18 +360,19 @@ class Link(Delivery):
         self.login = login_parameters(parameters)
         self.proxy.login_seen(self, self.login, rejected)
 
-    def _find_cut(self, messages: list[tuple[bytes, int]]) -> FaultSpec | None:
+    def _find_cut(self, messages: list[tuple[bytes, int]]) -> tuple[FaultSpec, int, int] | None:
+        """The cut_after that fires on one of `messages`, with that message's end and length."""
         cuts = self._of("cut_after")
         if not cuts:
             return None
-        for message, _ in messages:
+        for message, end in messages:
             text = query_text(message, self._statements, self._portals)
             if text is None:
                 continue
             for spec in cuts:
                 matched = re.search(spec.params["pattern"], text, re.IGNORECASE)
                 if matched and self.proxy.cut_fired(spec):
-                    return spec
+                    return spec, end, len(message)
         return None
 
     def _start_cut(self, spec: FaultSpec) -> None:

@@ -376,8 +376,9 @@ class WebConfig:
     `db_routes` decides which views are database routes: ``"all"`` (the
     default: every view except health endpoints, `exempt` path prefixes and
     views marked `no_db`) or ``"marked"`` (only views marked `db_route`).
-    A database route gets ``guard.check()`` before the view runs (so an open
-    breaker answers 503 in microseconds without touching the database) and
+    A database route is admitted with ``guard.admit()`` before the view runs
+    (an open breaker answers 503 in microseconds without touching the
+    database; a half-open one lets one request through as the probe) and gets
     the request budget.
     """
 

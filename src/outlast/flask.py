@@ -22,8 +22,11 @@
 What it installs on the app:
 
 - a ``before_request`` hook that starts the request budget and, for database
-  routes, calls ``guard.check()`` (an open breaker answers 503 at once without
-  touching the database);
+  routes, admits the request with ``guard.admit()``: an open breaker answers
+  503 at once without touching the database, and while it is half-open exactly
+  one request at a time goes through as the probe (the others get a fast 503);
+  the probe's end (``teardown_request``, whatever happened) gives the breaker
+  its verdict and frees the slot;
 - an error handler that turns `DatabaseUnavailable`, `CommitOutcomeUnknown`
   and every classified database fault except PERMANENT ones into a 503
   ``application/problem+json`` with ``Retry-After``; PERMANENT faults become
@@ -159,15 +162,25 @@ class Outlast(WebBase):
         if not self.config.is_db_route(request.path, view):
             return
         g._outlast_budget = self.budget.start()
-        self.guard.check()
+        # Raises DatabaseUnavailable (-> the 503 handler) when the breaker rejects.
+        g._outlast_admission = self.guard.admit(op=_route())
         g._outlast_clean = True
 
     def _after_request(self, response: Response) -> Response:
         if g.pop("_outlast_clean", False) and response.status_code < 500:
+            g._outlast_healthy = True
             record_success(self._guard, _route())
         return response
 
     def _teardown_request(self, exc: BaseException | None) -> None:
+        # Runs for every request that ran before_request, also when the view or
+        # an after_request hook raised: the probe slot is always freed here.
+        admission = g.pop("_outlast_admission", None)
+        if admission is not None:
+            error = g.pop("_outlast_error", None) or exc
+            # A 5xx the view built by itself says nothing either way.
+            healthy = g.pop("_outlast_healthy", False)
+            admission.release(error, verdict=error is not None or healthy)
         token = g.pop("_outlast_budget", None)
         if token is not None:
             RequestBudget.finish(token)
@@ -186,6 +199,7 @@ class Outlast(WebBase):
         if mapped is None:
             raise exc
         g.pop("_outlast_clean", None)
+        g._outlast_error = exc  # for the probe's verdict at teardown
         route = _route()
         rollback(self._sessions())
         self.report_fault(exc, mapped, route)

@@ -25,10 +25,13 @@
 `install()` adds exception handlers for `DatabaseUnavailable` and
 `CommitOutcomeUnknown`, a pure-ASGI middleware, and the health routes
 (``/health/live``, ``/health/ready``, ``/health/db``). For database routes the
-middleware starts the request budget, calls ``guard.check()`` before the
-route runs (an open breaker answers 503 in microseconds), wraps the route in
-``asyncio.timeout(budget)`` until the response starts (a timeout is a 503),
-and maps every classified database fault to a 503 ``application/problem+json``
+middleware starts the request budget, admits the request with
+``guard.admit()`` before the route runs (an open breaker answers 503 in
+microseconds; while it is half-open one request at a time goes through as
+the probe, async or sync endpoint alike, and the others get a fast 503; the
+probe's end, cancellation included, gives the verdict and frees the slot),
+bounds the route by the budget until the response starts (a timeout is a
+503), and maps every classified database fault to a 503 ``application/problem+json``
 (PERMANENT faults to a generic 500) after rolling back `session`, logging the
 fault once and reporting it to the Guard.
 
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
@@ -80,6 +83,7 @@ from ._web import (
 from ._web_base import WebBase
 
 if TYPE_CHECKING:
+    from ._admission import Admission
     from ._guard import Guard
 
 __all__ = [
@@ -182,6 +186,7 @@ class Outlast(WebBase):
             return None
         route = _route(scope)
         scope["outlast.fault"] = True
+        scope["outlast.error"] = exc
         if rollback:
             await self._rollback()
         self.report_fault(exc, mapped, route)
@@ -251,17 +256,27 @@ class OutlastMiddleware:
 
         exchange = _Exchange(send)
         token = ol.budget.start()
+        admission: Admission | None = None
+        escaped: BaseException | None = None
         try:
-            ol.guard.check()
+            # Before the app task exists, so that it (and the thread a sync
+            # endpoint runs in) inherits the mark of an admitted probe.
+            admission = ol.guard.admit(op=_route(scope))
             await self._within_budget(scope, receive, exchange)
             if exchange.status < 500 and not scope.get("outlast.fault"):
                 record_success(ol.guard, _route(scope))
         except Exception as exc:
+            escaped = exc
             if exchange.started:
                 raise
             if not await self._answer(exc, scope, send, rollback=not exchange.abandoned):
                 raise
+        except BaseException as exc:  # cancelled: the client went away, the server stops
+            escaped = exc
+            raise
         finally:
+            if admission is not None:
+                _release(admission, scope, exchange, escaped)
             RequestBudget.finish(token)
 
     async def _within_budget(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
@@ -331,6 +346,16 @@ class _Exchange:
         await self.downstream(message)
 
 
+def _release(
+    admission: Admission, scope: Scope, exchange: _Exchange, escaped: BaseException | None
+) -> None:
+    """End the request's admission: the probe's verdict, and its slot freed."""
+    # A fault the app's exception handlers answered never reached the middleware.
+    error = escaped if escaped is not None else scope.get("outlast.error")
+    healthy = exchange.started and exchange.status < 500 and not scope.get("outlast.fault")
+    admission.release(error, verdict=error is not None or healthy)
+
+
 def _consume(task: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned app task's outcome (no "exception never retrieved")."""
     if task.done() and not task.cancelled():
@@ -391,14 +416,22 @@ def install(
     return ol
 
 
-def require_database(request: Request) -> None:
-    """FastAPI dependency: ``Depends(require_database)`` fails fast while the breaker is open.
+async def require_database(request: Request) -> AsyncIterator[None]:
+    """FastAPI dependency: ``Depends(require_database)`` admits the request like the middleware.
 
-    Useful with ``db_routes="marked"`` for routers where marking each endpoint
-    is awkward; the middleware already does this for database routes.
+    Fails fast (503) while the breaker is open, and while it is half-open lets
+    one request at a time through as the probe; the probe ends with the
+    endpoint. Useful with ``db_routes="marked"`` for routers where marking each
+    endpoint is awkward; on a route the middleware already admitted it adds nothing.
     """
     ol: Outlast = request.app.state.outlast
-    ol.guard.check()
+    admission = ol.guard.admit(op=_route(request.scope))
+    try:
+        yield
+    except BaseException as exc:
+        admission.release(exc)
+        raise
+    admission.release()
 
 
 def _endpoint(routes: Sequence[Any], scope: Scope) -> Any:

@@ -19,10 +19,14 @@ urls.py::
 
     path("health/", include("outlast.django.urls")),
 
-The middleware starts the request budget and calls ``guard.check()`` before
-every database view (all views except `EXEMPT` prefixes, the health views and
-views decorated with `no_db`; with ``"DB_ROUTES": "marked"`` only views
-decorated with `db_route`), turns `DatabaseUnavailable`, `CommitOutcomeUnknown`
+The middleware starts the request budget and admits the request with
+``guard.admit()`` before every database view (all views except `EXEMPT`
+prefixes, the health views and views decorated with `no_db`; with
+``"DB_ROUTES": "marked"`` only views decorated with `db_route`): an open
+breaker answers 503 at once, and while it is half-open one request at a time
+reaches the database as the probe (ORM queries included) while the others get
+a fast 503; the probe is released when the middleware returns, whatever the
+view did. It turns `DatabaseUnavailable`, `CommitOutcomeUnknown`
 and every classified database fault except PERMANENT ones into a 503
 ``application/problem+json`` with ``Retry-After`` (PERMANENT: a generic 500),
 logs each fault once on the ``outlast`` logger and reports it to the Guard.

@@ -165,8 +165,24 @@ def response(answer: Mapped | HealthAnswer) -> HttpResponse:
     return result
 
 
+def _release(
+    request: HttpRequest, response: HttpResponse | None, escaped: BaseException | None
+) -> None:
+    """End the request's admission: the probe's verdict, and its slot freed."""
+    admission = request.__dict__.pop("_outlast_admission", None)
+    if admission is None:
+        return
+    error = getattr(request, "_outlast_error", None) or escaped
+    healthy = (
+        response is not None
+        and getattr(request, "_outlast_clean", False)
+        and response.status_code < 500
+    )
+    admission.release(error, verdict=error is not None or healthy)
+
+
 class OutlastMiddleware:
-    """Breaker check and budget before database views; 503s for database faults."""
+    """Breaker admission and budget before database views; 503s for database faults."""
 
     sync_capable = True
     async_capable = False
@@ -177,12 +193,21 @@ class OutlastMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         """Serve one request with every query bounded by the rest of the budget."""
+        response: HttpResponse | None = None
+        escaped: BaseException | None = None
         try:
             with contextlib.ExitStack() as stack:
                 for alias in connections:
                     stack.enter_context(connections[alias].execute_wrapper(_within_budget))
                 response = self.get_response(request)
+        except BaseException as exc:
+            escaped = exc
+            raise
         finally:
+            # process_view admitted the request; whatever happened since (a
+            # fault, a bug in the view, another middleware raising), the probe
+            # slot is freed here, in the thread and context that took it.
+            _release(request, response, escaped)
             token = getattr(request, "_outlast_budget", None)
             if token is not None:
                 RequestBudget.finish(token)
@@ -206,7 +231,9 @@ class OutlastMiddleware:
         request._outlast_budget = rt.budget.start()
         request._outlast_deadlines = _arm_open_connections(rt.config.budget)
         try:
-            rt.guard.check()
+            # While the breaker is half-open, only one request at a time is let
+            # through (the probe); `__call__` releases it after the response.
+            request._outlast_admission = rt.guard.admit(op=_route(request))
         except DatabaseUnavailable as exc:
             return self.process_exception(request, exc)
         request._outlast_clean = True
@@ -215,6 +242,7 @@ class OutlastMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """Answer a database fault (503, or 500 for PERMANENT); None for anything else."""
         rt = self.rt
+        request._outlast_error = exception  # for the probe's verdict (None: not a fault)
         mapped = rt.map_fault(exception)
         if mapped is None:
             return None

@@ -1,0 +1,27 @@
+"""Views that use Django's connection directly (no outlast call in sight)."""
+
+from __future__ import annotations
+
+from _probe_common import HOLD_SQL, Unrelated, entered, stats
+from django.db import connection, transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+
+def hold(request: HttpRequest) -> HttpResponse:
+    entered.add()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(HOLD_SQL)
+    return JsonResponse({"ok": True})
+
+
+def boom(request: HttpRequest) -> HttpResponse:
+    entered.add()
+    raise Unrelated("a bug in the view")
+
+
+def get_stats(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(stats())
+
+
+def ping(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True})

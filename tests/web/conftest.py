@@ -24,27 +24,35 @@ BUDGET = 5.0
 _dbs = itertools.count(1)
 
 
-def server_command(framework: str, port: int) -> list[str]:
+EXAMPLE_APPS = {
+    "fastapi": "fastapi_app:app",
+    "flask": "flask_app:app",
+    "django": "django_app.wsgi:application",
+}
+
+
+def server_command(
+    framework: str, port: int, *, app_dir: Path = EXAMPLES, apps: dict[str, str] = EXAMPLE_APPS
+) -> list[str]:
+    """uvicorn for FastAPI, gunicorn (gthread) for Flask and Django, on loopback."""
     py = sys.executable
     if framework == "fastapi":
         return [
-            py, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(EXAMPLES),
+            py, "-m", "uvicorn", apps["fastapi"], "--app-dir", str(app_dir),
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         ]  # fmt: skip
-    target = {"flask": "flask_app:app", "django": "django_app.wsgi:application"}[framework]
     return [
         py, "-m", "gunicorn", "-k", "gthread", "--threads", "16", "-w", "1",
-        "-b", f"127.0.0.1:{port}", "--chdir", str(EXAMPLES), "--timeout", "120",
-        "--graceful-timeout", "2", "--log-level", "warning", target,
+        "-b", f"127.0.0.1:{port}", "--chdir", str(app_dir), "--timeout", "120",
+        "--graceful-timeout", "2", "--log-level", "warning", apps[framework],
     ]  # fmt: skip
 
 
 @dataclass
-class Service:
-    """One example service running in a subprocess."""
+class Server:
+    """A web service running in a subprocess, and a client for it."""
 
     framework: str
-    enabled: bool
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
@@ -52,16 +60,6 @@ class Service:
 
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0)
-
-    def get(self, path: str) -> tuple[httpx.Response, float]:
-        start = time.monotonic()
-        response = self.client.get(path)
-        return response, time.monotonic() - start
-
-    def post_lead(self, lead_id: str) -> tuple[httpx.Response, float]:
-        start = time.monotonic()
-        response = self.client.post("/api/leads", json={"id": lead_id, "name": f"lead {lead_id}"})
-        return response, time.monotonic() - start
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -77,41 +75,75 @@ class Service:
                 self.proc.wait(15)
 
 
+def spawn(
+    framework: str, port: int, env: dict[str, str], log_path: Path, *, app_dir: Path,
+    apps: dict[str, str] = EXAMPLE_APPS,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start the framework's server on `port` with `app_dir` on the path, logging to a file."""
+    full = dict(os.environ)
+    full.update(env)
+    full["PYTHONPATH"] = str(app_dir) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    full["PYTHONUNBUFFERED"] = "1"
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            server_command(framework, port, app_dir=app_dir, apps=apps),
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(app_dir),
+        )
+
+
+def wait_until_up(server: Server, path: str = "/api/ping") -> None:
+    """Poll `path` until it answers 200; stop the server and raise if it never does."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.framework} exited at start-up:\n{server.log()}")
+        try:
+            if server.client.get(path, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(
+                f"{server.framework} did not start in {START_TIMEOUT}s:\n{server.log()}"
+            )
+        time.sleep(0.1)
+
+
+@dataclass
+class Service(Server):
+    """One example service running in a subprocess."""
+
+    enabled: bool = True
+
+    def get(self, path: str) -> tuple[httpx.Response, float]:
+        start = time.monotonic()
+        response = self.client.get(path)
+        return response, time.monotonic() - start
+
+    def post_lead(self, lead_id: str) -> tuple[httpx.Response, float]:
+        start = time.monotonic()
+        response = self.client.post("/api/leads", json={"id": lead_id, "name": f"lead {lead_id}"})
+        return response, time.monotonic() - start
+
+
 def start_service(
     framework: str, database_url: str, *, enabled: bool, tmp: Path, budget: float = BUDGET
 ) -> Service:
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url,
-        OUTLAST_ENABLED="1" if enabled else "0",
-        OUTLAST_BUDGET=str(budget),
-        PYTHONPATH=str(EXAMPLES) + os.pathsep + env.get("PYTHONPATH", ""),
-        PYTHONUNBUFFERED="1",
-    )
+    env = {
+        "DATABASE_URL": database_url,
+        "OUTLAST_ENABLED": "1" if enabled else "0",
+        "OUTLAST_BUDGET": str(budget),
+    }
     log_path = tmp / f"{framework}-{'on' if enabled else 'off'}-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            server_command(framework, port),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(EXAMPLES),
-        )
-    service = Service(framework, enabled, port, proc, log_path)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{framework} exited at start-up:\n{service.log()}")
-        try:
-            if service.client.get("/api/ping", timeout=2.0).status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            service.stop()
-            raise RuntimeError(f"{framework} did not start in {START_TIMEOUT}s:\n{service.log()}")
-        time.sleep(0.1)
+    proc = spawn(framework, port, env, log_path, app_dir=EXAMPLES)
+    service = Service(framework, port, proc, log_path, enabled=enabled)
+    wait_until_up(service)
+    return service
 
 
 def begin_outage(kind: str, proxy: Any, pg: Any) -> None:

@@ -17,43 +17,40 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from conftest import Server, spawn, wait_until_up
 
 from outlast.testing._postgres import free_port
 
 APPS = Path(__file__).resolve().parent / "probe_apps"
-START_TIMEOUT = 60.0
 BUDGET = 5.0
 CONCURRENT = 12
 FAST = 1.0  # a rejected request never touches the database: far below the probe's wait
 OPEN_FOR = 0.5  # the services' breaker period (probe_apps/_probe_common.py)
 
 
-@dataclass
-class ProbeService:
-    framework: str
-    port: int
-    tag: str
-    lock: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    client: httpx.Client = field(init=False)
+PROBE_APPS = {
+    "fastapi": "probe_fastapi:app",
+    "flask": "probe_flask:app",
+    "django": "probe_django.wsgi:application",
+}
 
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0)
+
+@dataclass
+class ProbeService(Server):
+    tag: str = ""
+    lock: int = 0
 
     def stats(self) -> dict[str, Any]:
         response = self.client.get("/api/stats")
@@ -61,67 +58,22 @@ class ProbeService:
         result: dict[str, Any] = response.json()
         return result
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
-
-
-def _command(framework: str, port: int) -> list[str]:
-    py = sys.executable
-    if framework == "fastapi":
-        return [
-            py, "-m", "uvicorn", "probe_fastapi:app", "--app-dir", str(APPS),
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        ]  # fmt: skip
-    target = {"flask": "probe_flask:app", "django": "probe_django.wsgi:application"}[framework]
-    return [
-        py, "-m", "gunicorn", "-k", "gthread", "--threads", "16", "-w", "1",
-        "-b", f"127.0.0.1:{port}", "--chdir", str(APPS), "--timeout", "120",
-        "--graceful-timeout", "2", "--log-level", "warning", target,
-    ]  # fmt: skip
-
 
 def _start(framework: str, database_url: str, tmp: Path) -> ProbeService:
     port = free_port()
     tag = f"outlast-probe-{uuid.uuid4().hex[:12]}"
     lock = int.from_bytes(os.urandom(4), "big")
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url,
-        PROBE_TAG=tag,
-        PROBE_LOCK=str(lock),
-        OUTLAST_BUDGET=str(BUDGET),
-        PYTHONPATH=str(APPS) + os.pathsep + env.get("PYTHONPATH", ""),
-        PYTHONUNBUFFERED="1",
-    )
+    env = {
+        "DATABASE_URL": database_url,
+        "PROBE_TAG": tag,
+        "PROBE_LOCK": str(lock),
+        "OUTLAST_BUDGET": str(BUDGET),
+    }
     log_path = tmp / f"probe-{framework}-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            _command(framework, port), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=APPS
-        )
-    service = ProbeService(framework, port, tag, lock, proc, log_path)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{framework} exited at start-up:\n{service.log()}")
-        try:
-            if service.client.get("/api/ping", timeout=2.0).status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            service.stop()
-            raise RuntimeError(f"{framework} did not start in {START_TIMEOUT}s:\n{service.log()}")
-        time.sleep(0.1)
+    proc = spawn(framework, port, env, log_path, app_dir=APPS, apps=PROBE_APPS)
+    service = ProbeService(framework, port, proc, log_path, tag=tag, lock=lock)
+    wait_until_up(service)
+    return service
 
 
 @pytest.fixture(scope="module", params=["flask", "django", "fastapi"])

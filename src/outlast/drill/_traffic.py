@@ -10,6 +10,7 @@ whole exchange (not only per socket read).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import time
@@ -230,21 +231,28 @@ class Traffic:
         self.health: list[HealthSample] = []
         self.health_supported: bool | None = None
         self._stop = asyncio.Event()
-        self._client: httpx.AsyncClient | None = None
+        self._clients: dict[str, httpx.AsyncClient] = {}
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, deadline: float) -> None:
         """Run until `stop()` or until ``clock()`` reaches ``deadline``."""
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        async with httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(self.timeout),
-            limits=limits,
-            trust_env=False,
-        ) as client:
-            self._client = client
+        # One client (connection pool) per kind of traffic, as in real life: a
+        # liveness probe or a monitor never reuses a keep-alive connection that
+        # an API request just had closed under it after a 500, so a failed
+        # ping or liveness check is the service's doing, not the drill's.
+        kinds = {spec.kind for spec in self._specs} | ({"health"} if self.health_path else set())
+        async with contextlib.AsyncExitStack() as stack:
+            for kind in sorted(kinds):
+                self._clients[kind] = await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=self.base_url,
+                        timeout=httpx.Timeout(self.timeout),
+                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                        trust_env=False,
+                    )
+                )
             tasks = [
                 asyncio.create_task(self._worker(spec, deadline))
                 for spec in self._specs
@@ -258,7 +266,7 @@ class Traffic:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                self._client = None
+                self._clients = {}
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         try:
@@ -272,7 +280,7 @@ class Traffic:
             await self._sleep_or_stop(spec.interval)
 
     async def send(self, kind: str, route: Route) -> RequestRecord:
-        client = self._client
+        client = self._clients.get(kind)
         assert client is not None, "send() runs inside run()"
         write_id: str | None = None
         body: Any = None
@@ -323,7 +331,7 @@ class Traffic:
         return rec
 
     async def _health_poller(self, deadline: float) -> None:
-        client = self._client
+        client = self._clients.get("health")
         assert client is not None and self.health_path
         while not self._stop.is_set() and self.clock() < deadline:
             at = self.clock()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -383,18 +383,17 @@ def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
     methods touches no other engine.
     """
     dialect = engine.dialect
-    commit, rollback = dialect.do_commit, dialect.do_rollback
 
-    def do_commit(dbapi_connection: PoolProxiedConnection) -> None:
-        with socket_deadline.bound(connection_fileno(dbapi_connection), statement_deadline(preset)):
-            commit(dbapi_connection)
+    def bounded(end: Callable[[PoolProxiedConnection], None]) -> Any:
+        def call(dbapi_connection: PoolProxiedConnection) -> None:
+            fileno = connection_fileno(dbapi_connection)
+            with socket_deadline.bound(fileno, statement_deadline(preset)):
+                end(dbapi_connection)
 
-    def do_rollback(dbapi_connection: PoolProxiedConnection) -> None:
-        with socket_deadline.bound(connection_fileno(dbapi_connection), statement_deadline(preset)):
-            rollback(dbapi_connection)
+        return call
 
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    dialect.do_commit = bounded(dialect.do_commit)  # type: ignore[method-assign]
+    dialect.do_rollback = bounded(dialect.do_rollback)  # type: ignore[method-assign]
 
 
 def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:

@@ -130,6 +130,9 @@ _NO_DEADLINE_PROBE_TIMEOUT = 10.0
 class _NoAnswer(Exception):
     """The status question got no answer within its timeout (says nothing of the COMMIT)."""
 
+    def __init__(self, command: _Ask) -> None:
+        super().__init__(f"no answer about transaction {command.xid} in {command.timeout:.2f}s")
+
 
 def _decide(
     guard: GuardLike,
@@ -397,7 +400,7 @@ def _ask(adapter: TransactionAdapter, command: _Ask) -> object:
     asker.start()
     asker.join(command.timeout)
     if not box:
-        return _NoAnswer(f"no answer about transaction {command.xid} in {command.timeout:.2f}s")
+        return _NoAnswer(command)
     return box[0]
 
 
@@ -478,7 +481,7 @@ async def _aask(adapter: AsyncTransactionAdapter, command: _Ask) -> object:
             return await adapter.status(command.xid, timeout=command.timeout)
     except TimeoutError as exc:
         if limit.expired():
-            return _NoAnswer(f"no answer about transaction {command.xid} in {command.timeout:.2f}s")
+            return _NoAnswer(command)
         return exc
     except Exception as exc:
         return exc

@@ -65,7 +65,7 @@ def test_core_modules_import_only_the_standard_library() -> None:
 
 
 def _docstring_tree(doc: str) -> dict[str, str | None]:
-    """``{class name: parent name}`` from the tree drawn in `outlast._errors`' docstring."""
+    """``{class name: parent name}`` from the tree drawn in the errors module's docstring."""
     lines = doc.split("::", 1)[1].splitlines()
     tree: dict[str, str | None] = {}
     stack: list[tuple[int, str]] = []  # (column of the name, name), outermost first
@@ -89,10 +89,10 @@ def _docstring_tree(doc: str) -> dict[str, str | None]:
 
 
 def test_every_exported_outlast_error_is_drawn_in_the_exception_tree() -> None:
-    import outlast._errors
+    import outlast._core.faults.errors
 
-    assert outlast._errors.__doc__ is not None
-    tree = _docstring_tree(outlast._errors.__doc__)
+    assert outlast._core.faults.errors.__doc__ is not None
+    tree = _docstring_tree(outlast._core.faults.errors.__doc__)
     assert tree["OutlastError"] is None
     exported = {
         name: obj
@@ -101,7 +101,7 @@ def test_every_exported_outlast_error_is_drawn_in_the_exception_tree() -> None:
     }
     assert "RequestBudgetExceeded" in exported  # the exports this test must cover
     for name, cls in exported.items():
-        assert name in tree, f"{name} is missing from the tree in outlast._errors"
+        assert name in tree, f"{name} is missing from the tree in outlast._core.faults.errors"
         if cls is outlast.OutlastError:
             continue
         (parent,) = [b for b in cls.__bases__ if issubclass(b, outlast.OutlastError)]

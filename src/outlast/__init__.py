@@ -7,19 +7,22 @@ library. Integrations live in public submodules (``outlast.sqlalchemy``,
 
 from __future__ import annotations
 
-from ._backoff import Backoff, Retry
-from ._breaker import Breaker
-from ._classify import classify
-from ._clock import Clock
-from ._dsn import parse_dsn
-from ._errors import (
+from outlast._core.connections.dsn import parse_dsn
+from outlast._core.connections.hardening import Hardening, preset_for
+from outlast._core.connections.wait import WaitAttempt, wait_for_database
+from outlast._core.faults.classify import classify
+from outlast._core.faults.errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
     DatabaseNotReady,
     DatabaseUnavailable,
     OutlastError,
 )
-from ._events import (
+from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.faults.redact import redact
+from outlast._core.guard.backoff import Backoff, Retry
+from outlast._core.guard.breaker import Breaker
+from outlast._core.guard.events import (
     BreakerClosed,
     BreakerHalfOpen,
     BreakerOpened,
@@ -30,16 +33,14 @@ from ._events import (
     RetryScheduled,
     log_event,
 )
-from ._fault import Fault, FaultKind
-from ._guard import Guard
-from ._hardening import Hardening, preset_for
-from ._loop import loop
-from ._redact import redact
-from ._state import DatabaseState
-from ._transaction_adapters import register_adapter
-from ._version import __version__
-from ._wait import WaitAttempt, wait_for_database
-from ._web import RequestBudgetExceeded, budget_remaining
+from outlast._core.guard.guard import Guard
+from outlast._core.guard.state import DatabaseState
+from outlast._core.supervise.loop import loop
+from outlast._core.timing.clock import Clock
+from outlast._core.transactions.adapters import register_adapter
+from outlast._core.web.mapping import RequestBudgetExceeded, budget_remaining
+
+__version__ = "0.1.0.dev0"
 
 __all__ = [
     "Backoff",

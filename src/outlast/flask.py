@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from ._health import HealthAnswer, health_paths
-from ._web import (
+from outlast._core.web.base import WebBase
+from outlast._core.web.health import HealthAnswer, health_paths
+from outlast._core.web.mapping import (
     DEFAULT_BUDGET,
     DEFAULT_HEALTH_TIMEOUT,
     NO_ROUTE,
@@ -65,10 +66,9 @@ from ._web import (
     record_success,
     rollback,
 )
-from ._web_base import WebBase
 
 if TYPE_CHECKING:
-    from ._guard import Guard
+    from outlast._core.guard.guard import Guard
 
 __all__ = [
     "Outlast",

@@ -54,8 +54,9 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import CommitOutcomeUnknown, DatabaseUnavailable
-from ._health import (
+from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
+from outlast._core.web.base import WebBase
+from outlast._core.web.health import (
     HealthAnswer,
     async_engine_ping,
     health_answer,
@@ -63,7 +64,7 @@ from ._health import (
     health_db_async,
     health_paths,
 )
-from ._web import (
+from outlast._core.web.mapping import (
     DEFAULT_BUDGET,
     DEFAULT_HEALTH_TIMEOUT,
     NO_ROUTE,
@@ -80,11 +81,10 @@ from ._web import (
     no_db,
     record_success,
 )
-from ._web_base import WebBase
 
 if TYPE_CHECKING:
-    from ._admission import Admission
-    from ._guard import Guard
+    from outlast._core.guard.admission import Admission
+    from outlast._core.guard.guard import Guard
 
 __all__ = [
     "Outlast",
@@ -145,7 +145,7 @@ class Outlast(WebBase):
             record_faults=record_faults,
         )
         if guard is None:
-            from ._guard import Guard
+            from outlast._core.guard.guard import Guard
 
             self.guard = Guard(name)
         self.routes: Sequence[Any] = ()

@@ -16,9 +16,8 @@ Standard library only: this module lives in the core.
 
 from __future__ import annotations
 
-from ._asupervisor import AsyncSupervisor, AsyncTaskContext
-from ._loop import AsyncLoop, Loop, loop
-from ._supervise_task import (
+from outlast._core.supervise.loop import AsyncLoop, Loop, loop
+from outlast._core.supervise.record import (
     DEFAULT_BACKOFF,
     OnFailure,
     RestartPolicy,
@@ -28,7 +27,8 @@ from ._supervise_task import (
     beat,
     current,
 )
-from ._supervisor import Supervisor, ThreadTaskContext
+from outlast._core.supervise.tasks import AsyncSupervisor, AsyncTaskContext
+from outlast._core.supervise.threads import Supervisor, ThreadTaskContext
 
 __all__ = [
     "DEFAULT_BACKOFF",

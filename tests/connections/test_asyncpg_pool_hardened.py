@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 import outlast
-from outlast._hardening import PRESETS
+from outlast._core.connections.hardening import PRESETS
 from outlast.asyncpg import HardenedConnection, connect, connect_kwargs, create_pool
 
 SLACK = 1.5

@@ -1,4 +1,4 @@
-"""Pure logic of outlast._hardening: presets, libpq parameters, session setup, deadlines."""
+"""Pure logic of the connection hardening: presets, libpq parameters, session setup, deadlines."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from datetime import timedelta
 import pytest
 
 import outlast
-from outlast._deadline import SocketDeadline
-from outlast._hardening import (
+from outlast._core.connections.hardening import (
     PRESETS,
     Hardening,
     check_startup_options,
@@ -24,6 +23,7 @@ from outlast._hardening import (
     session_setup_sql,
     without_settings,
 )
+from outlast._core.connections.socket_deadline import SocketDeadline
 
 NEON_POOLER = "postgresql://app:s3cret-pw@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/db"
 NEON_DIRECT = "postgresql://app:s3cret-pw@ep-cool-darkness-123456.us-east-2.aws.neon.tech/db"

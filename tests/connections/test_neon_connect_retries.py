@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 import outlast
-from outlast._connect_retry import CONNECT_BACKOFF, next_delay
-from outlast._hardening import PRESETS, Hardening
+from outlast._core.connections.connect_retry import CONNECT_BACKOFF, next_delay
+from outlast._core.connections.hardening import PRESETS, Hardening
 from outlast.asyncpg import create_pool
 from outlast.psycopg import AsyncConnectionPool, ConnectionPool
 from outlast.psycopg import connect as psycopg_connect

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from outlast._hardening import PRESETS, preset_for
+from outlast._core.connections.hardening import PRESETS, preset_for
 from outlast.asyncpg import connect_kwargs as asyncpg_kwargs
 from outlast.asyncpg import create_pool
 from outlast.psycopg import AsyncConnectionPool, ConnectionPool

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from outlast._hardening import PRESETS
+from outlast._core.connections.hardening import PRESETS
 from outlast.asyncpg import connect as asyncpg_connect
 from outlast.psycopg import ConnectionPool
 from outlast.psycopg2 import connect as psycopg2_connect

@@ -14,7 +14,7 @@ import pytest
 from conn_kit import Hang
 
 import outlast
-from outlast._hardening import PRESETS
+from outlast._core.connections.hardening import PRESETS
 from outlast.psycopg2 import ConnectionPool, HardenedConnection, PoolTimeout, connect
 
 

@@ -12,8 +12,8 @@ import pytest
 from conn_kit import restart_under_traffic
 
 import outlast
-from outlast._hardening import PRESETS
-from outlast._web import RequestBudget
+from outlast._core.connections.hardening import PRESETS
+from outlast._core.web.mapping import RequestBudget
 from outlast.psycopg import (
     AsyncConnectionPool,
     ConnectionPool,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from conn_kit import restart_under_traffic
 
 import outlast
-from outlast._hardening import PRESETS
+from outlast._core.connections.hardening import PRESETS
 from outlast.sqlalchemy import create_async_engine, create_engine, hardening_of, install
 
 SELECT_1 = sa.text("SELECT 1")

@@ -7,8 +7,8 @@ import pytest
 
 import outlast
 from outlast import ConfigurationError
-from outlast._dsn import make_dsn, parse_conninfo, parse_dsn, redact_dsn
-from outlast._redact import LIBPQ_KEYWORDS
+from outlast._core.connections.dsn import make_dsn, parse_conninfo, parse_dsn, redact_dsn
+from outlast._core.faults.redact import LIBPQ_KEYWORDS
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from tx_fakes import AsyncFakeAdapter, FakeAdapter, Lost, make_guard
 
 import outlast
-from outlast._transaction_adapters import StatusReply
+from outlast._core.transactions.adapters import StatusReply
 
 COMMITTED = StatusReply("committed", "boot-1")
 

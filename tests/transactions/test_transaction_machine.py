@@ -13,8 +13,8 @@ import pytest
 from tx_fakes import AsyncFakeAdapter, Bug, Conflict, FakeAdapter, Lost, make_guard
 
 import outlast
-from outlast._transaction import arun_transaction, run_transaction
-from outlast._transaction_adapters import StatusReply
+from outlast._core.transactions.adapters import StatusReply
+from outlast._core.transactions.machine import arun_transaction, run_transaction
 
 COMMITTED = StatusReply("committed", "boot-1")
 ABORTED = StatusReply("aborted", "boot-1")

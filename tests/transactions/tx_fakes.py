@@ -8,7 +8,7 @@ from typing import Any
 
 import outlast
 from outlast import Backoff, Fault, FaultKind, Retry
-from outlast._transaction_adapters import StatusReply
+from outlast._core.transactions.adapters import StatusReply
 from outlast.testing import ManualClock
 
 

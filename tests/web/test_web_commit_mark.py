@@ -18,8 +18,8 @@ import pytest
 
 import outlast
 from outlast import Backoff, Fault, FaultKind, Retry, _web
-from outlast._transaction import arun_transaction, run_transaction
-from outlast._transaction_adapters import StatusReply
+from outlast._core.transactions.adapters import StatusReply
+from outlast._core.transactions.machine import arun_transaction, run_transaction
 from outlast.testing import ManualClock
 
 

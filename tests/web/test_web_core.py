@@ -12,7 +12,7 @@ import pytest
 
 import outlast
 from outlast import _health, _web
-from outlast._fault import Fault, FaultKind
+from outlast._core.faults.fault import Fault, FaultKind
 
 
 def _fault(kind: FaultKind, reason: str = "x", message: str = "boom") -> Fault:
@@ -320,7 +320,7 @@ def test_readiness_shows_a_real_supervisors_tasks() -> None:
 
 
 def test_web_transaction_passes_the_rest_of_the_budget_minus_the_reserve() -> None:
-    from outlast._web_base import WebBase
+    from outlast._core.web.base import WebBase
     from outlast.starlette import Outlast
 
     seen: list[tuple[str, object, float | None]] = []
@@ -357,7 +357,7 @@ def test_web_transaction_passes_the_rest_of_the_budget_minus_the_reserve() -> No
 
 
 def test_web_transaction_with_no_budget_left_is_a_503_before_anything_runs() -> None:
-    from outlast._web_base import WebBase
+    from outlast._core.web.base import WebBase
 
     ran: list[int] = []
     web = WebBase(guard=outlast.Guard("tx-budget-unit", listeners=()), budget=0.01)

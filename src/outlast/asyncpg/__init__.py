@@ -14,7 +14,13 @@ See the README section "Hardened connections" for every default and why.
 
 from __future__ import annotations
 
-from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
-from ._pool import MAX_QUERIES, HardenedConnection, connect, connect_kwargs, create_pool
+from outlast.asyncpg import _transaction  # noqa: F401  (registers Guard.transaction adapters)
+from outlast.asyncpg._pool import (
+    MAX_QUERIES,
+    HardenedConnection,
+    connect,
+    connect_kwargs,
+    create_pool,
+)
 
 __all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "create_pool"]

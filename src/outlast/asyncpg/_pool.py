@@ -12,7 +12,7 @@ and `connect` fix that:
 - pooler presets pass ``statement_cache_size=0``: no named prepared
   statements, which a transaction pooler cannot keep track of;
 - connect retries where the preset asks for them (``neon``): a login refused
-  while a compute wakes up is tried again (`outlast._connect_retry`);
+  while a compute wakes up is tried again (`outlast._core.connections.connect_retry`);
 - keepalives and ``TCP_USER_TIMEOUT`` are set on the socket right after
   connecting (asyncpg exposes no option for them): we reach the socket through
   the connection's asyncio transport, ``transport.get_extra_info("socket")``;
@@ -46,11 +46,9 @@ from typing import Any
 
 import asyncpg
 
-from outlast._connect_retry import aretry_connect
-from outlast._deadline import connection_fileno, socket_deadline, transport_socket
-from outlast._dsn import parse_dsn
-from outlast._errors import ConfigurationError
-from outlast._hardening import (
+from outlast._core.connections.connect_retry import aretry_connect
+from outlast._core.connections.dsn import parse_dsn
+from outlast._core.connections.hardening import (
     FaultReporter,
     Hardening,
     apply_socket_options,
@@ -60,6 +58,12 @@ from outlast._hardening import (
     report_fault,
     session_setup_sql,
 )
+from outlast._core.connections.socket_deadline import (
+    connection_fileno,
+    socket_deadline,
+    transport_socket,
+)
+from outlast._core.faults.errors import ConfigurationError
 
 __all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "create_pool"]
 

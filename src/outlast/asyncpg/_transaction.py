@@ -15,7 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from outlast._transaction_adapters import MARKER_SQL, StatusReply, register_adapter, status_sql
+from outlast._core.transactions.adapters import (
+    MARKER_SQL,
+    StatusReply,
+    register_adapter,
+    status_sql,
+)
 
 __all__ = ["AsyncpgAdapter"]
 

@@ -12,11 +12,11 @@ and nothing else of outlast.
 
 from __future__ import annotations
 
-from ._address import parse_address
-from ._admin import AdminServer
-from ._client import AdminClient, AdminError
-from ._faults import FAULT_KINDS, LOGIN_PRESETS, FaultSpec, LoginError
-from ._proxy import Proxy
+from outlast.chaos._address import parse_address
+from outlast.chaos._admin import AdminServer
+from outlast.chaos._client import AdminClient, AdminError
+from outlast.chaos._faults import FAULT_KINDS, LOGIN_PRESETS, FaultSpec, LoginError
+from outlast.chaos._proxy import Proxy
 
 __all__ = [
     "FAULT_KINDS",

@@ -33,8 +33,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ._address import Address, parse_address
-from ._proxy import Proxy
+from outlast.chaos._address import Address, parse_address
+from outlast.chaos._proxy import Proxy
 
 __all__ = ["AdminServer"]
 

@@ -13,8 +13,8 @@ import asyncio
 import random
 from collections import deque
 
-from ._faults import FaultSpec
-from ._sides import C2S, S2C
+from outlast.chaos._faults import FaultSpec
+from outlast.chaos._sides import C2S, S2C
 
 __all__ = ["DIR_NAMES", "Delivery"]
 

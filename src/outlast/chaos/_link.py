@@ -19,20 +19,20 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._delivery import Delivery
-from ._faults import TERMINATE_ERROR, FaultSpec
-from ._logins import login_parameters
-from ._protocol import (
+from outlast.chaos._delivery import Delivery
+from outlast.chaos._faults import TERMINATE_ERROR, FaultSpec
+from outlast.chaos._logins import login_parameters
+from outlast.chaos._protocol import (
     MessageTracker,
     ProtocolViolation,
     error_response,
     parse_startup_packet,
     query_text,
 )
-from ._sides import C2S, S2C, UpstreamSide, abort_with_rst, nodelay
+from outlast.chaos._sides import C2S, S2C, UpstreamSide, abort_with_rst, nodelay
 
 if TYPE_CHECKING:
-    from ._proxy import Proxy
+    from outlast.chaos._proxy import Proxy
 
 __all__ = ["Link"]
 

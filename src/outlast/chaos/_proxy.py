@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._address import Address, new_event_loop, parse_address
-from ._faults import FaultSpec, make_spec
-from ._link import Link
-from ._logins import LoginLog
-from ._sides import ClientSide, abort_with_rst
+from outlast.chaos._address import Address, new_event_loop, parse_address
+from outlast.chaos._faults import FaultSpec, make_spec
+from outlast.chaos._link import Link
+from outlast.chaos._logins import LoginLog
+from outlast.chaos._sides import ClientSide, abort_with_rst
 
 __all__ = ["Proxy"]
 

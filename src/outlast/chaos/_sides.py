@@ -13,7 +13,7 @@ import struct
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    from ._link import Link
+    from outlast.chaos._link import Link
 
 __all__ = ["C2S", "S2C", "ClientSide", "UpstreamSide", "abort_with_rst", "nodelay"]
 

@@ -49,7 +49,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._settings import (
+from outlast.demo._settings import (
     CREATE_WRITES_INDEX,
     CREATE_WRITES_TABLE,
     attempt_reserve,

@@ -12,10 +12,11 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
-from outlast._deadline import connection_fileno, socket_deadline
-from outlast._errors import ConfigurationError, DatabaseUnavailable
-from outlast._health import HealthAnswer
-from outlast._web import (
+from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
+from outlast._core.faults.errors import ConfigurationError, DatabaseUnavailable
+from outlast._core.web.base import WebBase
+from outlast._core.web.health import HealthAnswer
+from outlast._core.web.mapping import (
     DEFAULT_BUDGET,
     DEFAULT_HEALTH_TIMEOUT,
     Mapped,
@@ -24,7 +25,6 @@ from outlast._web import (
     budget_remaining,
     record_success,
 )
-from outlast._web_base import WebBase
 
 __all__ = ["OutlastMiddleware", "Runtime", "runtime"]
 
@@ -68,7 +68,7 @@ class Runtime(WebBase):
         )
         guard = _load(options.get("GUARD"))
         if guard is None:
-            from outlast._guard import Guard
+            from outlast._core.guard.guard import Guard
 
             guard = Guard(str(options.get("DATABASE", "default")))
         self.guard = guard

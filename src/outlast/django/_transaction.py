@@ -35,10 +35,15 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.connection import ConnectionProxy
 
-from outlast._deadline import connection_fileno, socket_deadline
-from outlast._errors import ConfigurationError
-from outlast._transaction_adapters import MARKER_SQL, StatusReply, register_adapter, status_sql
-from outlast._web_budget import budget_exceeded, budget_remaining
+from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
+from outlast._core.faults.errors import ConfigurationError
+from outlast._core.timing.budget import budget_exceeded, budget_remaining
+from outlast._core.transactions.adapters import (
+    MARKER_SQL,
+    StatusReply,
+    register_adapter,
+    status_sql,
+)
 
 __all__ = ["DjangoAdapter"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .views import health_db, health_live, health_ready
+from outlast.django.views import health_db, health_live, health_ready
 
 app_name = "outlast"
 

@@ -11,11 +11,11 @@ Tool layer: needs the ``demo`` extra (httpx, rich).
 
 from __future__ import annotations
 
-from ._checks import CHECK_TITLES, Check, ScenarioResult, evaluate
-from ._ledger import Ledger, LedgerResult, extract_ids, write_outcome
-from ._report import render_html, write_report
-from ._runner import DrillConfig, DrillResult, DrillRun, run_drill
-from ._scenarios import (
+from outlast.drill._checks import CHECK_TITLES, Check, ScenarioResult, evaluate
+from outlast.drill._ledger import Ledger, LedgerResult, extract_ids, write_outcome
+from outlast.drill._report import render_html, write_report
+from outlast.drill._runner import DrillConfig, DrillResult, DrillRun, run_drill
+from outlast.drill._scenarios import (
     BUILTIN_SCENARIOS,
     FaultWindow,
     Injector,
@@ -25,7 +25,7 @@ from ._scenarios import (
     load_scenarios,
     resolve,
 )
-from ._traffic import RequestRecord, Route, Traffic, background_status
+from outlast.drill._traffic import RequestRecord, Route, Traffic, background_status
 
 __all__ = [
     "BUILTIN_SCENARIOS",

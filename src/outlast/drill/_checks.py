@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._ledger import LedgerResult
-from ._scenarios import FaultWindow
-from ._traffic import HealthSample, RequestRecord
+from outlast.drill._ledger import LedgerResult
+from outlast.drill._scenarios import FaultWindow
+from outlast.drill._traffic import HealthSample, RequestRecord
 
 __all__ = ["CHECK_TITLES", "Check", "ScenarioResult", "evaluate"]
 

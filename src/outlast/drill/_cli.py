@@ -17,11 +17,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._checks import CHECK_TITLES
-from ._report import write_report
-from ._runner import DrillConfig, DrillResult, DrillRun
-from ._scenarios import BUILTIN_SCENARIOS, Injector, load_scenarios, resolve
-from ._traffic import Route
+from outlast.drill._checks import CHECK_TITLES
+from outlast.drill._report import write_report
+from outlast.drill._runner import DrillConfig, DrillResult, DrillRun
+from outlast.drill._scenarios import BUILTIN_SCENARIOS, Injector, load_scenarios, resolve
+from outlast.drill._traffic import Route
 
 __all__ = [
     "DEFAULT_SCENARIOS",

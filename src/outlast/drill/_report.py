@@ -10,8 +10,8 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ._checks import CHECK_TITLES, ScenarioResult
-from ._runner import DrillResult
+from outlast.drill._checks import CHECK_TITLES, ScenarioResult
+from outlast.drill._runner import DrillResult
 
 __all__ = ["render_html", "write_report"]
 

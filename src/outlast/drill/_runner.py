@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 
-from ._checks import ScenarioResult, evaluate
-from ._ledger import Ledger, LedgerResult, read_back
-from ._scenarios import FaultWindow, Injector, Scenario, play
-from ._traffic import HealthSample, RequestRecord, Route, Traffic
+from outlast.drill._checks import ScenarioResult, evaluate
+from outlast.drill._ledger import Ledger, LedgerResult, read_back
+from outlast.drill._scenarios import FaultWindow, Injector, Scenario, play
+from outlast.drill._traffic import HealthSample, RequestRecord, Route, Traffic
 
 __all__ = ["DrillConfig", "DrillResult", "DrillRun", "run_drill"]
 

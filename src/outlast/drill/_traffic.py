@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._ledger import Ledger
+from outlast.drill._ledger import Ledger
 
 __all__ = [
     "OUTCOMES",

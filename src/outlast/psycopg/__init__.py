@@ -15,8 +15,8 @@ See the README section "Hardened connections" for every default and why.
 
 from __future__ import annotations
 
-from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
-from ._pool import (
+from outlast.psycopg import _transaction  # noqa: F401  (registers Guard.transaction adapters)
+from outlast.psycopg._pool import (
     AsyncConnectionPool,
     AsyncHardenedConnection,
     ConnectionPool,

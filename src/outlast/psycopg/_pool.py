@@ -9,7 +9,7 @@ The factories return the driver's own objects (`psycopg.Connection`,
   statements) for pooler presets; values in the caller's conninfo or
   ``kwargs`` win;
 - connect retries where the preset asks for them (``neon``): a login refused
-  while a compute wakes up is tried again (`outlast._connect_retry`), for
+  while a compute wakes up is tried again (`outlast._core.connections.connect_retry`), for
   single connections and inside the pool's own connect;
 - the connections are `HardenedConnection` / `AsyncHardenedConnection`
   (subclasses of the caller's ``connection_class``): every network wait of a
@@ -42,10 +42,9 @@ import psycopg_pool
 from psycopg.abc import RV, PQGen
 from psycopg.rows import Row
 
-from outlast._connect_retry import aretry_connect, retry_connect
-from outlast._deadline import socket_deadline
-from outlast._dsn import parse_dsn
-from outlast._hardening import (
+from outlast._core.connections.connect_retry import aretry_connect, retry_connect
+from outlast._core.connections.dsn import parse_dsn
+from outlast._core.connections.hardening import (
     FaultReporter,
     Hardening,
     libpq_connect_kwargs,
@@ -54,6 +53,7 @@ from outlast._hardening import (
     session_setup_sql,
     statement_deadline,
 )
+from outlast._core.connections.socket_deadline import socket_deadline
 
 __all__ = [
     "AsyncConnectionPool",

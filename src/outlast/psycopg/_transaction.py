@@ -19,7 +19,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from outlast._transaction_adapters import MARKER_SQL, StatusReply, register_adapter, status_sql
+from outlast._core.transactions.adapters import (
+    MARKER_SQL,
+    StatusReply,
+    register_adapter,
+    status_sql,
+)
 
 __all__ = ["AsyncPsycopgAdapter", "PsycopgAdapter"]
 

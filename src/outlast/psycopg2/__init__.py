@@ -15,11 +15,16 @@ See the README section "Hardened connections" for every default and why.
 
 from __future__ import annotations
 
-from outlast._transaction_adapters import register_adapter
-
-from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
-from ._pool import ConnectionPool, HardenedConnection, PoolTimeout, connect, connect_kwargs
-from ._transaction import Psycopg2Adapter
+from outlast._core.transactions.adapters import register_adapter
+from outlast.psycopg2 import _transaction  # noqa: F401  (registers Guard.transaction adapters)
+from outlast.psycopg2._pool import (
+    ConnectionPool,
+    HardenedConnection,
+    PoolTimeout,
+    connect,
+    connect_kwargs,
+)
+from outlast.psycopg2._transaction import Psycopg2Adapter
 
 # Guard.transaction(pool) knows psycopg2's own pools; teach it ours too.
 register_adapter(lambda source: isinstance(source, ConnectionPool), Psycopg2Adapter)

@@ -41,11 +41,9 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
-from outlast._connect_retry import retry_connect
-from outlast._deadline import socket_deadline
-from outlast._dsn import parse_dsn
-from outlast._errors import ConfigurationError
-from outlast._hardening import (
+from outlast._core.connections.connect_retry import retry_connect
+from outlast._core.connections.dsn import parse_dsn
+from outlast._core.connections.hardening import (
     FaultReporter,
     Hardening,
     jittered_lifetime,
@@ -55,6 +53,8 @@ from outlast._hardening import (
     session_setup_sql,
     statement_deadline,
 )
+from outlast._core.connections.socket_deadline import socket_deadline
+from outlast._core.faults.errors import ConfigurationError
 
 __all__ = ["ConnectionPool", "HardenedConnection", "PoolTimeout", "connect", "connect_kwargs"]
 

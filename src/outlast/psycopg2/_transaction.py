@@ -15,7 +15,12 @@ from typing import Any
 import psycopg2
 from psycopg2.pool import AbstractConnectionPool
 
-from outlast._transaction_adapters import MARKER_SQL, StatusReply, register_adapter, status_sql
+from outlast._core.transactions.adapters import (
+    MARKER_SQL,
+    StatusReply,
+    register_adapter,
+    status_sql,
+)
 
 __all__ = ["Psycopg2Adapter"]
 

@@ -13,10 +13,9 @@ See the README section "Hardened connections" for every default and why.
 
 from __future__ import annotations
 
-from outlast._hardening import PRESETS, Hardening, preset_for
-
-from . import _transaction  # noqa: F401  (registers Guard.transaction adapters)
-from ._engine import create_async_engine, create_engine, hardening_of, install
+from outlast._core.connections.hardening import PRESETS, Hardening, preset_for
+from outlast.sqlalchemy import _transaction  # noqa: F401  (registers Guard.transaction adapters)
+from outlast.sqlalchemy._engine import create_async_engine, create_engine, hardening_of, install
 
 __all__ = [
     "PRESETS",

@@ -47,9 +47,8 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 import outlast
-from outlast._connect_retry import retry_connect
-from outlast._deadline import connection_fileno, socket_deadline, transport_socket
-from outlast._hardening import (
+from outlast._core.connections.connect_retry import retry_connect
+from outlast._core.connections.hardening import (
     FaultReporter,
     Hardening,
     apply_socket_options,
@@ -60,6 +59,11 @@ from outlast._hardening import (
     report_fault,
     session_setup_sql,
     statement_deadline,
+)
+from outlast._core.connections.socket_deadline import (
+    connection_fileno,
+    socket_deadline,
+    transport_socket,
 )
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]

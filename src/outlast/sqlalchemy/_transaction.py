@@ -17,7 +17,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from outlast._transaction_adapters import MARKER_SQL, StatusReply, register_adapter, status_sql
+from outlast._core.transactions.adapters import (
+    MARKER_SQL,
+    StatusReply,
+    register_adapter,
+    status_sql,
+)
 
 __all__ = [
     "AsyncEngineAdapter",

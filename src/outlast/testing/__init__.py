@@ -14,9 +14,8 @@ This package does not import pytest; only the plugin module does.
 
 from __future__ import annotations
 
-from outlast._clock import ManualClock, no_waits, waits_disabled
-
-from ._postgres import EmbeddedPostgres, PostgresError, free_port
+from outlast._core.timing.clock import ManualClock, no_waits, waits_disabled
+from outlast.testing._postgres import EmbeddedPostgres, PostgresError, free_port
 
 __all__ = [
     "EmbeddedPostgres",

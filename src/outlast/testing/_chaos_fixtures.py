@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 from outlast.chaos import Proxy
-
-from ._postgres import EmbeddedPostgres
+from outlast.testing._postgres import EmbeddedPostgres
 
 __all__ = ["ProxiedServer", "db_outage", "pg_proxy", "pg_proxy_session"]
 

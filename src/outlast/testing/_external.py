@@ -12,9 +12,8 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from outlast._dsn import make_dsn, parse_dsn
-
-from ._postgres import PostgresError, _bin_dir, _ident
+from outlast._core.connections.dsn import make_dsn, parse_dsn
+from outlast.testing._postgres import PostgresError, _bin_dir, _ident
 
 __all__ = ["ExternalPostgres"]
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from ._chaos_fixtures import db_outage, pg_proxy, pg_proxy_session  # noqa: F401
-from ._external import ExternalPostgres
-from ._postgres import EmbeddedPostgres
+from outlast.testing._chaos_fixtures import db_outage, pg_proxy, pg_proxy_session  # noqa: F401
+from outlast.testing._external import ExternalPostgres
+from outlast.testing._postgres import EmbeddedPostgres
 
 __all__ = ["PgDatabase"]
 

@@ -1,0 +1,461 @@
+"""The Guard's machinery: state, breaker transitions and retry decisions.
+
+`GuardBase` holds everything that is neither sync nor async: admission
+(`_admit`), what a failed try means (`_failed`: count it, decide to sleep or
+give up), what a healthy answer means (`_succeeded`), reporting from outside a
+call, and introspection. `outlast.Guard` (in `_guard`) adds the calling
+surface: thin sync and async loops that only differ in ``await``.
+
+Concurrency: one small `threading.Lock` guards the breaker and state
+transitions. Methods named ``*_locked`` run under it and only append events;
+events are delivered after the lock is released. No user code, listener,
+sleep or await ever runs while it is held.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+
+from outlast._core.faults.classify import CONFIG_REASONS
+from outlast._core.faults.errors import DatabaseUnavailable, fast_unavailable
+from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.timing.clock import SYSTEM_CLOCK, Clock
+
+from .backoff import Retry
+from .breaker import CLOSED, OPEN, REJECT, Breaker, BreakerCore
+from .events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerOpened,
+    DatabaseDown,
+    DatabaseRecovered,
+    Event,
+    Listener,
+    RetryGaveUp,
+    RetryScheduled,
+    emit,
+    log_event,
+)
+from .state import DatabaseState, StateTracker
+
+__all__ = ["ADMITTED", "OPEN_MESSAGE", "Classifier", "GuardBase", "Run", "op_name"]
+
+OPEN_MESSAGE = "database unavailable: circuit breaker open"
+
+Classifier = Callable[[BaseException], Fault | None]
+
+logger = logging.getLogger("outlast")
+_random = random.random
+
+# The Guard whose slow path (breaker not plainly closed) is running user code in
+# this thread or task, or the `Admission` (see `_admission`) of a probe that
+# runs outside `call` (a web request). Hooks inside that code (a pool's
+# checkout calling `check()`) must not turn away the very call -- often the
+# half-open probe -- that the Guard already admitted. Set only on the slow
+# path, so the success path pays nothing.
+ADMITTED: ContextVar[object | None] = ContextVar("outlast_admitted", default=None)
+
+# Attribute put on an exception that `record_failure` already counted, so the
+# Guard does not count it a second time when the same error reaches `call`.
+_RECORDED = "_outlast_recorded_by"
+
+
+def _mark_recorded(exc: BaseException, guard: object) -> None:
+    try:
+        setattr(exc, _RECORDED, guard)
+    except (AttributeError, TypeError):  # exceptions with __slots__ or read-only
+        pass
+
+
+def _recorded_by(exc: BaseException, guard: object) -> bool:
+    """Was `exc` (or the driver error it wraps) already counted by `guard`?"""
+    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if candidate is not None and getattr(candidate, _RECORDED, None) is guard:
+            return True
+    return False
+
+
+_UNAVAILABLE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY})
+
+
+def op_name(fn: object, op: str | None) -> str:
+    """The name of an operation in events and logs: `op`, else the function's qualified name."""
+    if op is not None:
+        return op
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+class Run:
+    """Per-call retry bookkeeping; exists only once something went wrong."""
+
+    __slots__ = ("deadline", "failed", "first_failure", "idempotent", "last_exc", "op", "start")
+
+    def __init__(
+        self, op: str, idempotent: bool, deadline: float | None, start: float | None
+    ) -> None:
+        self.op = op
+        self.idempotent = idempotent
+        self.deadline = deadline  # per-call budget, counted from `start`
+        self.start = start
+        self.failed = 0
+        self.first_failure: float | None = None
+        self.last_exc: BaseException | None = None
+
+
+class GuardBase:
+    """The state and decisions of `outlast.Guard`, which adds the calling methods.
+
+    The options and their defaults are described on `outlast.Guard`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_calls",
+        "_classifier",
+        "_clock",
+        "_core",
+        "_fast",
+        "_first_opened",
+        "_listeners",
+        "_lock",
+        "_mark_calls",
+        "_mark_time",
+        "_reject_until",
+        "_tracker",
+        "breaker",
+        "name",
+        "retry",
+    )
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        retry: Retry | None = None,
+        breaker: Breaker | None = None,
+        listeners: Iterable[Listener] | None = None,
+        classifier: Classifier | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValueError(f"retry must be an outlast.Retry, got {retry!r}")
+        if breaker is not None and not isinstance(breaker, Breaker):
+            raise ValueError(f"breaker must be an outlast.Breaker, got {breaker!r}")
+        if classifier is None:
+            from outlast._core.faults.classify import classify
+
+            classifier = classify
+        elif not callable(classifier):
+            raise ValueError(f"classifier must be callable, got {classifier!r}")
+        self.name = name
+        self.retry = retry if retry is not None else Retry()
+        self.breaker = breaker if breaker is not None else Breaker()
+        self._classifier = classifier
+        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._listeners: tuple[Listener, ...] = (
+            (log_event,) if listeners is None else tuple(listeners)
+        )
+        self._lock = threading.Lock()
+        self._core = BreakerCore(self.breaker)
+        self._tracker = StateTracker()
+        self._fast = True
+        self._calls = 0
+        self._mark_calls = 0
+        self._mark_time = self._clock.monotonic()
+        self._reject_until = -1.0
+        self._first_opened = 0.0
+
+    def __repr__(self) -> str:
+        return f"<outlast.Guard {self.name!r} breaker={self.breaker_state}>"
+
+    # -- reporting from outside call() ------------------------------------------
+
+    def check(self) -> None:
+        """Raise `DatabaseUnavailable` at once if the breaker would reject a call now."""
+        if self._fast or self._admitted():
+            return
+        now = self._clock.monotonic()
+        if now < self._reject_until:
+            raise self._rejection(self._reject_until - now)
+        with self._lock:
+            if self._core.would_admit(now):
+                return
+            retry_after = self._core.retry_after(now)
+        raise self._rejection(retry_after)
+
+    def record_failure(self, exc: BaseException, *, op: str | None = None) -> Fault | None:
+        """Classify `exc` seen outside `call` (e.g. a pool's failed connect) and report it.
+
+        Returns the `Fault`, or None when `exc` is not a database error.
+        """
+        fault = self._classify(exc)
+        if fault is None or _recorded_by(exc, self):
+            return fault
+        _mark_recorded(exc, self)
+        events: list[Event] = []
+        now, wall = self._clock.monotonic(), self._clock.time()
+        with self._lock:
+            if self.breaker.counts(fault):
+                self._failure_locked(fault, op, now, wall, events)
+            elif fault.reason not in CONFIG_REASONS:
+                self._success_locked(op, now, wall, events)
+            self._refresh_locked(now)
+        self._emit(events)
+        return fault
+
+    def record_success(self, *, op: str | None = None) -> None:
+        """Report a healthy answer seen outside `call` (e.g. a pool's successful check)."""
+        if self._fast:
+            return
+        self._succeeded(op, 0)
+
+    # -- introspection ------------------------------------------------------------
+
+    @property
+    def state(self) -> DatabaseState:
+        """An immutable snapshot of what this Guard knows about its database."""
+        now = self._clock.monotonic()
+        with self._lock:
+            return self._tracker.snapshot(now, self._core.current_state(now))
+
+    @property
+    def breaker_state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``."""
+        if self._fast:
+            return CLOSED
+        now = self._clock.monotonic()
+        with self._lock:
+            return self._core.current_state(now)
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the breaker would admit a probe (0 when it admits calls now)."""
+        if self._fast:
+            return 0.0
+        now = self._clock.monotonic()
+        with self._lock:
+            return self._core.retry_after(now)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Also deliver events to `listener` (called outside every lock)."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop delivering events to `listener` (ValueError if it was not added)."""
+        with self._lock:
+            listeners = list(self._listeners)
+            listeners.remove(listener)
+            self._listeners = tuple(listeners)
+
+    def _classify(self, exc: BaseException) -> Fault | None:
+        try:
+            return self._classifier(exc)
+        except Exception as error:
+            # Never log the driver exception's text: it may hold a DSN or parameters.
+            logger.error(
+                "[CLASSIFY_ERROR] guard=%s classifier raised %s on %s",
+                self.name,
+                type(error).__name__,
+                type(exc).__name__,
+                extra={"outlast_event": "classify_error", "guard": self.name},
+            )
+            return None
+
+    def _admitted(self) -> bool:
+        """Is this thread or task inside work this Guard admitted (a call, a live probe)?"""
+        holder = ADMITTED.get()
+        return holder is self or getattr(holder, "_holder", None) is self
+
+    def _rejection(
+        self, retry_after: float, cause: BaseException | None = None
+    ) -> DatabaseUnavailable:
+        error = fast_unavailable(OPEN_MESSAGE, retry_after, self._tracker.last_fault, self.name)
+        if cause is not None:
+            error.__cause__ = cause
+        return error
+
+    def _admit(self, run: Run) -> int:
+        """0 to proceed, a probe token to proceed as the probe; raises when open."""
+        if self._fast:
+            return 0
+        now = self._clock.monotonic()
+        if now < self._reject_until:
+            raise self._rejection(self._reject_until - now, run.last_exc)
+        if getattr(ADMITTED.get(), "_holder", None) is self:
+            # Inside work admitted with `admit()` (a web request that is the
+            # probe): its calls are part of the probe and take no slot of their own.
+            return 0
+        with self._lock:
+            token = self._core.admit(now)
+            if token == REJECT:
+                retry_after = self._core.retry_after(now)
+            listeners = self._listeners
+        if token == REJECT:
+            raise self._rejection(retry_after, run.last_exc)
+        if token > 0:
+            emit(listeners, BreakerHalfOpen(guard=self.name, op=run.op, at=self._clock.time()))
+        return token
+
+    def _release(self, token: int) -> None:
+        if token > 0:
+            with self._lock:
+                self._core.release(token)
+
+    def _succeeded(self, op: str | None, token: int) -> None:
+        if token == 0 and self._fast:
+            return
+        events: list[Event] = []
+        now, wall = self._clock.monotonic(), self._clock.time()
+        with self._lock:
+            self._success_locked(op, now, wall, events)
+            self._core.release(token)
+            self._refresh_locked(now)
+        if events:
+            self._emit(events)
+
+    def _failed(self, run: Run, exc: Exception, fault: Fault, token: int) -> float:
+        """Record a failed try; return the sleep before the next one, or raise."""
+        now, wall = self._clock.monotonic(), self._clock.time()
+        run.failed += 1
+        run.last_exc = exc
+        if run.first_failure is None:
+            run.first_failure = now
+        events: list[Event] = []
+        counted = self.breaker.counts(fault)
+        delay: float | None = None
+        why = ""
+        already = _recorded_by(exc, self)  # a pool hook inside fn reported it
+        with self._lock:
+            if already:
+                pass
+            elif counted:
+                self._failure_locked(fault, run.op, now, wall, events)
+            elif fault.reason not in CONFIG_REASONS:
+                self._success_locked(run.op, now, wall, events)  # the database answered
+            # else a bad DSN: nothing was sent, so it says nothing about the database
+            self._core.release(token)
+            if not Retry.retryable(fault, run.idempotent):
+                why = "not_retryable"
+            elif token > 0 and counted:
+                why = "probe"
+            elif self._core.state == OPEN:
+                why = "breaker_open"
+            else:
+                limit: float | None
+                if run.deadline is not None and run.start is not None:
+                    elapsed, limit = now - run.start, run.deadline
+                else:
+                    elapsed, limit = now - run.first_failure, self.retry.deadline
+                delay = self.retry.next_sleep(run.failed, elapsed, limit, _random())
+                if delay is None:
+                    why = "attempts" if run.failed >= self.retry.attempts else "deadline"
+            retry_after = self._core.retry_after(now) or self.breaker.open_for
+            self._refresh_locked(now)
+        if delay is not None:
+            events.append(
+                RetryScheduled(
+                    guard=self.name,
+                    op=run.op,
+                    at=wall,
+                    fault=fault,
+                    attempt=run.failed,
+                    attempts=self.retry.attempts,
+                    sleep=delay,
+                )
+            )
+            self._emit(events)
+            return delay
+        if counted or fault.kind is FaultKind.CONFLICT:
+            events.append(
+                RetryGaveUp(
+                    guard=self.name,
+                    op=run.op,
+                    at=wall,
+                    fault=fault,
+                    attempts=run.failed,
+                    elapsed=now - run.first_failure,
+                    why=why,
+                )
+            )
+        self._emit(events)
+        if why != "not_retryable" and fault.kind in _UNAVAILABLE_KINDS:
+            raise DatabaseUnavailable(
+                f"database unavailable after {run.failed} attempt"
+                f"{'s' if run.failed != 1 else ''} ({fault.reason})",
+                retry_after=retry_after,
+                fault=fault,
+                guard=self.name,
+            ) from exc
+        raise exc
+
+    # -- transitions (call with the lock held; they only append events) ------------
+
+    def _failure_locked(
+        self, fault: Fault, op: str | None, now: float, wall: float, events: list[Event]
+    ) -> None:
+        core = self._core
+        if self._tracker.on_failure(fault, now, wall):
+            events.append(DatabaseDown(guard=self.name, op=op, at=wall, fault=fault))
+        baseline = 0
+        if not core.windowed:
+            # Fast-path calls are not time-stamped: assume they were spread evenly.
+            # (The failing call itself usually came through the fast path too.)
+            calls = max(self._calls - self._mark_calls - 1, 0)
+            span = now - self._mark_time
+            window = self.breaker.window
+            baseline = calls if span <= window else int(calls * window / span)
+            self._mark_calls, self._mark_time = self._calls, now
+        if core.on_failure(now, baseline):
+            if core.trips == 1:
+                self._first_opened = now
+            self._reject_until = core.open_until
+            events.append(
+                BreakerOpened(
+                    guard=self.name,
+                    op=op,
+                    at=wall,
+                    fault=fault,
+                    open_for=core.open_until - now,
+                    trips=core.trips,
+                )
+            )
+
+    def _success_locked(self, op: str | None, now: float, wall: float, events: list[Event]) -> None:
+        core = self._core
+        if core.current_state(now) == OPEN:
+            return  # admitted before the breaker opened; only a probe may close it
+        if core.on_success(now):
+            events.append(
+                BreakerClosed(guard=self.name, op=op, at=wall, opened_for=now - self._first_opened)
+            )
+        down_since = self._tracker.down_since
+        downtime = self._tracker.on_success(now, wall)
+        if downtime is not None and down_since is not None:
+            events.append(
+                DatabaseRecovered(
+                    guard=self.name,
+                    op=op,
+                    at=wall,
+                    downtime=downtime,
+                    attempts=self._tracker.attempts,
+                    down_since=down_since,
+                )
+            )
+
+    def _refresh_locked(self, now: float) -> None:
+        fast = self._core.healthy and self._tracker.up
+        if fast and not self._fast:
+            self._mark_calls, self._mark_time = self._calls, now
+        self._fast = fast
+
+    def _emit(self, events: list[Event]) -> None:
+        listeners = self._listeners
+        for event in events:
+            emit(listeners, event)

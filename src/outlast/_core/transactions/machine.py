@@ -1,0 +1,529 @@
+"""Whole-transaction retries that survive a lost COMMIT (driver-agnostic core).
+
+``Guard.transaction(source, fn)`` runs ``fn(connection)`` inside a transaction
+and commits it. What happens on a database fault depends on *when* it struck:
+
+- before COMMIT was sent (connect, a statement, reading the xid): the server
+  rolled the transaction back, so an UNAVAILABLE, CONFLICT or READ_ONLY fault
+  re-runs the *whole* function on a fresh connection, within the Guard's
+  attempts and deadline (or the call's own ``deadline=``, e.g. the rest of a
+  web request's budget);
+- while COMMIT was in flight (the connection died before the reply): nobody
+  knows whether it committed. Just before COMMIT the transaction's id was read
+  (``pg_current_xact_id_if_assigned()``). After reconnecting, outlast asks
+  ``pg_xact_status(xid)``:
+
+  ===============  ==========================================================
+  ``committed``    return fn's result; fn is *not* run again
+  ``aborted``      re-run the whole function (nothing was written)
+  ``in progress``  the server is still finishing it: wait, ask again
+  unreachable      back off and ask again, within the deadline
+  still unknown    raise `CommitOutcomeUnknown` (with the xid) at the deadline
+  ===============  ==========================================================
+
+  A transaction that wrote nothing has no xid (the function returns NULL and
+  assigns none, so read-only work burns no xid); its lost COMMIT changed
+  nothing, so its result is returned as is. A COMMIT is never blindly re-sent.
+
+The server's start time is read with the xid. If the answer comes from a
+server that restarted (a crash, a failover), a ``committed`` answer is not
+trusted: after a crash PostgreSQL may hand out again an xid whose WAL never
+reached disk, so the status could belong to another transaction. outlast then
+raises `CommitOutcomeUnknown` rather than guess. ``aborted`` and "not yet
+assigned" answers remain trustworthy (an xid that was reused never committed).
+
+Structure: the decisions live in one pure generator (`_decide`) that yields
+commands (run an attempt, sleep, ask the status) and receives their results;
+`run_transaction` and `arun_transaction` are thin sync/async shells that carry
+the commands out, so the two can never diverge. Drivers plug in through a
+small adapter protocol; integrations register theirs with `register_adapter`
+and are imported lazily, by name, when a source of theirs shows up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, cast
+
+from outlast._core.faults.classify import classify
+from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
+from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.timing.budget import CommitWatch
+from outlast._core.timing.clock import SYSTEM_CLOCK, Clock
+
+from .adapters import (
+    AsyncTransactionAdapter,
+    GuardLike,
+    StatusReply,
+    TransactionAdapter,
+)
+
+__all__ = ["arun_transaction", "run_transaction"]
+
+T = TypeVar("T")
+# --------------------------------------------------------------------------
+# The pure decision logic
+# --------------------------------------------------------------------------
+
+Stage = Literal["connect", "work", "commit", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How one attempt ended (built by the shells)."""
+
+    stage: Stage
+    value: object = None
+    error: Exception | None = None
+    xid: str | None = None
+    started: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """Command: run fn once in a transaction; reply with an `_Outcome`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """Command: sleep through the guard's clock; reply with None.
+
+    `resolving`: between two questions about a lost COMMIT (its outcome is
+    still unknown), as opposed to before a retry.
+    """
+
+    seconds: float
+    resolving: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """Command: ask the xid's status; reply with a `StatusReply` or the exception."""
+
+    xid: str
+    timeout: float
+
+
+_Command = _Attempt | _Sleep | _Ask
+_ATTEMPT = _Attempt()
+
+# Faults that, when raised by COMMIT itself, leave the outcome unknown. A
+# CONFLICT or PERMANENT error *answered* by the server (a deferred constraint,
+# a serialization failure at commit) means it rolled back.
+_UNKNOWN_AT_COMMIT = frozenset(
+    {FaultKind.COMMIT_UNKNOWN, FaultKind.UNAVAILABLE, FaultKind.READ_ONLY, FaultKind.TIMEOUT}
+)
+_RETRIED_WHOLE = frozenset(
+    {FaultKind.UNAVAILABLE, FaultKind.READ_ONLY, FaultKind.CONFLICT, FaultKind.COMMIT_UNKNOWN}
+)
+# The shells bound each status question by its timeout (whatever the driver's
+# own connect timeout, which libpq rounds up to 2 s); a spent deadline still
+# asks once, this briefly: when the server is up the answer takes milliseconds.
+_MIN_PROBE_TIMEOUT = 0.25
+_NO_DEADLINE_PROBE_TIMEOUT = 10.0
+
+
+class _NoAnswer(Exception):
+    """The status question got no answer within its timeout (says nothing of the COMMIT)."""
+
+    def __init__(self, command: _Ask) -> None:
+        super().__init__(f"no answer about transaction {command.xid} in {command.timeout:.2f}s")
+
+
+def _decide(
+    guard: GuardLike,
+    op: str | None,
+    now: Callable[[], float],
+    rand: Callable[[], float],
+    deadline: float | None = None,
+) -> Generator[_Command, object, object]:
+    """The whole algorithm, free of I/O. Returns fn's result or raises.
+
+    `deadline` (seconds from the start of the call, e.g. the rest of a web
+    request's budget) replaces the retry policy's deadline, which counts from
+    the first failure.
+    """
+    policy = guard.retry
+    start = None if deadline is None else now()
+    if deadline is None:
+        deadline = policy.deadline
+    failed = 0  # attempts of fn that failed (a resolved "aborted" counts)
+    # Where the deadline counts from: the call's start, else the first failure.
+    first_failure: float | None = start
+    while True:
+        guard.check()
+        outcome = yield _ATTEMPT
+        assert isinstance(outcome, _Outcome)
+        if outcome.error is None:
+            guard.record_success(op=op)
+            return outcome.value
+        exc = outcome.error
+        if first_failure is None:
+            first_failure = now()
+        reported = guard.record_failure(exc, op=op)
+        if outcome.stage == "commit":
+            fault = classify(exc, during_commit=True) or reported
+            if fault is not None and fault.kind in _UNKNOWN_AT_COMMIT:
+                if outcome.xid is None:
+                    # Nothing was written: committed or not, the database is
+                    # unchanged, and fn's result stands.
+                    return outcome.value
+                resolved = yield from _resolve(
+                    guard,
+                    op,
+                    deadline=deadline,
+                    outcome=outcome,
+                    fault=fault,
+                    exc=exc,
+                    now=now,
+                    rand=rand,
+                    first_failure=first_failure,
+                )
+                if resolved:
+                    return outcome.value
+                # aborted: nothing was written; fall through to a retry
+        else:
+            fault = reported
+        # Here the server rolled the transaction back (or a resolved COMMIT
+        # was aborted): re-run the whole function if the fault allows it.
+        if fault is None or fault.kind not in _RETRIED_WHOLE:
+            raise exc
+        failed += 1
+        sleep = policy.next_sleep(failed, now() - first_failure, deadline, rand())
+        if sleep is None:
+            raise _give_up(guard, fault, failed, exc)
+        yield _Sleep(sleep)
+
+
+def _resolve(
+    guard: GuardLike,
+    op: str | None,
+    *,
+    deadline: float | None,
+    outcome: _Outcome,
+    fault: Fault,
+    exc: Exception,
+    now: Callable[[], float],
+    rand: Callable[[], float],
+    first_failure: float,
+) -> Generator[_Command, object, bool]:
+    """Find out what happened to a COMMIT: True committed, False aborted, else raise."""
+    xid = outcome.xid
+    assert xid is not None
+    policy = guard.retry
+    probes = 0
+    why = "unreachable"
+    last_error: BaseException = exc
+    while True:
+        if deadline is None:
+            timeout = _NO_DEADLINE_PROBE_TIMEOUT
+        else:
+            timeout = max(_MIN_PROBE_TIMEOUT, deadline - (now() - first_failure))
+        reply = yield _Ask(xid, timeout)
+        if isinstance(reply, StatusReply):
+            if reply.status == "committed":
+                if outcome.started is not None and reply.started != outcome.started:
+                    raise CommitOutcomeUnknown(
+                        f"COMMIT outcome unknown: the server restarted before transaction"
+                        f" {xid} could be checked; pg_xact_status() may describe another"
+                        " transaction after a crash",
+                        xid=xid,
+                        fault=fault,
+                    ) from exc
+                guard.record_success(op=op)
+                return True
+            if reply.status in ("aborted", "unassigned"):
+                return False
+            if reply.status is None:
+                raise CommitOutcomeUnknown(
+                    f"COMMIT outcome unknown: the server no longer remembers transaction {xid}",
+                    xid=xid,
+                    fault=fault,
+                ) from exc
+            why = f"transaction still {reply.status}"
+        elif isinstance(reply, DatabaseUnavailable | _NoAnswer):
+            # The breaker (or a hardened pool obeying it) refused the status
+            # question, or it went unanswered in time. That says nothing about
+            # the COMMIT: it is still unknown, so keep asking until the
+            # deadline, then say so.
+            last_error = reply
+            why = (
+                "unreachable (circuit breaker open)"
+                if isinstance(reply, DatabaseUnavailable)
+                else "no answer to the status question"
+            )
+        else:
+            assert isinstance(reply, Exception)
+            last_error = reply
+            probe_fault = guard.record_failure(reply, op=op)
+            if probe_fault is None:
+                raise reply
+            if probe_fault.kind is FaultKind.PERMANENT:
+                raise CommitOutcomeUnknown(
+                    f"COMMIT outcome unknown for transaction {xid}: the status query failed"
+                    f" ({probe_fault.reason}); check pg_xact_status('{xid}') later",
+                    xid=xid,
+                    fault=fault,
+                ) from reply
+            why = f"unreachable ({probe_fault.reason})"
+        probes += 1
+        elapsed = now() - first_failure
+        if deadline is None:
+            sleep = policy.next_sleep(probes, elapsed, None, rand())
+        else:
+            delay = policy.backoff.delay(probes, rand())
+            sleep = None if elapsed + delay > deadline else delay
+        if sleep is None:
+            raise CommitOutcomeUnknown(
+                f"COMMIT outcome unknown for transaction {xid}: {why} after {probes}"
+                f" check(s) in {elapsed:.1f}s; check pg_xact_status('{xid}') later",
+                xid=xid,
+                fault=fault,
+            ) from last_error
+        yield _Sleep(sleep, resolving=True)
+
+
+def _give_up(guard: GuardLike, fault: Fault, failed: int, exc: Exception) -> Exception:
+    if fault.kind is FaultKind.CONFLICT:
+        return exc  # the database is up; the caller sees the driver's own error
+    error = DatabaseUnavailable(
+        f"database unavailable: transaction failed {failed} time(s), last: {fault.reason}",
+        retry_after=guard.retry.backoff.cap,
+        fault=fault,
+        guard=guard.name,
+    )
+    error.__cause__ = exc
+    return error
+
+
+# --------------------------------------------------------------------------
+# The shells
+# --------------------------------------------------------------------------
+
+
+def _clock(guard: GuardLike) -> Clock:
+    # outlast.Guard keeps its (injectable) clock private; other guards may expose one.
+    clock = getattr(guard, "_clock", None) or getattr(guard, "clock", None)
+    return clock if isinstance(clock, Clock) else SYSTEM_CLOCK
+
+
+def _op_name(fn: Callable[..., object], op: str | None) -> str | None:
+    if op is not None:
+        return op
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """The machine returned `value`."""
+
+    value: object
+
+
+def _next(
+    machine: Generator[_Command, object, object], reply: object, watch: CommitWatch
+) -> _Command | _Done:
+    """The machine's next command, keeping a web request's COMMIT mark up to date.
+
+    The mark (set by the attempt just before COMMIT) stays while the machine
+    asks about the lost COMMIT or sleeps between questions, and when it gives
+    up while doing so; any other step means the outcome is known.
+    """
+    resolving = isinstance(reply, StatusReply | Exception)  # the answer to an _Ask
+    try:
+        command = machine.send(reply)
+    except StopIteration as stop:
+        watch.settled()
+        return _Done(stop.value)
+    except Exception:
+        if not resolving:
+            watch.settled()
+        raise
+    if not (isinstance(command, _Ask) or (isinstance(command, _Sleep) and command.resolving)):
+        watch.settled()
+    return command
+
+
+def run_transaction(
+    guard: GuardLike,
+    adapter: TransactionAdapter,
+    fn: Callable[..., T],
+    /,
+    *args: Any,
+    op: str | None = None,
+    deadline: float | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``fn(conn, *args, **kwargs)`` in a transaction with commit-unknown resolution."""
+    clock = _clock(guard)
+    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
+    watch = CommitWatch()
+    reply: object = None
+    while True:
+        command = _next(machine, reply, watch)
+        if isinstance(command, _Done):
+            return cast(T, command.value)
+        if isinstance(command, _Attempt):
+            reply = _attempt(adapter, fn, args, kwargs, watch)
+        elif isinstance(command, _Sleep):
+            clock.sleep(command.seconds)
+            reply = None
+        else:
+            reply = _ask(adapter, command)
+
+
+def _ask(adapter: TransactionAdapter, command: _Ask) -> object:
+    """``adapter.status()``, answered within ``command.timeout`` or `_NoAnswer`.
+
+    The question runs in a thread of its own (with this context: the Guard's
+    admission, the web request's budget) because a blocking driver cannot be
+    interrupted: a connect on a frozen link waits its whole connect timeout.
+    The thread ends by itself (every step has a timeout); a late answer is
+    dropped. Lost COMMITs are rare, so is this thread.
+    """
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(adapter.status(command.xid, timeout=command.timeout))
+        except Exception as exc:
+            box.append(exc)
+
+    context = contextvars.copy_context()
+    asker = threading.Thread(target=context.run, args=(run,), name="outlast-xact-status")
+    asker.daemon = True
+    asker.start()
+    asker.join(command.timeout)
+    if not box:
+        return _NoAnswer(command)
+    return box[0]
+
+
+def _attempt(
+    adapter: TransactionAdapter,
+    fn: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    watch: CommitWatch,
+) -> _Outcome:
+    try:
+        handle = adapter.open()
+    except Exception as exc:
+        return _Outcome("connect", error=exc)
+    discard = True
+    try:
+        try:
+            target = adapter.begin(handle)
+            value = fn(target, *args, **kwargs)
+            xid, started = adapter.marker(handle)
+        except BaseException as exc:
+            try:
+                adapter.rollback(handle)
+                discard = False
+            except Exception:
+                pass
+            if not isinstance(exc, Exception):
+                raise
+            return _Outcome("work", error=exc)
+        watch.sent()
+        try:
+            adapter.commit(handle)
+        except Exception as exc:
+            return _Outcome("commit", value=value, error=exc, xid=xid, started=started)
+        watch.settled()
+        discard = False
+        return _Outcome("done", value=value, xid=xid, started=started)
+    finally:
+        try:
+            adapter.close(handle, discard=discard)
+        except Exception:
+            pass
+
+
+async def arun_transaction(
+    guard: GuardLike,
+    adapter: AsyncTransactionAdapter,
+    fn: Callable[..., Awaitable[T]],
+    /,
+    *args: Any,
+    op: str | None = None,
+    deadline: float | None = None,
+    **kwargs: Any,
+) -> T:
+    """The asyncio twin of `run_transaction`: ``await fn(conn, *args, **kwargs)``."""
+    clock = _clock(guard)
+    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
+    watch = CommitWatch()
+    reply: object = None
+    while True:
+        command = _next(machine, reply, watch)
+        if isinstance(command, _Done):
+            return cast(T, command.value)
+        if isinstance(command, _Attempt):
+            reply = await _aattempt(adapter, fn, args, kwargs, watch)
+        elif isinstance(command, _Sleep):
+            await clock.asleep(command.seconds)
+            reply = None
+        else:
+            reply = await _aask(adapter, command)
+
+
+async def _aask(adapter: AsyncTransactionAdapter, command: _Ask) -> object:
+    """The async twin of `_ask`: the question is cancelled at its timeout."""
+    limit = asyncio.timeout(command.timeout)
+    try:
+        async with limit:
+            return await adapter.status(command.xid, timeout=command.timeout)
+    except TimeoutError as exc:
+        if limit.expired():
+            return _NoAnswer(command)
+        return exc
+    except Exception as exc:
+        return exc
+
+
+async def _aattempt(
+    adapter: AsyncTransactionAdapter,
+    fn: Callable[..., Awaitable[object]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    watch: CommitWatch,
+) -> _Outcome:
+    try:
+        handle = await adapter.open()
+    except Exception as exc:
+        return _Outcome("connect", error=exc)
+    discard = True
+    try:
+        try:
+            target = await adapter.begin(handle)
+            value = await fn(target, *args, **kwargs)
+            xid, started = await adapter.marker(handle)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                try:
+                    await adapter.rollback(handle)
+                    discard = False
+                except Exception:
+                    pass
+                return _Outcome("work", error=exc)
+            raise  # cancelled: the connection is discarded, never awaited on again
+        watch.sent()
+        try:
+            await adapter.commit(handle)
+        except Exception as exc:
+            return _Outcome("commit", value=value, error=exc, xid=xid, started=started)
+        watch.settled()
+        discard = False
+        return _Outcome("done", value=value, xid=xid, started=started)
+    finally:
+        try:
+            await adapter.close(handle, discard=discard)
+        except Exception:
+            pass

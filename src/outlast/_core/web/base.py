@@ -1,0 +1,184 @@
+"""`WebBase`: what every framework integration does, with no framework in sight.
+
+`outlast.flask.Outlast`, `outlast.starlette.Outlast` and the Django `Runtime`
+derive from it. It holds the settings, the Guard and the health probe, and
+turns an exception or a health request into an answer (status, body,
+headers, content type); the framework modules only find the route of a
+request and wrap an answer in their own response class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .health import (
+    HealthAnswer,
+    SyncProbe,
+    engine_ping,
+    health_answer,
+    health_db,
+    health_live,
+    health_ready,
+)
+from .mapping import (
+    DEFAULT_BUDGET,
+    DEFAULT_HEALTH_TIMEOUT,
+    DbRoutes,
+    Mapped,
+    RequestBudget,
+    WebConfig,
+    call_within_budget,
+    log_fault,
+    map_exception,
+    record_fault,
+    transaction_within_budget,
+)
+
+if TYPE_CHECKING:
+    from outlast._core.guard.guard import Guard
+
+__all__ = ["WebBase"]
+
+T = TypeVar("T")
+
+
+class WebBase:
+    """Settings, Guard and health probe shared by the Flask, Starlette and Django shells.
+
+    The keyword arguments are those of ``outlast.flask.Outlast`` and
+    ``outlast.starlette.install`` (see their docstrings). Without a `guard`,
+    one is made on first use, named by `_default_guard_name`.
+    """
+
+    def __init__(
+        self,
+        *,
+        guard: Guard | None = None,
+        budget: float = DEFAULT_BUDGET,
+        health_prefix: str = "/health",
+        ready_fail_on_db: bool = False,
+        supervisor: Any = None,
+        session: Any = None,
+        engine: Any = None,
+        ping: Callable[[], Any] | None = None,
+        db_routes: DbRoutes = "all",
+        exempt: Sequence[str] = (),
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        ready: Callable[[], bool] | None = None,
+        attempt_reserve: float = 0.0,
+        record_faults: bool = True,
+    ) -> None:
+        self.config = WebConfig(
+            budget=budget,
+            db_routes=db_routes,
+            exempt=tuple(exempt),
+            health_prefix=health_prefix,
+            ready_fail_on_db=ready_fail_on_db,
+            health_timeout=health_timeout,
+            attempt_reserve=attempt_reserve,
+            record_faults=record_faults,
+        )
+        self.budget = RequestBudget(budget)
+        self._guard = guard
+        self.supervisor = supervisor
+        self.session = session
+        self.engine = engine
+        self.ping = ping
+        self.ready = ready
+        self._probe: SyncProbe | None = None
+
+    @property
+    def guard(self) -> Guard:
+        """The Guard in use (made on first use when none was given)."""
+        if self._guard is None:
+            from outlast._core.guard.guard import Guard
+
+            self._guard = Guard(self._default_guard_name())
+        return self._guard
+
+    @guard.setter
+    def guard(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def _default_guard_name(self) -> str:
+        return "default"
+
+    def _default_engine(self) -> Any:
+        """The engine /health/db pings when neither `ping` nor `engine` was given."""
+        return None
+
+    # -- what views use -------------------------------------------------------------
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``guard.call(fn, ...)`` with the rest of the request budget as deadline.
+
+        The deadline is what is left of the budget minus `attempt_reserve`, so
+        no retry starts that could not finish in time; an explicit
+        ``deadline=`` wins. Outside a request: no deadline (the Guard's own).
+        """
+        return call_within_budget(
+            self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
+    def transaction(self, source: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``guard.transaction(source, fn, ...)`` with the rest of the request budget as deadline.
+
+        Same deadline as `call`: retries and the ``pg_xact_status`` resolution
+        of a lost COMMIT stay inside the budget. While a COMMIT is in flight or
+        being resolved the request is marked, so whatever then fails it
+        answers ``OUTCOME_UNKNOWN``, never "not applied".
+        """
+        return transaction_within_budget(
+            self.guard, source, fn, *args, reserve=self.config.attempt_reserve, **kwargs
+        )
+
+    # -- faults ---------------------------------------------------------------------
+
+    def map_fault(self, exc: BaseException) -> Mapped | None:
+        """The answer to `exc` (None: not a database fault; let the framework handle it).
+
+        Uses the Guard only if there already is one: a fault in a view that
+        never touched the Guard must not make one up and count against it.
+        """
+        return map_exception(exc, self._guard)
+
+    def report_fault(self, exc: BaseException, mapped: Mapped, route: str) -> None:
+        """Report a mapped fault to the Guard (unless `record_faults` is off) and log it once."""
+        if self.config.record_faults:
+            record_fault(self._guard, exc, route)
+        log_fault(exc, mapped, route)
+
+    # -- health ---------------------------------------------------------------------
+
+    def live_answer(self) -> HealthAnswer:
+        """``/health/live``: the process answers; never touches the database."""
+        return health_answer(*health_live())
+
+    def ready_answer(self) -> HealthAnswer:
+        """``/health/ready``: start-up readiness from what the Guard knows (no query)."""
+        return health_answer(
+            *health_ready(
+                self.guard,
+                fail_on_db=self.config.ready_fail_on_db,
+                supervisor=self.supervisor,
+                ready=self.ready,
+            )
+        )
+
+    def db_answer(self) -> HealthAnswer:
+        """``/health/db`` for a blocking ping (or the Guard's state when there is none)."""
+        return health_answer(*health_db(self.guard, self.sync_probe()))
+
+    def sync_probe(self) -> SyncProbe | None:
+        """The ``SELECT 1`` probe: `ping`, else through `engine` (built once; None if neither)."""
+        if self._probe is None:
+            ping = self.ping
+            if ping is None:
+                engine = self.engine if self.engine is not None else self._default_engine()
+                if engine is not None:
+                    ping = engine_ping(engine)
+            if ping is None:
+                return None
+            self._probe = SyncProbe(self.guard, ping, self.config.health_timeout)
+        return self._probe

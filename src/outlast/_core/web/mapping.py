@@ -1,0 +1,421 @@
+"""The framework-neutral half of the web integrations (standard library only).
+
+`outlast.flask`, `outlast.starlette` and `outlast.django` are thin shells around
+this module. It decides:
+
+- which exceptions become a ``503`` (`map_exception`): `DatabaseUnavailable`,
+  `CommitOutcomeUnknown`, and every fault `classify()` recognises except
+  PERMANENT ones, which stay ``500`` with a generic body;
+- the bodies: RFC 9457 ``application/problem+json`` that keeps the seeds'
+  ``error``/``detail``/``status`` fields (``error`` is ``OUTCOME_UNKNOWN`` for
+  `CommitOutcomeUnknown`, and for any failure while a COMMIT of the request
+  was in flight or unresolved: the write may have been applied), and never any
+  SQL, parameter, host name or traceback;
+- the ``Retry-After`` value (`retry_after_header`: whole seconds, at least 1);
+- which routes are database routes (`db_route` / `no_db` markers, exempt path
+  prefixes);
+- the settings every integration shares (`WebConfig`).
+
+The request budget (`RequestBudget`, `budget_remaining`, ``*_within_budget``)
+lives in `_web_budget` and the health documents in `_health`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
+from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.timing.budget import (
+    DEFAULT_BUDGET,
+    RequestBudget,
+    RequestBudgetExceeded,
+    acall_within_budget,
+    atransaction_within_budget,
+    budget_exceeded,
+    budget_remaining,
+    call_within_budget,
+    commit_outcome_pending,
+    transaction_within_budget,
+)
+from outlast._core.timing.budget import guard_retry_after as _guard_retry_after
+
+if TYPE_CHECKING:
+    from outlast._core.guard.guard import Guard
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "PROBLEM_CONTENT_TYPE",
+    "Mapped",
+    "RequestBudget",
+    "RequestBudgetExceeded",
+    "WebConfig",
+    "acall_within_budget",
+    "atransaction_within_budget",
+    "budget_exceeded",
+    "budget_remaining",
+    "call_within_budget",
+    "commit_outcome_pending",
+    "db_route",
+    "map_exception",
+    "no_db",
+    "problem_body",
+    "retry_after_header",
+    "transaction_within_budget",
+]
+
+logger = logging.getLogger("outlast")
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+#: How long /health/db waits for ``SELECT 1``.
+DEFAULT_HEALTH_TIMEOUT: Final = 2.0
+#: Retry-After never exceeds this (an hour): a client should come back eventually.
+MAX_RETRY_AFTER: Final = 3600
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def retry_after_header(seconds: float | None) -> str:
+    """``Retry-After`` as RFC 9110 delay-seconds: a whole number, at least 1.
+
+    Rounds up (a client told "1" after a 1.2 s breaker period would come back
+    too early); NaN, infinities and missing values become 1; capped at an hour.
+    """
+    if seconds is None or not math.isfinite(seconds):
+        return "1"
+    return str(min(max(math.ceil(seconds), 1), MAX_RETRY_AFTER))
+
+
+def problem_body(status: int = 503, *, outcome_unknown: bool = False) -> dict[str, Any]:
+    """The RFC 9457 problem document for a 503 (or the generic one for a 500).
+
+    ``outcome_unknown``: the 503 for `CommitOutcomeUnknown`. Its ``error`` is
+    ``OUTCOME_UNKNOWN`` instead of ``SERVICE_UNAVAILABLE``, because the write
+    may have been applied: a client must check before sending it again.
+    """
+    if status == 503 and outcome_unknown:
+        return {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "The outcome of the request is unknown: it may have been applied",
+            "error": "OUTCOME_UNKNOWN",
+        }
+    if status == 503:
+        return {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "Database temporarily unavailable",
+            "error": "SERVICE_UNAVAILABLE",
+        }
+    return {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": status,
+        "detail": "The server could not complete the request",
+        "error": "INTERNAL_ERROR",
+    }
+
+
+def dumps(doc: Mapping[str, Any]) -> bytes:
+    """A problem document as compact UTF-8 JSON."""
+    return json.dumps(doc, separators=(",", ":"), sort_keys=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """What an exception turns into: a status, headers and a JSON body."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    fault: Fault | None
+
+    @property
+    def content_type(self) -> str:
+        """Always ``application/problem+json``."""
+        return PROBLEM_CONTENT_TYPE
+
+
+def unavailable(
+    retry_after: float | None, fault: Fault | None = None, *, outcome_unknown: bool = False
+) -> Mapped:
+    """The 503 answer (``outcome_unknown``: for a COMMIT whose outcome is unknown)."""
+    return Mapped(
+        503,
+        dumps(problem_body(503, outcome_unknown=outcome_unknown)),
+        (("Retry-After", retry_after_header(retry_after)), ("Cache-Control", "no-store")),
+        fault,
+    )
+
+
+def internal_error(fault: Fault | None = None) -> Mapped:
+    """The generic 500 answer for a PERMANENT database fault."""
+    return Mapped(500, dumps(problem_body(500)), (("Cache-Control", "no-store"),), fault)
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def _classify(exc: BaseException) -> Fault | None:
+    from outlast._core.faults.classify import classify
+
+    return classify(exc)
+
+
+def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | None:
+    """Decide how an exception raised while serving a request is answered.
+
+    Returns None for exceptions that are not database faults: the framework
+    handles those as usual. Database faults become a 503 with ``Retry-After``
+    (every kind but PERMANENT, which becomes a generic 500); the 503 says
+    ``OUTCOME_UNKNOWN`` for `CommitOutcomeUnknown`, for a COMMIT_UNKNOWN fault
+    (a view's own commit lost its connection) and whenever a COMMIT of the
+    current request is still unresolved (`commit_outcome_pending`).
+    """
+    # A COMMIT of this request was in flight or being resolved when it failed
+    # (its budget ran out, the breaker refused the pg_xact_status question...):
+    # the write may have been applied, so the client must not be told it was not.
+    unknown = commit_outcome_pending()
+    if isinstance(exc, DatabaseUnavailable):
+        ra = exc.retry_after if exc.retry_after else _guard_retry_after(guard)
+        return unavailable(ra, exc.fault, outcome_unknown=unknown)
+    if isinstance(exc, CommitOutcomeUnknown):
+        return unavailable(_guard_retry_after(guard), exc.fault, outcome_unknown=True)
+    try:
+        fault = _classify(exc)
+    except Exception:  # classification must never make things worse
+        fault = None
+    if fault is None:
+        return None
+    if fault.kind is FaultKind.PERMANENT:
+        return internal_error(fault)
+    unknown = unknown or fault.kind is FaultKind.COMMIT_UNKNOWN
+    return unavailable(_guard_retry_after(guard), fault, outcome_unknown=unknown)
+
+
+def _redact(text: str) -> str:
+    from outlast._core.faults.redact import redact
+
+    return redact(text)
+
+
+LOG_EVERY: Final = 10.0
+_log_lock = threading.Lock()
+_last_logged: dict[tuple[str, str], float] = {}
+
+
+def _first_in_a_while(key: tuple[str, str]) -> bool:
+    now = time.monotonic()
+    with _log_lock:
+        last = _last_logged.get(key)
+        if last is not None and now - last < LOG_EVERY:
+            return False
+        if len(_last_logged) > 1024:
+            _last_logged.clear()
+        _last_logged[key] = now
+        return True
+
+
+def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
+    """Log a mapped fault once per exception (no traceback, no SQL, redacted)."""
+    if getattr(exc, "_outlast_logged", False):
+        return
+    try:
+        exc._outlast_logged = True  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    fault = mapped.fault
+    reason = fault.reason if fault is not None else type(exc).__name__
+    kind = fault.kind.name if fault is not None else "UNAVAILABLE"
+    if isinstance(exc, RequestBudgetExceeded):
+        reason, kind = "request_budget_exceeded", "TIMEOUT"
+    message = _redact(fault.message if fault is not None else str(exc))
+    if mapped.status == 503:
+        retry_after = dict(mapped.headers).get("Retry-After", "1")
+        # During an outage every request is a 503: one WARNING per route and
+        # reason every LOG_EVERY seconds, the rest at DEBUG.
+        level = logging.WARNING if _first_in_a_while((route, reason)) else logging.DEBUG
+        logger.log(
+            level,
+            "[DB_UNAVAILABLE] route=%s status=503 kind=%s reason=%s retry_after=%s msg=%s",
+            _redact(route),
+            kind,
+            reason,
+            retry_after,
+            message,
+            extra={"outlast_route": route, "outlast_reason": reason},
+        )
+    else:
+        sqlstate = fault.sqlstate if fault is not None else None
+        logger.error(
+            "[DB_ERROR] route=%s status=%d kind=%s reason=%s sqlstate=%s msg=%s",
+            _redact(route),
+            mapped.status,
+            kind,
+            reason,
+            sqlstate,
+            message,
+            extra={"outlast_route": route, "outlast_reason": reason},
+        )
+
+
+def record_fault(guard: Guard | None, exc: BaseException, route: str) -> None:
+    """Tell the Guard about a fault raised outside ``guard.call`` (once per exception).
+
+    The Guard's own calls and the hardened engines record their faults
+    themselves; they mark the exception, and so do we, so nothing counts twice.
+    """
+    if guard is None or isinstance(exc, DatabaseUnavailable):
+        return
+    if _already_recorded(exc) or _through_guard(exc):
+        return
+    try:
+        guard.record_failure(exc, op=route)
+    except Exception:  # pragma: no cover - defensive: never turn a 503 into a 500
+        logger.debug("record_failure failed", exc_info=True)
+    try:
+        exc._outlast_recorded = True  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+def _already_recorded(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if getattr(seen, "_outlast_recorded", False):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+def _through_guard(exc: BaseException) -> bool:
+    """True when `exc` came out of a Guard call (which already counted it)."""
+    from outlast._core.guard.guard import Guard
+
+    codes = {
+        Guard.call.__code__,
+        Guard.acall.__code__,
+        Guard._run.__code__,
+        Guard._arun.__code__,
+    }
+    tb = exc.__traceback__
+    for _ in range(512):
+        if tb is None:
+            return False
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def record_success(guard: Guard | None, route: str) -> None:
+    """After a database route finished cleanly while the Guard thinks the database
+    is down, report the healthy answer (views that use a session directly never
+    go through ``guard.call``, so nobody else would)."""
+    if guard is None:
+        return
+    try:
+        if guard.breaker_state == "closed" and guard.state.up:
+            return
+        guard.record_success(op=route)
+    except Exception:  # pragma: no cover - defensive
+        logger.debug("record_success failed", exc_info=True)
+
+
+def rollback(sessions: Iterable[Any]) -> None:
+    """Roll back SQLAlchemy sessions after a fault; never raises."""
+    for session in sessions:
+        if session is None:
+            continue
+        try:
+            session.rollback()
+        except Exception:
+            logger.debug("session rollback after a database fault failed", exc_info=True)
+
+
+# --------------------------------------------------------------------------- routes
+
+_MARK: Final = "__outlast_db_route__"
+#: Passed as `view` when no route matched the request.
+NO_ROUTE: Final = object()
+
+
+def db_route(view: _F) -> _F:
+    """Mark a view as a database route (checked against the breaker first)."""
+    setattr(view, _MARK, True)
+    return view
+
+
+def no_db(view: _F) -> _F:
+    """Mark a view as not using the database: no breaker check, no budget."""
+    setattr(view, _MARK, False)
+    return view
+
+
+DbRoutes = Literal["all", "marked"]
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Settings shared by every framework integration.
+
+    `db_routes` decides which views are database routes: ``"all"`` (the
+    default: every view except health endpoints, `exempt` path prefixes and
+    views marked `no_db`) or ``"marked"`` (only views marked `db_route`).
+    A database route is admitted with ``guard.admit()`` before the view runs
+    (an open breaker answers 503 in microseconds without touching the
+    database; a half-open one lets one request through as the probe) and gets
+    the request budget.
+    """
+
+    budget: float = DEFAULT_BUDGET
+    db_routes: DbRoutes = "all"
+    exempt: tuple[str, ...] = ()
+    health_prefix: str = "/health"
+    ready_fail_on_db: bool = False
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    attempt_reserve: float = 0.0
+    record_faults: bool = True
+
+    def __post_init__(self) -> None:
+        RequestBudget(self.budget)  # validates
+        if self.db_routes not in ("all", "marked"):
+            from outlast._core.faults.errors import ConfigurationError
+
+            raise ConfigurationError(f"db_routes must be 'all' or 'marked', not {self.db_routes!r}")
+        object.__setattr__(self, "health_prefix", "/" + self.health_prefix.strip("/"))
+
+    def is_health_path(self, path: str) -> bool:
+        """True for the health endpoints under `health_prefix` (never database routes)."""
+        prefix = self.health_prefix
+        return path == prefix or path.startswith(prefix + "/")
+
+    def is_db_route(self, path: str, view: object | None) -> bool:
+        """True when the request at `path` served by `view` uses the database.
+
+        `view` is the view function, None when it is unknown (a mounted
+        sub-application), or `NO_ROUTE` when nothing matched (a 404 never gets a
+        503 from the breaker).
+        """
+        if view is NO_ROUTE or self.is_health_path(path):
+            return False
+        mark = getattr(view, _MARK, None) if view is not None else None
+        if mark is not None:
+            return bool(mark)
+        if self.db_routes == "marked":
+            return False
+        return not any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.exempt)

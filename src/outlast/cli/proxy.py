@@ -1,0 +1,104 @@
+"""``outlast proxy``: run the fault-injecting proxy and its admin API as a server."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import threading
+from types import FrameType
+
+from outlast.cli import add_command, fail, subcommand
+
+__all__ = ["register"]
+
+
+@subcommand
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``outlast proxy`` and its options."""
+    parser = add_command(
+        sub,
+        "proxy",
+        run,
+        help="run the fault-injecting PostgreSQL proxy with its admin API",
+        description=(
+            "Forward --listen to --upstream and inject faults on demand through the "
+            "admin HTTP API (see the README: 'Fault-injecting proxy'). Ctrl-C stops it."
+        ),
+    )
+    parser.add_argument("--listen", default="127.0.0.1:6432", help="HOST:PORT to accept on")
+    parser.add_argument("--upstream", default="127.0.0.1:5432", help="the PostgreSQL HOST:PORT")
+    parser.add_argument("--admin", default="127.0.0.1:8474", help="HOST:PORT of the admin API")
+    parser.add_argument("--name", default="postgres", help="the proxy's name in the admin API")
+    parser.add_argument(
+        "--allow-remote-admin",
+        action="store_true",
+        help="allow the admin API on a non-loopback address",
+    )
+    parser.add_argument(
+        "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop"
+    )
+    parser.add_argument(
+        "--no-check-upstream",
+        action="store_true",
+        help="start even when the upstream does not accept connections yet",
+    )
+
+
+def _fail(message: str) -> int:
+    return fail("proxy", message)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the proxy and its admin API until Ctrl-C or SIGTERM (2 when it cannot start)."""
+    from outlast.chaos import AdminServer, Proxy, parse_address
+
+    try:
+        listen = parse_address(args.listen, what="--listen")
+        upstream = parse_address(args.upstream, what="--upstream")
+        admin_address = parse_address(args.admin, what="--admin")
+    except ValueError as exc:
+        return _fail(str(exc))
+    if not args.no_check_upstream:
+        try:
+            socket.create_connection(upstream, timeout=3.0).close()
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            return _fail(f"upstream {upstream[0]}:{upstream[1]} is unreachable: {reason}")
+    try:
+        proxy = Proxy(listen, upstream, name=args.name, loop=args.loop)
+        admin = AdminServer([proxy], admin_address, allow_remote=args.allow_remote_admin)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        proxy.start()
+    except OSError as exc:
+        return _fail(f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}")
+    try:
+        admin.start()
+    except OSError as exc:
+        proxy.stop()
+        where = f"{admin_address[0]}:{admin_address[1]}"
+        return _fail(f"cannot serve the admin API on {where}: {exc.strerror or exc}")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    print(
+        f"outlast proxy {proxy.name}: {proxy.host}:{proxy.port} -> "
+        f"{upstream[0]}:{upstream[1]}, admin API {admin.url}",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        admin.stop()
+        proxy.stop()
+    print("outlast proxy: stopped", flush=True)
+    return 0

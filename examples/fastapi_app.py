@@ -24,7 +24,7 @@ setup. In short::
         return await web.acall(fetch, idempotent=True)
 
 Writes run in ``await web.atransaction(engine, insert, lead)`` (``guard.atransaction``
-with the rest of the request budget as its deadline: a lost COMMIT is resolved
+with the rest of the request budget as its timeout: a lost COMMIT is resolved
 with ``pg_xact_status()``, never replayed; unresolved, it is a 503 whose
 ``error`` is ``OUTCOME_UNKNOWN``) into ``lead_writes``, whose ``lead_id`` is not
 unique, so a doubled write would be visible.

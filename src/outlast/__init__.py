@@ -17,6 +17,7 @@ from outlast._core.faults.errors import (
     DatabaseNotReady,
     DatabaseUnavailable,
     OutlastError,
+    RequestBudgetExceeded,
 )
 from outlast._core.faults.fault import Fault, FaultKind
 from outlast._core.faults.redact import redact
@@ -36,9 +37,9 @@ from outlast._core.guard.events import (
 from outlast._core.guard.guard import Guard
 from outlast._core.guard.state import DatabaseState
 from outlast._core.supervise.loop import loop
+from outlast._core.timing.budget import budget_remaining
 from outlast._core.timing.clock import Clock
 from outlast._core.transactions.adapters import register_adapter
-from outlast._core.web.mapping import RequestBudgetExceeded, budget_remaining
 
 __version__ = "0.1.0.dev0"
 

@@ -12,7 +12,7 @@
 
     @app.post("/api/leads")
     def add():                  # insert(conn, lead): one transaction, never replayed
-        web.transaction(engine, insert, request.get_json())   # deadline = rest of budget
+        web.transaction(engine, insert, request.get_json())   # timeout = rest of budget
         return {}, 201
 
     @app.get("/api/ping")
@@ -44,31 +44,17 @@ views marked `db_route` (``db_routes="marked"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Unpack
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from outlast._core.faults.errors import RequestBudgetExceeded
+from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.health import HealthAnswer, health_paths
-from outlast._core.web.mapping import (
-    DEFAULT_BUDGET,
-    DEFAULT_HEALTH_TIMEOUT,
-    NO_ROUTE,
-    DbRoutes,
-    Mapped,
-    RequestBudget,
-    RequestBudgetExceeded,
-    budget_remaining,
-    db_route,
-    no_db,
-    record_success,
-    rollback,
-)
-
-if TYPE_CHECKING:
-    from outlast._core.guard.guard import Guard
+from outlast._core.web.mapping import Mapped, record_success, rollback
+from outlast._core.web.options import NO_ROUTE, WebOptions, db_route, no_db
 
 __all__ = [
     "Outlast",
@@ -84,51 +70,15 @@ _EXT = "outlast"
 class Outlast(WebBase):
     """The Flask extension (``Outlast(app, ...)`` or ``Outlast(...).init_app(app)``).
 
-    `guard` (default: a Guard named after the app, made on first use);
-    `budget`: seconds a database request may take; `session`: a SQLAlchemy
-    session (or scoped session) rolled back after a fault; `engine` or `ping`:
-    what ``/health/db`` runs ``SELECT 1`` through (default: Flask-SQLAlchemy's
-    engine, if any); `db_routes`/`exempt`: which views are database routes;
-    `ready`/`supervisor`/`ready_fail_on_db`: what ``/health/ready`` reports;
-    `attempt_reserve`: seconds kept back from the budget for one attempt in
-    `call`; `record_faults`: report faults raised outside the Guard to it.
+    Takes the options every web integration shares (`WebOptions`: `guard`,
+    `budget`, `session`, `engine`/`ping`, `db_routes`/`exempt`, `ready`,
+    `supervisor`, `ready_fail_on_db`, `health_prefix`, `health_timeout`,
+    `attempt_reserve`, `record_faults`). Here the Guard defaults to one named
+    after the app, and ``/health/db`` to Flask-SQLAlchemy's engine, if any.
     """
 
-    def __init__(
-        self,
-        app: Flask | None = None,
-        *,
-        guard: Guard | None = None,
-        budget: float = DEFAULT_BUDGET,
-        health_prefix: str = "/health",
-        ready_fail_on_db: bool = False,
-        supervisor: Any = None,
-        session: Any = None,
-        engine: Any = None,
-        ping: Callable[[], object] | None = None,
-        db_routes: DbRoutes = "all",
-        exempt: Sequence[str] = (),
-        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
-        ready: Callable[[], bool] | None = None,
-        attempt_reserve: float = 0.0,
-        record_faults: bool = True,
-    ) -> None:
-        super().__init__(
-            guard=guard,
-            budget=budget,
-            health_prefix=health_prefix,
-            ready_fail_on_db=ready_fail_on_db,
-            supervisor=supervisor,
-            session=session,
-            engine=engine,
-            ping=ping,
-            db_routes=db_routes,
-            exempt=exempt,
-            health_timeout=health_timeout,
-            ready=ready,
-            attempt_reserve=attempt_reserve,
-            record_faults=record_faults,
-        )
+    def __init__(self, app: Flask | None = None, **options: Unpack[WebOptions]) -> None:
+        super().__init__(**options)
         self._app: Flask | None = None
         if app is not None:
             self.init_app(app)

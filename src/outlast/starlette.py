@@ -12,7 +12,7 @@
 
     @app.get("/api/leads")
     async def leads():
-        return await web.acall(fetch_leads, idempotent=True)   # deadline = rest of budget
+        return await web.acall(fetch_leads, idempotent=True)   # timeout = rest of budget
 
     @app.post("/api/leads")
     async def add(lead: Lead):      # insert(conn, lead): one transaction, never replayed
@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,8 +54,18 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
+from outlast._core.faults.errors import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    RequestBudgetExceeded,
+)
+from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
+from outlast._core.web.calls import (
+    acall_within_budget,
+    atransaction_within_budget,
+    budget_exceeded,
+)
 from outlast._core.web.health import (
     HealthAnswer,
     async_engine_ping,
@@ -64,27 +74,11 @@ from outlast._core.web.health import (
     health_db_async,
     health_paths,
 )
-from outlast._core.web.mapping import (
-    DEFAULT_BUDGET,
-    DEFAULT_HEALTH_TIMEOUT,
-    NO_ROUTE,
-    PROBLEM_CONTENT_TYPE,
-    DbRoutes,
-    Mapped,
-    RequestBudget,
-    RequestBudgetExceeded,
-    acall_within_budget,
-    atransaction_within_budget,
-    budget_exceeded,
-    budget_remaining,
-    db_route,
-    no_db,
-    record_success,
-)
+from outlast._core.web.mapping import PROBLEM_CONTENT_TYPE, Mapped, record_success
+from outlast._core.web.options import NO_ROUTE, WebOptions, db_route, no_db
 
 if TYPE_CHECKING:
     from outlast._core.guard.admission import Admission
-    from outlast._core.guard.guard import Guard
 
 __all__ = [
     "Outlast",
@@ -106,45 +100,13 @@ T = TypeVar("T")
 class Outlast(WebBase):
     """What `install()` returns (also at ``app.state.outlast``).
 
-    Takes the options of `install`; `name` names the Guard made when none is given.
+    Takes the options of `install` (`WebOptions`); `name` names the Guard made
+    when none is given.
     """
 
-    def __init__(
-        self,
-        *,
-        guard: Guard | None = None,
-        budget: float = DEFAULT_BUDGET,
-        health_prefix: str = "/health",
-        ready_fail_on_db: bool = False,
-        supervisor: Any = None,
-        session: Any = None,
-        engine: Any = None,
-        ping: Callable[[], Any] | None = None,
-        db_routes: DbRoutes = "all",
-        exempt: Sequence[str] = (),
-        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
-        ready: Callable[[], bool] | None = None,
-        attempt_reserve: float = 0.0,
-        record_faults: bool = True,
-        name: str = "default",
-    ) -> None:
-        super().__init__(
-            guard=guard,
-            budget=budget,
-            health_prefix=health_prefix,
-            ready_fail_on_db=ready_fail_on_db,
-            supervisor=supervisor,
-            session=session,
-            engine=engine,
-            ping=ping,
-            db_routes=db_routes,
-            exempt=exempt,
-            health_timeout=health_timeout,
-            ready=ready,
-            attempt_reserve=attempt_reserve,
-            record_faults=record_faults,
-        )
-        if guard is None:
+    def __init__(self, *, name: str = "default", **options: Unpack[WebOptions]) -> None:
+        super().__init__(**options)
+        if self._guard is None:
             from outlast._core.guard.guard import Guard
 
             self.guard = Guard(name)
@@ -163,7 +125,7 @@ class Outlast(WebBase):
     ) -> T:
         """``guard.atransaction(source, fn, ...)`` with the rest of the request budget.
 
-        The deadline is that of `acall`. While the COMMIT is in flight or
+        The timeout is that of `acall`. While the COMMIT is in flight or
         being resolved the request is marked: if the budget runs out then, the
         503 says ``OUTCOME_UNKNOWN`` (the write may have been applied).
         """
@@ -362,41 +324,15 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def install(
-    app: Starlette,
-    *,
-    guard: Guard | None = None,
-    budget: float = DEFAULT_BUDGET,
-    health_prefix: str = "/health",
-    ready_fail_on_db: bool = False,
-    supervisor: Any = None,
-    session: Any = None,
-    engine: Any = None,
-    ping: Callable[[], Any] | None = None,
-    db_routes: DbRoutes = "all",
-    exempt: Sequence[str] = (),
-    health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
-    ready: Callable[[], bool] | None = None,
-    attempt_reserve: float = 0.0,
-    record_faults: bool = True,
-) -> Outlast:
-    """Install outlast on a Starlette or FastAPI app (before it starts serving)."""
-    ol = Outlast(
-        guard=guard,
-        budget=budget,
-        health_prefix=health_prefix,
-        ready_fail_on_db=ready_fail_on_db,
-        supervisor=supervisor,
-        session=session,
-        engine=engine,
-        ping=ping,
-        db_routes=db_routes,
-        exempt=exempt,
-        health_timeout=health_timeout,
-        ready=ready,
-        attempt_reserve=attempt_reserve,
-        record_faults=record_faults,
-    )
+def install(app: Starlette, **options: Unpack[WebOptions]) -> Outlast:
+    """Install outlast on a Starlette or FastAPI app (before it starts serving).
+
+    Takes the options every web integration shares (`WebOptions`: `guard`,
+    `budget`, `engine`/`ping`, `session`, `db_routes`/`exempt`, `ready`,
+    `supervisor`, `ready_fail_on_db`, `health_prefix`, `health_timeout`,
+    `attempt_reserve`, `record_faults`).
+    """
+    ol = Outlast(**options)
     ol.routes = app.router.routes
     paths = health_paths(ol.config.health_prefix)
     app.add_route(paths["live"], ol.live, methods=["GET"], include_in_schema=False)

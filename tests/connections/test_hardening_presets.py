@@ -88,7 +88,7 @@ def test_presets_are_frozen_values_and_replace_validates() -> None:
     shorter = default.replace(statement_timeout=timedelta(seconds=5), ping_timeout=0.5)
     assert shorter.statement_timeout == 5.0
     assert default.statement_timeout == 30.0
-    assert shorter.statement_deadline == 7.0
+    assert shorter.client_statement_timeout == 7.0
     with pytest.raises(outlast.ConfigurationError, match="unknown hardening option"):
         default.replace(conect_timeout=3)
 
@@ -126,7 +126,7 @@ def test_none_leaves_the_server_setting_alone_and_zero_turns_it_off() -> None:
         statement_timeout=None, idle_in_transaction_session_timeout=0
     )
     assert session_setup_sql(preset) == ["SET idle_in_transaction_session_timeout = 0"]
-    assert preset.statement_deadline is None
+    assert preset.client_statement_timeout is None
 
 
 def test_libpq_connect_timeout_is_whole_seconds_and_at_least_two() -> None:

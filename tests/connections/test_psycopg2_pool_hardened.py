@@ -169,7 +169,7 @@ def test_a_query_on_a_checked_out_connection_hits_the_deadline(
         assert isinstance(error, psycopg2.OperationalError), error
         fault = outlast.classify(error)
         assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
-        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert 1.5 < elapsed < FAST.client_statement_timeout + SLACK  # type: ignore[operator]
         assert not guard.state.up
         assert conn.closed
         assert pool.size == 0  # discarded, its slot free
@@ -195,7 +195,7 @@ def test_connect_bounds_every_cursor_factory(
             with db_outage("freeze"):
                 error, elapsed = _bounded_call(lambda: cur.execute("SELECT 2 AS x"), "execute")
         assert isinstance(error, psycopg2.OperationalError), error
-        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert 1.5 < elapsed < FAST.client_statement_timeout + SLACK  # type: ignore[operator]
     finally:
         conn.close()
 

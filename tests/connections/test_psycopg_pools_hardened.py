@@ -13,7 +13,7 @@ from conn_kit import restart_under_traffic
 
 import outlast
 from outlast._core.connections.hardening import PRESETS
-from outlast._core.web.mapping import RequestBudget
+from outlast._core.timing.budget import RequestBudget
 from outlast.psycopg import (
     AsyncConnectionPool,
     ConnectionPool,
@@ -149,7 +149,7 @@ def test_a_query_on_a_checked_out_connection_hits_the_deadline(
         print(f"psycopg pool, query after checkout, {kind}: failed after {elapsed:.2f} s")
         fault = outlast.classify(info.value)
         assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
-        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert 1.5 < elapsed < FAST.client_statement_timeout + SLACK  # type: ignore[operator]
         assert not guard.state.up  # the connection reported its own fault
         assert conn.closed
         with pool.connection() as again:  # the dead one was discarded, not handed out
@@ -196,7 +196,7 @@ async def test_async_query_on_a_checked_out_connection_hits_the_deadline(
         print(f"psycopg async pool, query after checkout, {kind}: failed after {elapsed:.2f} s")
         fault = outlast.classify(info.value)
         assert fault is not None and fault.kind is outlast.FaultKind.UNAVAILABLE
-        assert 1.5 < elapsed < FAST.statement_deadline + SLACK  # type: ignore[operator]
+        assert 1.5 < elapsed < FAST.client_statement_timeout + SLACK  # type: ignore[operator]
         assert not guard.state.up
         assert conn.closed
         async with pool.connection() as again:

@@ -51,14 +51,14 @@ def test_the_base_never_shrinks_from_one_retry_to_the_next(backoff: Backoff, ret
 def test_total_sleep_never_goes_past_the_deadline(
     backoff: Backoff, attempts: int, deadline: float, durations: list[float], seed: int
 ) -> None:
-    retry = Retry(attempts=attempts, deadline=deadline, backoff=backoff)
+    retry = Retry(attempts=attempts, timeout=deadline, backoff=backoff)
     rng = random.Random(seed)
     elapsed = slept = 0.0
     failed = 0
     while True:
         elapsed += durations[failed]  # the attempt itself takes time
         failed += 1
-        sleep = retry.next_sleep(failed, elapsed, retry.deadline, rng.random())
+        sleep = retry.next_sleep(failed, elapsed, retry.timeout, rng.random())
         if sleep is None:
             break
         assert elapsed + sleep <= deadline  # a sleep never ends past the deadline
@@ -84,10 +84,10 @@ def test_huge_retry_numbers_do_not_overflow() -> None:
 
 def test_policies_accept_timedelta_and_are_immutable_and_shareable() -> None:
     retry = Retry(
-        deadline=timedelta(seconds=3),
+        timeout=timedelta(seconds=3),
         backoff=Backoff(initial=timedelta(milliseconds=50), cap=timedelta(seconds=1)),
     )
-    assert retry.deadline == 3.0 and retry.backoff.initial == 0.05 and retry.backoff.cap == 1.0
+    assert retry.timeout == 3.0 and retry.backoff.initial == 0.05 and retry.backoff.cap == 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         retry.attempts = 9  # type: ignore[misc]
     assert Breaker(open_for=timedelta(seconds=2), max_open_for=timedelta(seconds=4)).open_for == 2.0
@@ -100,7 +100,7 @@ def test_policies_accept_timedelta_and_are_immutable_and_shareable() -> None:
         t.start()
     for t in threads:
         t.join(10)
-    assert retry == Retry(deadline=3.0, backoff=Backoff(initial=0.05, cap=1.0))
+    assert retry == Retry(timeout=3.0, backoff=Backoff(initial=0.05, cap=1.0))
 
 
 @pytest.mark.parametrize(
@@ -114,8 +114,8 @@ def test_policies_accept_timedelta_and_are_immutable_and_shareable() -> None:
         (lambda: Backoff(jitter=1.5), "jitter"),
         (lambda: Retry(attempts=0), "attempts"),
         (lambda: Retry(attempts=True), "attempts"),
-        (lambda: Retry(deadline=-1), "deadline"),
-        (lambda: Retry(deadline="10"), "deadline"),
+        (lambda: Retry(timeout=-1), "timeout"),
+        (lambda: Retry(timeout="10"), "timeout"),
         (lambda: Retry(backoff=3), "backoff"),
         (lambda: Breaker(failure_threshold=0), "failure_threshold"),
         (lambda: Breaker(min_calls=0), "min_calls"),
@@ -131,5 +131,5 @@ def test_policies_accept_timedelta_and_are_immutable_and_shareable() -> None:
     ],
 )
 def test_bad_options_raise_value_error_naming_the_option(factory, option: str) -> None:
-    with pytest.raises(ValueError, match=option):
+    with pytest.raises(outlast.ConfigurationError, match=option):
         factory()

@@ -11,7 +11,7 @@ import outlast
 from outlast import Backoff, Breaker, DatabaseUnavailable, Retry
 from outlast.testing import ManualClock, no_waits, waits_disabled
 
-SLOW = Retry(attempts=4, deadline=600, backoff=Backoff(initial=100, cap=100, jitter=0))
+SLOW = Retry(attempts=4, timeout=600, backoff=Backoff(initial=100, cap=100, jitter=0))
 
 
 def _guard() -> outlast.Guard:  # the real system clock

@@ -28,7 +28,7 @@ PHASE = 0.04  # seconds down, then seconds up, per flap
 def _guard(rec: Recorder) -> outlast.Guard:
     return outlast.Guard(
         "flappy",
-        retry=Retry(attempts=3, deadline=1.0, backoff=Backoff(initial=0.001, cap=0.004)),
+        retry=Retry(attempts=3, timeout=1.0, backoff=Backoff(initial=0.001, cap=0.004)),
         breaker=Breaker(failure_threshold=5, open_for=0.005, max_open_for=0.02),
         classifier=classify,
         listeners=[rec],  # no logging: thousands of lines would only slow the test

@@ -21,7 +21,7 @@ def _outage(caplog: pytest.LogCaptureFixture) -> tuple[ManualClock, outlast.Guar
     guard = make_guard(
         clock,
         recorder=rec,
-        retry=Retry(attempts=3, deadline=None, backoff=EXACT),
+        retry=Retry(attempts=3, timeout=None, backoff=EXACT),
         breaker=Breaker(failure_threshold=3, open_for=2.0, max_open_for=8.0),
     )
     with pytest.raises(DatabaseUnavailable):

@@ -35,7 +35,7 @@ def test_probe_through_a_pool_hook_closes_the_breaker() -> None:
     clock = ManualClock()
     guard = make_guard(
         clock,
-        retry=Retry(attempts=1, deadline=5),
+        retry=Retry(attempts=1, timeout=5),
         breaker=Breaker(failure_threshold=2, open_for=1, max_open_for=1),
     )
     failures: list[BaseException] = [err(), err()]
@@ -53,7 +53,7 @@ def test_probe_through_a_pool_hook_closes_the_breaker() -> None:
 def test_a_fault_reported_by_a_hook_is_counted_once() -> None:
     guard = make_guard(
         ManualClock(),
-        retry=Retry(attempts=1, deadline=5),
+        retry=Retry(attempts=1, timeout=5),
         breaker=Breaker(failure_threshold=4, open_for=1),
     )
     failures: list[BaseException] = [err() for _ in range(3)]

@@ -30,7 +30,7 @@ def test_a_guarded_psycopg_query_rides_out_a_real_outage(
 
     guard = outlast.Guard(
         "main",
-        retry=Retry(attempts=4, deadline=5.0, backoff=Backoff(initial=0.05, cap=0.2)),
+        retry=Retry(attempts=4, timeout=5.0, backoff=Backoff(initial=0.05, cap=0.2)),
         breaker=Breaker(failure_threshold=4, open_for=0.5, max_open_for=2.0),
     )
     assert guard.call(fetch_one) == 1

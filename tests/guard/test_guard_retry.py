@@ -114,7 +114,7 @@ async def test_cancellation_is_never_retried() -> None:
 def test_exhausted_unavailable_raises_database_unavailable_from_the_last_error() -> None:
     clock, rec = ManualClock(), Recorder()
     guard = make_guard(
-        clock, recorder=rec, retry=Retry(attempts=4, deadline=None, backoff=EXACT), breaker=NO_TRIP
+        clock, recorder=rec, retry=Retry(attempts=4, timeout=None, backoff=EXACT), breaker=NO_TRIP
     )
     errors = [err() for _ in range(4)]
     with pytest.raises(DatabaseUnavailable) as info:
@@ -131,7 +131,7 @@ def test_exhausted_unavailable_raises_database_unavailable_from_the_last_error()
 
 def test_the_last_sleep_never_crosses_the_deadline() -> None:
     clock = ManualClock()
-    retry = Retry(attempts=100, deadline=10.0, backoff=EXACT)
+    retry = Retry(attempts=100, timeout=10.0, backoff=EXACT)
     guard = make_guard(clock, retry=retry, breaker=NO_TRIP)
     fn = Flaky(*[err() for _ in range(100)])
     with pytest.raises(DatabaseUnavailable):
@@ -143,7 +143,7 @@ def test_the_last_sleep_never_crosses_the_deadline() -> None:
 
 def test_deadline_counts_the_time_the_attempts_take() -> None:
     clock = ManualClock()
-    guard = make_guard(clock, retry=Retry(attempts=100, deadline=5.0, backoff=EXACT))
+    guard = make_guard(clock, retry=Retry(attempts=100, timeout=5.0, backoff=EXACT))
 
     def slow_failure() -> None:
         clock.advance(2.0)  # e.g. a connect timeout
@@ -157,10 +157,10 @@ def test_deadline_counts_the_time_the_attempts_take() -> None:
     assert clock.monotonic() == 9.0
 
 
-def test_per_call_deadline_replaces_the_policy_and_counts_from_the_call() -> None:
+def test_per_call_timeout_replaces_the_policy_and_counts_from_the_call() -> None:
     clock = ManualClock()
     guard = make_guard(
-        clock, retry=Retry(attempts=100, deadline=60.0, backoff=EXACT), breaker=NO_TRIP
+        clock, retry=Retry(attempts=100, timeout=60.0, backoff=EXACT), breaker=NO_TRIP
     )
     start = clock.monotonic()
 
@@ -169,7 +169,7 @@ def test_per_call_deadline_replaces_the_policy_and_counts_from_the_call() -> Non
         raise err()
 
     with pytest.raises(DatabaseUnavailable):
-        guard.call(slow_failure, deadline=4.0)
+        guard.call(slow_failure, timeout=4.0)
     assert clock.monotonic() - start <= 4.0 + 1.5  # only the last attempt may run past it
     assert all(s <= 4.0 for s in clock.sleeps)
 

@@ -88,7 +88,7 @@ async def test_atransaction_on_a_malformed_dsn_raises_configuration_error(
 def test_a_well_formed_dsn_still_reaches_the_driver() -> None:
     # The check refuses only what libpq would refuse: a valid conninfo for a port
     # nobody listens on gets as far as connecting (and is retried as an outage).
-    guard = outlast.Guard("cfg", retry=outlast.Retry(attempts=2, deadline=1.0), listeners=[])
+    guard = outlast.Guard("cfg", retry=outlast.Retry(attempts=2, timeout=1.0), listeners=[])
     dsn = "postgresql://u:pw@127.0.0.1:1/d?sslmode=disable&connect_timeout=2&application_name=x"
     with pytest.raises(outlast.DatabaseUnavailable) as info:
         guard.transaction(dsn, lambda conn: None)

@@ -45,7 +45,7 @@ def _guard() -> outlast.Guard:
     return outlast.Guard(
         "ledger",
         retry=outlast.Retry(
-            attempts=10, deadline=30.0, backoff=outlast.Backoff(initial=0.005, cap=0.2)
+            attempts=10, timeout=30.0, backoff=outlast.Backoff(initial=0.005, cap=0.2)
         ),
         breaker=outlast.Breaker(enabled=False),
         listeners=(),

@@ -91,7 +91,7 @@ def test_unreachable_until_the_deadline_raises_commit_outcome_unknown() -> None:
     clocks = []
 
     def make() -> tuple[FakeAdapter, outlast.Guard, Any]:
-        guard, clock = make_guard(attempts=3, deadline=5.0)
+        guard, clock = make_guard(attempts=3, timeout=5.0)
         clocks.append(clock)
         return FakeAdapter([("commit", Lost("gone"))], [Lost("down")] * 100), guard, clock
 
@@ -112,7 +112,7 @@ def test_breaker_refusing_the_status_question_still_means_unknown() -> None:
     """An open breaker says nothing about the COMMIT: never DatabaseUnavailable."""
 
     def make() -> tuple[FakeAdapter, outlast.Guard, Any]:
-        guard, clock = make_guard(attempts=3, deadline=2.0)
+        guard, clock = make_guard(attempts=3, timeout=2.0)
         refused = [outlast.DatabaseUnavailable("breaker open", retry_after=1.0)] * 100
         return FakeAdapter([("commit", Lost("gone"))], refused), guard, clock
 
@@ -123,7 +123,7 @@ def test_breaker_refusing_the_status_question_still_means_unknown() -> None:
         assert adapter.calls["status"] > 1  # it kept asking until the deadline
 
     def make_then_ok() -> tuple[FakeAdapter, outlast.Guard, Any]:
-        guard, clock = make_guard(attempts=3, deadline=2.0)
+        guard, clock = make_guard(attempts=3, timeout=2.0)
         statuses = [outlast.DatabaseUnavailable("breaker open", retry_after=0.1), COMMITTED]
         return FakeAdapter([("commit", Lost("gone"))], statuses), guard, clock
 

@@ -34,7 +34,7 @@ def proxy(pg_server: Any) -> Iterator[Proxy]:
 def _guard() -> outlast.Guard:
     return outlast.Guard(
         "sources",
-        retry=outlast.Retry(attempts=5, deadline=30, backoff=outlast.Backoff(initial=0.05)),
+        retry=outlast.Retry(attempts=5, timeout=30, backoff=outlast.Backoff(initial=0.05)),
         listeners=(),
     )
 

@@ -40,12 +40,12 @@ def classifier(exc: BaseException) -> Fault | None:
 
 
 def make_guard(
-    *, attempts: int = 5, deadline: float | None = 10.0
+    *, attempts: int = 5, timeout: float | None = 10.0
 ) -> tuple[outlast.Guard, ManualClock]:
     clock = ManualClock()
     guard = outlast.Guard(
         "tx",
-        retry=Retry(attempts=attempts, deadline=deadline, backoff=Backoff(initial=0.1, cap=1.0)),
+        retry=Retry(attempts=attempts, timeout=timeout, backoff=Backoff(initial=0.1, cap=1.0)),
         breaker=outlast.Breaker(enabled=False),
         classifier=classifier,
         clock=clock,

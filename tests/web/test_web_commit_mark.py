@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 import outlast
-from outlast import Backoff, Fault, FaultKind, Retry, _web
+from outlast import Backoff, Fault, FaultKind, Retry
+from outlast._core.timing import budget as budgets
 from outlast._core.transactions.adapters import StatusReply
 from outlast._core.transactions.machine import arun_transaction, run_transaction
+from outlast._core.web import calls, mapping
 from outlast.testing import ManualClock
 
 
@@ -47,7 +49,7 @@ def _classifier(exc: BaseException) -> Fault | None:
 def _guard() -> outlast.Guard:
     return outlast.Guard(
         "mark",
-        retry=Retry(attempts=5, deadline=10.0, backoff=Backoff(initial=0.1, cap=0.5)),
+        retry=Retry(attempts=5, timeout=10.0, backoff=Backoff(initial=0.1, cap=0.5)),
         breaker=outlast.Breaker(enabled=False),
         classifier=_classifier,
         clock=ManualClock(),
@@ -74,7 +76,7 @@ class Script:
         return "731", "boot-1"
 
     def commit(self, handle: Any) -> None:
-        self.seen_during_commit.append(_web.commit_outcome_pending())
+        self.seen_during_commit.append(budgets.commit_outcome_pending())
         error = self.commits.pop(0)
         if error is not None:
             raise error
@@ -86,7 +88,7 @@ class Script:
         pass
 
     def status(self, xid: str, *, timeout: float) -> StatusReply:
-        self.seen_during_status.append(_web.commit_outcome_pending())
+        self.seen_during_status.append(budgets.commit_outcome_pending())
         reply = self.statuses.pop(0)
         if isinstance(reply, BaseException):
             raise reply
@@ -119,15 +121,15 @@ class AsyncScript(Script):
 
 @pytest.fixture
 def request_budget() -> Iterator[None]:
-    token = _web.RequestBudget(5.0).start()
+    token = budgets.RequestBudget(5.0).start()
     try:
         yield
     finally:
-        _web.RequestBudget.finish(token)
+        budgets.RequestBudget.finish(token)
 
 
 def _body(exc: BaseException) -> dict[str, Any]:
-    mapped = _web.map_exception(exc)
+    mapped = mapping.map_exception(exc)
     assert mapped is not None and mapped.status == 503
     return dict(json.loads(mapped.body))
 
@@ -162,22 +164,22 @@ def test_a_resolution_refused_by_the_breaker_leaves_the_request_marked(
     assert "circuit breaker open" in str(info.value)
     assert script.seen_during_commit == [True]
     assert len(script.seen_during_status) > 2 and all(script.seen_during_status)
-    assert _web.commit_outcome_pending()
+    assert budgets.commit_outcome_pending()
     assert _body(info.value)["error"] == "OUTCOME_UNKNOWN"
     # Whatever fails the request now (here: its budget) says so too.
-    assert _body(_web.budget_exceeded(None))["error"] == "OUTCOME_UNKNOWN"
+    assert _body(calls.budget_exceeded(None))["error"] == "OUTCOME_UNKNOWN"
 
 
 @pytest.mark.parametrize("flavour", [Script, AsyncScript])
 def test_a_settled_outcome_clears_the_mark(flavour: type[Script], request_budget: None) -> None:
     assert _run(flavour([None], [])) == "value"
-    assert not _web.commit_outcome_pending()
+    assert not budgets.commit_outcome_pending()
     assert _run(flavour([Lost()], [COMMITTED])) == "value"  # resolved: committed
-    assert not _web.commit_outcome_pending()
+    assert not budgets.commit_outcome_pending()
     script = flavour([Lost(), None], [ABORTED])  # resolved: aborted, then run again
     assert _run(script) == "value"
     assert script.seen_during_commit == [True, True]
-    assert not _web.commit_outcome_pending()
+    assert not budgets.commit_outcome_pending()
     assert _body(REFUSED)["error"] == "SERVICE_UNAVAILABLE"
 
 
@@ -189,7 +191,7 @@ def test_a_commit_the_server_answered_with_an_error_is_not_unknown(
     with pytest.raises(Conflict):  # re-run whole, then given up: the server's own error
         _run(script)
     assert len(script.seen_during_commit) > 1
-    assert not _web.commit_outcome_pending()
+    assert not budgets.commit_outcome_pending()
 
 
 def test_a_cancelled_commit_leaves_the_request_marked(request_budget: None) -> None:
@@ -204,8 +206,8 @@ def test_a_cancelled_commit_leaves_the_request_marked(request_budget: None) -> N
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await arun_transaction(_guard(), Hangs([], []), work)
-        assert _web.commit_outcome_pending()
-        assert _body(_web.budget_exceeded(None))["error"] == "OUTCOME_UNKNOWN"
+        assert budgets.commit_outcome_pending()
+        assert _body(calls.budget_exceeded(None))["error"] == "OUTCOME_UNKNOWN"
 
     asyncio.run(main())
 
@@ -215,5 +217,5 @@ def test_outside_a_request_nothing_is_marked() -> None:
     with pytest.raises(outlast.CommitOutcomeUnknown):
         _run(script)
     assert script.seen_during_commit == [False]
-    assert not _web.commit_outcome_pending()
+    assert not budgets.commit_outcome_pending()
     assert _body(REFUSED)["error"] == "SERVICE_UNAVAILABLE"

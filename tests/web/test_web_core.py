@@ -11,8 +11,10 @@ import time
 import pytest
 
 import outlast
-from outlast import _health, _web
 from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.timing import budget as budgets
+from outlast._core.web import calls, mapping, options
+from outlast._core.web import health as _health
 
 
 def _fault(kind: FaultKind, reason: str = "x", message: str = "boom") -> Fault:
@@ -42,31 +44,31 @@ class _DriverError(Exception):
 def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one(
     seconds: float | None, header: str
 ) -> None:
-    assert _web.retry_after_header(seconds) == header
+    assert mapping.retry_after_header(seconds) == header
 
 
 def test_problem_body_is_rfc9457_and_keeps_the_seeds_fields() -> None:
-    assert _web.problem_body(503) == {
+    assert mapping.problem_body(503) == {
         "type": "about:blank",
         "title": "Service Unavailable",
         "status": 503,
         "detail": "Database temporarily unavailable",
         "error": "SERVICE_UNAVAILABLE",
     }
-    body = _web.problem_body(500)
+    body = mapping.problem_body(500)
     assert body["status"] == 500 and body["type"] == "about:blank"
 
 
 def test_database_unavailable_maps_to_503_with_its_retry_after() -> None:
-    mapped = _web.map_exception(outlast.DatabaseUnavailable(retry_after=2.2))
+    mapped = mapping.map_exception(outlast.DatabaseUnavailable(retry_after=2.2))
     assert mapped is not None and mapped.status == 503
     assert dict(mapped.headers)["Retry-After"] == "3"
-    assert json.loads(mapped.body) == _web.problem_body(503)
+    assert json.loads(mapped.body) == mapping.problem_body(503)
     assert mapped.content_type == "application/problem+json"
 
 
 def test_commit_outcome_unknown_maps_to_503() -> None:
-    mapped = _web.map_exception(outlast.CommitOutcomeUnknown("lost", xid="42"))
+    mapped = mapping.map_exception(outlast.CommitOutcomeUnknown("lost", xid="42"))
     assert mapped is not None and mapped.status == 503
     assert dict(mapped.headers)["Retry-After"] == "1"
     assert mapped.content_type == "application/problem+json"
@@ -74,36 +76,36 @@ def test_commit_outcome_unknown_maps_to_503() -> None:
 
 def test_commit_outcome_unknown_says_so_in_the_problem_body() -> None:
     """A client (and the drill's ledger) must tell "maybe applied" from "not applied"."""
-    mapped = _web.map_exception(outlast.CommitOutcomeUnknown("lost", xid="42"))
+    mapped = mapping.map_exception(outlast.CommitOutcomeUnknown("lost", xid="42"))
     assert mapped is not None
     body = json.loads(mapped.body)
-    assert body == _web.problem_body(503, outcome_unknown=True)
+    assert body == mapping.problem_body(503, outcome_unknown=True)
     assert body["error"] == "OUTCOME_UNKNOWN" and body["status"] == 503
     assert "lost" not in mapped.body.decode()  # the exception's text never leaks
-    plain = _web.map_exception(outlast.DatabaseUnavailable(retry_after=1.0))
+    plain = mapping.map_exception(outlast.DatabaseUnavailable(retry_after=1.0))
     assert plain is not None and json.loads(plain.body)["error"] == "SERVICE_UNAVAILABLE"
 
 
 def test_plain_application_errors_are_not_mapped() -> None:
-    assert _web.map_exception(ValueError("a bug")) is None
-    assert _web.map_exception(KeyError("k")) is None
+    assert mapping.map_exception(ValueError("a bug")) is None
+    assert mapping.map_exception(KeyError("k")) is None
 
 
-def test_driver_errors_map_by_fault_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_driver_errors_map_by_fault_kind() -> None:
     kinds = {
         "u": FaultKind.UNAVAILABLE,
         "r": FaultKind.READ_ONLY,
         "c": FaultKind.COMMIT_UNKNOWN,
         "p": FaultKind.PERMANENT,
     }
-    monkeypatch.setattr(_web, "_classify", lambda exc: _fault(kinds[str(exc)]))
+    guard = outlast.Guard("kinds", classifier=lambda exc: _fault(kinds[str(exc)]), listeners=())
     for key in "urc":
-        mapped = _web.map_exception(_DriverError(key))
+        mapped = mapping.map_exception(_DriverError(key), guard)
         assert mapped is not None and mapped.status == 503, key
         # A COMMIT that lost its connection may have been applied: say so.
         expected = "OUTCOME_UNKNOWN" if key == "c" else "SERVICE_UNAVAILABLE"
         assert json.loads(mapped.body)["error"] == expected, key
-    mapped = _web.map_exception(_DriverError("p"))
+    mapped = mapping.map_exception(_DriverError("p"), guard)
     assert mapped is not None and mapped.status == 500
     assert "Retry-After" not in dict(mapped.headers)
 
@@ -112,14 +114,16 @@ def test_a_real_psycopg_error_is_classified_and_mapped() -> None:
     psycopg = pytest.importorskip("psycopg")
     with pytest.raises(psycopg.OperationalError) as info:
         psycopg.connect("host=127.0.0.1 port=1 user=x password=hunter2 connect_timeout=2")
-    mapped = _web.map_exception(info.value)
+    mapped = mapping.map_exception(info.value)
     assert mapped is not None and mapped.status == 503
 
 
-def test_the_500_body_never_contains_sql_params_or_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_500_body_never_contains_sql_params_or_hosts() -> None:
     secret = "SELECT * FROM users WHERE password = 'hunter2' -- db.internal.example:5432"
-    monkeypatch.setattr(_web, "_classify", lambda exc: _fault(FaultKind.PERMANENT, message=secret))
-    mapped = _web.map_exception(_DriverError(secret))
+    guard = outlast.Guard(
+        "secret", classifier=lambda exc: _fault(FaultKind.PERMANENT, message=secret), listeners=()
+    )
+    mapped = mapping.map_exception(_DriverError(secret), guard)
     assert mapped is not None
     text = mapped.body.decode() + repr(mapped.headers)
     for leak in ("SELECT", "hunter2", "db.internal", "5432", "Traceback"):
@@ -127,16 +131,18 @@ def test_the_500_body_never_contains_sql_params_or_hosts(monkeypatch: pytest.Mon
 
 
 def test_faults_are_logged_once_and_redacted(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     msg = "connection to postgresql://app:hunter2@db.example/app failed"
-    monkeypatch.setattr(_web, "_classify", lambda exc: _fault(FaultKind.PERMANENT, "boom", msg))
+    guard = outlast.Guard(
+        "log-once", classifier=lambda exc: _fault(FaultKind.PERMANENT, "boom", msg), listeners=()
+    )
     exc = _DriverError("x")
-    mapped = _web.map_exception(exc)
+    mapped = mapping.map_exception(exc, guard)
     assert mapped is not None
     with caplog.at_level(logging.DEBUG, logger="outlast"):
-        _web.log_fault(exc, mapped, "GET /api/unit-once")
-        _web.log_fault(exc, mapped, "GET /api/unit-once")
+        mapping.log_fault(exc, mapped, "GET /api/unit-once")
+        mapping.log_fault(exc, mapped, "GET /api/unit-once")
     records = [r for r in caplog.records if "/api/unit-once" in r.getMessage()]
     assert len(records) == 1
     assert "hunter2" not in records[0].getMessage()
@@ -144,21 +150,21 @@ def test_faults_are_logged_once_and_redacted(
 
 
 def test_budget_remaining_counts_down_inside_a_request_only() -> None:
-    assert _web.budget_remaining() is None
-    budget = _web.RequestBudget(5.0)
+    assert budgets.budget_remaining() is None
+    budget = budgets.RequestBudget(5.0)
     token = budget.start()
     try:
-        left = _web.budget_remaining()
+        left = budgets.budget_remaining()
         assert left is not None and 4.0 < left <= 5.0
     finally:
         budget.finish(token)
-    assert _web.budget_remaining() is None
+    assert budgets.budget_remaining() is None
 
 
 def test_budget_must_be_positive() -> None:
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(outlast.ConfigurationError):
-            _web.RequestBudget(bad)
+            budgets.RequestBudget(bad)
 
 
 def test_call_within_budget_passes_the_rest_minus_the_reserve() -> None:
@@ -167,40 +173,40 @@ def test_call_within_budget_passes_the_rest_minus_the_reserve() -> None:
     class FakeGuard:
         retry_after = 1.0
 
-        def call(self, fn, *args, deadline=None, **kw):  # type: ignore[no-untyped-def]
-            seen["deadline"] = deadline
+        def call(self, fn, *args, timeout=None, **kw):  # type: ignore[no-untyped-def]
+            seen["timeout"] = timeout
             return fn(*args)
 
-    budget = _web.RequestBudget(5.0)
+    budget = budgets.RequestBudget(5.0)
     token = budget.start()
     try:
-        assert _web.call_within_budget(FakeGuard(), lambda: 7, reserve=2.0) == 7  # type: ignore[arg-type]
+        assert calls.call_within_budget(FakeGuard(), lambda: 7, reserve=2.0) == 7  # type: ignore[arg-type]
     finally:
         budget.finish(token)
-    deadline = seen["deadline"]
-    assert deadline is not None and 2.5 < deadline <= 3.0
+    timeout = seen["timeout"]
+    assert timeout is not None and 2.5 < timeout <= 3.0
 
 
 def test_an_exhausted_budget_raises_a_503_error() -> None:
-    budget = _web.RequestBudget(0.01)
+    budget = budgets.RequestBudget(0.01)
     token = budget.start()
     try:
         time.sleep(0.05)
-        with pytest.raises(_web.RequestBudgetExceeded) as info:
-            _web.call_within_budget(outlast.Guard("budget-unit"), lambda: 1)
+        with pytest.raises(outlast.RequestBudgetExceeded) as info:
+            calls.call_within_budget(outlast.Guard("budget-unit"), lambda: 1)
     finally:
         budget.finish(token)
-    mapped = _web.map_exception(info.value)
+    mapped = mapping.map_exception(info.value)
     assert mapped is not None and mapped.status == 503
 
 
 def test_routes_all_but_exempt_health_and_no_db() -> None:
-    config = _web.WebConfig(exempt=("/api/ping",))
+    config = options.WebConfig(exempt=("/api/ping",))
 
-    @_web.no_db
+    @options.no_db
     def ping() -> None: ...
 
-    @_web.db_route
+    @options.db_route
     def leads() -> None: ...
 
     assert config.is_db_route("/api/leads", None)
@@ -209,7 +215,7 @@ def test_routes_all_but_exempt_health_and_no_db() -> None:
     assert config.is_db_route("/api/pingpong", None)
     assert not config.is_db_route("/health/db", None)
     assert not config.is_db_route("/anything", ping)
-    marked = _web.WebConfig(db_routes="marked")
+    marked = options.WebConfig(db_routes="marked")
     assert not marked.is_db_route("/api/leads", None)
     assert marked.is_db_route("/api/leads", leads)
 
@@ -294,8 +300,8 @@ _ConnRefused.__qualname__ = "OperationalError"
 
 
 def test_unmatched_requests_are_never_database_routes() -> None:
-    config = _web.WebConfig()
-    assert not config.is_db_route("/nope", _web.NO_ROUTE)
+    config = options.WebConfig()
+    assert not config.is_db_route("/nope", options.NO_ROUTE)
     assert config.is_db_route("/mounted/app", None)
 
 
@@ -328,12 +334,12 @@ def test_web_transaction_passes_the_rest_of_the_budget_minus_the_reserve() -> No
     class FakeGuard:
         retry_after = 1.0
 
-        def transaction(self, source, fn, *args, deadline=None, **kw):  # type: ignore[no-untyped-def]
-            seen.append(("sync", source, deadline))
+        def transaction(self, source, fn, *args, timeout=None, **kw):  # type: ignore[no-untyped-def]
+            seen.append(("sync", source, timeout))
             return fn("conn", *args)
 
-        async def atransaction(self, source, fn, *args, deadline=None, **kw):  # type: ignore[no-untyped-def]
-            seen.append(("async", source, deadline))
+        async def atransaction(self, source, fn, *args, timeout=None, **kw):  # type: ignore[no-untyped-def]
+            seen.append(("async", source, timeout))
             return await fn("conn", *args)
 
     async def awork(conn: str, x: int) -> tuple[str, int]:
@@ -346,14 +352,14 @@ def test_web_transaction_passes_the_rest_of_the_budget_minus_the_reserve() -> No
     try:
         assert web.transaction("engine", lambda conn, x: (conn, x), 2) == ("conn", 2)
         assert asyncio.run(aweb.atransaction("aengine", awork, 3)) == ("conn", 3)
-        assert web.transaction("engine", lambda conn: conn, deadline=0.25) == "conn"
+        assert web.transaction("engine", lambda conn: conn, timeout=0.25) == "conn"
     finally:
         web.budget.finish(token)
     (k0, s0, d0), (k1, s1, d1), (k2, s2, d2), (_k3, _s3, d3) = seen
     assert (k0, s0, d0) == ("sync", "engine", None)
     assert (k1, s1) == ("sync", "engine") and d1 is not None and 2.5 < d1 <= 3.0
     assert (k2, s2) == ("async", "aengine") and d2 is not None and 3.0 < d2 <= 3.5
-    assert d3 == 0.25  # an explicit deadline wins
+    assert d3 == 0.25  # an explicit timeout wins
 
 
 def test_web_transaction_with_no_budget_left_is_a_503_before_anything_runs() -> None:
@@ -364,7 +370,7 @@ def test_web_transaction_with_no_budget_left_is_a_503_before_anything_runs() -> 
     token = web.budget.start()
     try:
         time.sleep(0.05)
-        with pytest.raises(_web.RequestBudgetExceeded):
+        with pytest.raises(outlast.RequestBudgetExceeded):
             web.transaction(object(), lambda conn: ran.append(1))
     finally:
         web.budget.finish(token)

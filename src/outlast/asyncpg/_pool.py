@@ -160,7 +160,9 @@ async def connect(
         guard.check()
     try:
         conn: asyncpg.Connection = await aretry_connect(
-            hardening, lambda: asyncpg.connect(dsn, **params)
+            hardening,
+            lambda: asyncpg.connect(dsn, **params),
+            classifier=guard.classify if guard is not None else None,
         )
         await _finish(conn, hardening)
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
@@ -250,7 +252,9 @@ def create_pool(
             guard.check()
         try:
             conn: asyncpg.Connection = await aretry_connect(
-                hardening, lambda: asyncpg.connect(*args, **kw)
+                hardening,
+                lambda: asyncpg.connect(*args, **kw),
+                classifier=guard.classify if guard is not None else None,
             )
             await _finish(conn, hardening)
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from outlast.chaos._delivery import Delivery
 from outlast.chaos._faults import TERMINATE_ERROR, FaultSpec
@@ -31,8 +31,25 @@ from outlast.chaos._protocol import (
 )
 from outlast.chaos._sides import C2S, S2C, UpstreamSide, abort_with_rst, nodelay
 
-if TYPE_CHECKING:
-    from outlast.chaos._proxy import Proxy
+
+class Proxy(Protocol):
+    """What a link needs of its proxy (`_proxy.Proxy`, which builds the links).
+
+    A protocol, not an import, so the proxy and its links do not import each other.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    upstream: tuple[str, int]
+    connect_timeout: float
+
+    def link_opened(self, link: Link) -> None: ...
+
+    def link_closed(self, link: Link) -> None: ...
+
+    def login_seen(self, link: Link, parameters: dict[str, str], rejected: str | None) -> None: ...
+
+    def cut_fired(self, spec: FaultSpec) -> bool: ...
+
 
 __all__ = ["Link"]
 

@@ -10,10 +10,39 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
-if TYPE_CHECKING:
-    from outlast.chaos._link import Link
+from outlast.chaos._protocol import MessageTracker
+
+
+class Link(Protocol):
+    """What the two sockets' protocol objects need of their link (`_link.Link`).
+
+    A protocol, not an import: the link builds its sides, so the sides must
+    not import the link back.
+    """
+
+    bytes_up: int
+    bytes_down: int
+    fast_up: bool
+    fast_down: bool
+    tracker_up: MessageTracker | None
+    tracker_down: MessageTracker | None
+    client: asyncio.Transport | None
+    upstream: asyncio.Transport | None
+
+    def client_made(self, transport: asyncio.Transport) -> None: ...
+
+    def client_data(self, data: bytes) -> None: ...
+
+    def server_data(self, data: bytes) -> None: ...
+
+    def side_closed(self, direction: int) -> None: ...
+
+    def pause(self, direction: int, reason: str) -> None: ...
+
+    def resume(self, direction: int, reason: str) -> None: ...
+
 
 __all__ = ["C2S", "S2C", "ClientSide", "UpstreamSide", "abort_with_rst", "nodelay"]
 

@@ -1,61 +1,74 @@
 """The ``outlast`` command.
 
-Each subcommand registers itself in `_SUBCOMMANDS` through a small function that
-adds an argparse sub-parser; heavy imports happen only when a subcommand runs.
+Every subcommand is one row of `COMMANDS`: its name, its help, and the module
+that implements it with ``add_arguments(parser)`` and ``run(args) -> int``.
+The module is imported only to build its sub-parser; heavy imports (drivers,
+web frameworks, rich) stay inside ``run``, so ``outlast --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from outlast import __version__
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "build_parser", "fail", "main"]
 
 Runner = Callable[[argparse.Namespace], int]
-Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-
-_SUBCOMMANDS: list[Registrar] = []
 
 
-def subcommand(fn: Registrar) -> Registrar:
-    """Register a function that adds one sub-parser (with ``set_defaults(run=...)``)."""
-    _SUBCOMMANDS.append(fn)
-    return fn
+@dataclass(frozen=True)
+class Command:
+    """One ``outlast <name>`` subcommand, implemented by `module`."""
+
+    name: str
+    module: str
+    help: str
+    description: str
+    run: str = "run"  # the function of `module` that runs it
 
 
-def add_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    run: Runner,
-    *,
-    help: str,
-    description: str,
-) -> argparse.ArgumentParser:
-    """Add the sub-parser ``outlast <name>`` that runs `run(args)`; returns it for its options."""
-    parser = sub.add_parser(name, help=help, description=description)
-    parser.set_defaults(run=run)
-    return parser
-
-
-def lazy_subcommand(name: str, module: str, run: str, *, help: str, description: str) -> None:
-    """Register ``outlast <name>`` without importing `module` until it is used.
-
-    `module`'s ``add_arguments(parser)`` adds its options (when the parser is
-    built), and ``<module>.<run>(args) -> int`` runs it.
-    """
-    import importlib
-
-    def _run(args: argparse.Namespace) -> int:
-        result: int = getattr(importlib.import_module(module), run)(args)
-        return result
-
-    @subcommand
-    def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-        parser = add_command(sub, name, _run, help=help, description=description)
-        importlib.import_module(module).add_arguments(parser)
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "proxy",
+        "outlast.cli.proxy",
+        help="run the fault-injecting PostgreSQL proxy with its admin API",
+        description="Forward --listen to --upstream and inject faults on demand through the "
+        "admin HTTP API (see the README: 'Fault-injecting proxy'). Ctrl-C stops it.",
+    ),
+    Command(
+        "drill",
+        "outlast.drill._cli",
+        run="run_command",
+        help="drive a running service through database outages and score it",
+        description="Send steady traffic to a service while a chaos proxy breaks its "
+        "database, then check: no 500s, 503s with Retry-After, no request past its "
+        "budget, liveness up, background loop alive, recovery, no write lost or doubled. "
+        "Exit code 1 when any check fails.",
+    ),
+    Command(
+        "demo",
+        "outlast.demo._demo",
+        run="run_demo",
+        help="prove it: drill the same service with and without outlast",
+        description="Start an embedded PostgreSQL, two chaos proxies, a reference FastAPI "
+        "service with outlast and the same service without it, run the outage drill on "
+        "both and print the scorecards; writes outlast-report.html. Exit code 0 when the "
+        "service with outlast passes every check.",
+    ),
+    Command(
+        "wait",
+        "outlast.cli.wait",
+        help="wait until PostgreSQL accepts sessions (exit 0), with backoff",
+        description="Wait at start-up until the database accepts sessions. Exit 0 when ready, "
+        "1 on timeout, 2 at once for a fault waiting cannot fix (authentication "
+        "failed, database does not exist) or a malformed DSN.",
+    ),
+)
 
 
 def fail(command: str, message: str, code: int = 2) -> int:
@@ -65,38 +78,19 @@ def fail(command: str, message: str, code: int = 2) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``outlast`` argument parser with every registered subcommand."""
+    """The ``outlast`` argument parser with every subcommand of `COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="outlast",
         description="Keep PostgreSQL-backed Python services up while their database is not.",
     )
     parser.add_argument("--version", action="version", version=f"outlast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _load_subcommands()
-    for register in _SUBCOMMANDS:
-        register(sub)
+    for command in COMMANDS:
+        module = importlib.import_module(command.module)
+        child = sub.add_parser(command.name, help=command.help, description=command.description)
+        module.add_arguments(child)
+        child.set_defaults(run=getattr(module, command.run))
     return parser
-
-
-def _load_subcommands() -> None:
-    # Importing these modules registers their sub-parsers; each keeps its
-    # third-party imports inside its run function so `outlast --help` stays fast.
-    import importlib
-
-    for module in _SUBCOMMAND_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # pragma: no cover - optional modules
-            if exc.name != module:
-                raise
-
-
-_SUBCOMMAND_MODULES: list[str] = [
-    "outlast.cli.proxy",
-    "outlast.cli.drill",
-    "outlast.cli.demo",
-    "outlast.cli.wait",
-]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

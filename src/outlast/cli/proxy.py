@@ -8,24 +8,13 @@ import socket
 import threading
 from types import FrameType
 
-from outlast.cli import add_command, fail, subcommand
+from outlast.cli import fail
 
-__all__ = ["register"]
+__all__ = ["add_arguments", "run"]
 
 
-@subcommand
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``outlast proxy`` and its options."""
-    parser = add_command(
-        sub,
-        "proxy",
-        run,
-        help="run the fault-injecting PostgreSQL proxy with its admin API",
-        description=(
-            "Forward --listen to --upstream and inject faults on demand through the "
-            "admin HTTP API (see the README: 'Fault-injecting proxy'). Ctrl-C stops it."
-        ),
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``outlast proxy``."""
     parser.add_argument("--listen", default="127.0.0.1:6432", help="HOST:PORT to accept on")
     parser.add_argument("--upstream", default="127.0.0.1:5432", help="the PostgreSQL HOST:PORT")
     parser.add_argument("--admin", default="127.0.0.1:8474", help="HOST:PORT of the admin API")

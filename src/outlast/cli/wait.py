@@ -11,25 +11,13 @@ import argparse
 import os
 import sys
 
-from outlast.cli import add_command, fail, subcommand
+from outlast.cli import fail
 
-__all__ = ["register"]
+__all__ = ["add_arguments", "run"]
 
 
-@subcommand
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``outlast wait`` and its options."""
-    parser = add_command(
-        sub,
-        "wait",
-        run,
-        help="wait until PostgreSQL accepts sessions (exit 0), with backoff",
-        description=(
-            "Wait at start-up until the database accepts sessions. Exit 0 when ready, "
-            "1 on timeout, 2 at once for a fault waiting cannot fix (authentication "
-            "failed, database does not exist) or a malformed DSN."
-        ),
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``outlast wait``."""
     parser.add_argument(
         "--dsn",
         default=None,

@@ -105,6 +105,6 @@ def attempt_reserve(hardening: outlast.Hardening, budget: float) -> float:
     budget, so a quick retry (after a terminated session) still fits.
     """
     worst = max(
-        hardening.check_budget, hardening.ping_timeout + (hardening.statement_deadline or 0)
+        hardening.check_budget, hardening.ping_timeout + (hardening.client_statement_timeout or 0)
     )
     return min(worst, budget / 2)

@@ -44,7 +44,9 @@ unresolved answers 503 ``OUTCOME_UNKNOWN``. Not inside ``atomic()`` /
 
 from __future__ import annotations
 
-from outlast._core.web.mapping import RequestBudgetExceeded, budget_remaining, db_route, no_db
+from outlast._core.faults.errors import RequestBudgetExceeded
+from outlast._core.timing.budget import budget_remaining
+from outlast._core.web.options import db_route, no_db
 from outlast.django import _transaction  # noqa: F401 - teaches Guard.transaction Django connections
 from outlast.django._middleware import OutlastMiddleware, runtime
 

@@ -13,36 +13,23 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
-from outlast._core.faults.errors import ConfigurationError, DatabaseUnavailable
+from outlast._core.faults.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    RequestBudgetExceeded,
+)
+from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.health import HealthAnswer
-from outlast._core.web.mapping import (
-    DEFAULT_BUDGET,
-    DEFAULT_HEALTH_TIMEOUT,
-    Mapped,
-    RequestBudget,
-    RequestBudgetExceeded,
-    budget_remaining,
-    record_success,
-)
+from outlast._core.web.mapping import Mapped, record_success
+from outlast._core.web.options import OPTION_NAMES
 
 __all__ = ["OutlastMiddleware", "Runtime", "runtime"]
 
-_KEYS = frozenset(
-    {
-        "GUARD",
-        "BUDGET",
-        "HEALTH_PREFIX",
-        "READY_FAIL_ON_DB",
-        "SUPERVISOR",
-        "DB_ROUTES",
-        "EXEMPT",
-        "HEALTH_TIMEOUT",
-        "DATABASE",
-        "ATTEMPT_RESERVE",
-        "RECORD_FAULTS",
-    }
-)
+# settings.OUTLAST: the web options in capitals, plus the database alias.
+_KEYS = frozenset({name.upper() for name in OPTION_NAMES} | {"DATABASE"})
+# Options that name an object may give its dotted path instead.
+_OBJECTS = frozenset({"GUARD", "SUPERVISOR", "SESSION", "ENGINE", "PING", "READY"})
 
 
 def _load(value: Any) -> Any:
@@ -56,25 +43,22 @@ class Runtime(WebBase):
         unknown = sorted(set(options) - _KEYS)
         if unknown:
             raise ConfigurationError(f"unknown OUTLAST setting(s): {', '.join(unknown)}")
-        super().__init__(
-            budget=float(options.get("BUDGET", DEFAULT_BUDGET)),
-            db_routes=options.get("DB_ROUTES", "all"),
-            exempt=tuple(options.get("EXEMPT", ())),
-            health_prefix=options.get("HEALTH_PREFIX", "/health"),
-            ready_fail_on_db=bool(options.get("READY_FAIL_ON_DB", False)),
-            health_timeout=float(options.get("HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT)),
-            attempt_reserve=float(options.get("ATTEMPT_RESERVE", 0.0)),
-            record_faults=bool(options.get("RECORD_FAULTS", True)),
-        )
-        guard = _load(options.get("GUARD"))
-        if guard is None:
+        alias = options.get("DATABASE", "default")
+        if not isinstance(alias, str):
+            raise ConfigurationError(f"OUTLAST DATABASE must be a database alias, not {alias!r}")
+        web: dict[str, Any] = {
+            key.lower(): _load(value) if key in _OBJECTS else value
+            for key, value in options.items()
+            if key != "DATABASE"
+        }
+        super().__init__(**web)
+        if self._guard is None:
             from outlast._core.guard.guard import Guard
 
-            guard = Guard(str(options.get("DATABASE", "default")))
-        self.guard = guard
-        self.supervisor = _load(options.get("SUPERVISOR"))
-        self.alias: str = options.get("DATABASE", "default")
-        self.ping = self._ping
+            self.guard = Guard(alias)
+        self.alias: str = alias
+        if self.ping is None:
+            self.ping = self._ping
 
     def _ping(self) -> None:
         from django.db import connections

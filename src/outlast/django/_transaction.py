@@ -37,13 +37,14 @@ from django.utils.connection import ConnectionProxy
 
 from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
 from outlast._core.faults.errors import ConfigurationError
-from outlast._core.timing.budget import budget_exceeded, budget_remaining
+from outlast._core.timing.budget import budget_remaining
 from outlast._core.transactions.adapters import (
     MARKER_SQL,
     StatusReply,
     register_adapter,
     status_sql,
 )
+from outlast._core.web.calls import budget_exceeded
 
 __all__ = ["DjangoAdapter"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 
-from outlast._core.web.mapping import no_db
+from outlast._core.web.options import no_db
 from outlast.django._middleware import response, runtime
 
 __all__ = ["health_db", "health_live", "health_ready"]

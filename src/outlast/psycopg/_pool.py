@@ -42,7 +42,7 @@ import psycopg_pool
 from psycopg.abc import RV, PQGen
 from psycopg.rows import Row
 
-from outlast._core.connections.connect_retry import aretry_connect, retry_connect
+from outlast._core.connections.connect_retry import Classifier, aretry_connect, retry_connect
 from outlast._core.connections.dsn import parse_dsn
 from outlast._core.connections.hardening import (
     FaultReporter,
@@ -51,9 +51,9 @@ from outlast._core.connections.hardening import (
     preset_for,
     report_fault,
     session_setup_sql,
-    statement_deadline,
 )
 from outlast._core.connections.socket_deadline import socket_deadline
+from outlast._core.connections.statements import statement_bound
 
 __all__ = [
     "AsyncConnectionPool",
@@ -105,16 +105,14 @@ class _Hooks:
         self.pool: weakref.ref[_Pool] | None = None  # set once the pool exists
 
     def failed(self, error: BaseException, op: str) -> _Pool | None:
-        """Report `error` (once); the pool to drain when it shows every connection is stale."""
-        if getattr(error, "_outlast_handled", False):
-            return None
-        try:
-            error._outlast_handled = True  # type: ignore[attr-defined]
-        except AttributeError:  # pragma: no cover - exceptions take attributes
-            pass
+        """Report `error` (counted once); the pool to drain when every connection is stale."""
         if not report_fault(self.guard, error, op, unknown_is_restart=op == "ping"):
             return None
         return self.pool() if self.pool is not None else None
+
+
+def _classifier(guard: FaultReporter | None) -> Classifier | None:
+    return guard.classify if guard is not None else None
 
 
 def _socket(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> int | None:
@@ -137,6 +135,7 @@ class HardenedConnection(psycopg.Connection[Row]):
     _outlast_op = "execute"
     _outlast_unbounded = 0
     _outlast_connect: Hardening | None = None  # set on a pool's own subclass
+    _outlast_guard: FaultReporter | None = None  # likewise: whose classifier decides
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
@@ -145,7 +144,9 @@ class HardenedConnection(psycopg.Connection[Row]):
         preset = cls._outlast_connect
         if preset is None:
             return parent(conninfo, **kwargs)
-        return retry_connect(preset, lambda: parent(conninfo, **kwargs))
+        return retry_connect(
+            preset, lambda: parent(conninfo, **kwargs), classifier=_classifier(cls._outlast_guard)
+        )
 
     def wait(
         self, gen: PQGen[RV], interval: float | None = None, timeout: float | None = None
@@ -154,7 +155,7 @@ class HardenedConnection(psycopg.Connection[Row]):
         if hooks is None or timeout is not None or self._outlast_unbounded:
             return self._wait(gen, interval, timeout)
         try:
-            with socket_deadline.bound(_socket(self), statement_deadline(hooks.preset)):
+            with statement_bound(_socket(self), hooks.preset):
                 return self._wait(gen, interval, timeout)
         except psycopg.Error as error:
             pool = hooks.failed(error, self._outlast_op)
@@ -184,6 +185,7 @@ class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
     _outlast_op = "execute"
     _outlast_unbounded = 0
     _outlast_connect: Hardening | None = None
+    _outlast_guard: FaultReporter | None = None
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
@@ -192,7 +194,9 @@ class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
         preset = cls._outlast_connect
         if preset is None:
             return await parent(conninfo, **kwargs)
-        return await aretry_connect(preset, lambda: parent(conninfo, **kwargs))
+        return await aretry_connect(
+            preset, lambda: parent(conninfo, **kwargs), classifier=_classifier(cls._outlast_guard)
+        )
 
     async def wait(
         self, gen: PQGen[RV], interval: float | None = None, timeout: float | None = None
@@ -201,7 +205,7 @@ class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
         if hooks is None or timeout is not None or self._outlast_unbounded:
             return await self._wait(gen, interval, timeout)
         try:
-            with socket_deadline.bound(_socket(self), statement_deadline(hooks.preset)):
+            with statement_bound(_socket(self), hooks.preset):
                 return await self._wait(gen, interval, timeout)
         except psycopg.Error as error:
             pool = hooks.failed(error, self._outlast_op)
@@ -275,7 +279,9 @@ def connect(
         guard.check()
     try:
         conn: HardenedConnection[Any] = retry_connect(
-            hardening, lambda: HardenedConnection.connect(conninfo, **params)
+            hardening,
+            lambda: HardenedConnection.connect(conninfo, **params),
+            classifier=_classifier(guard),
         )
         conn._outlast = _Hooks(hardening, guard)
         _setup(conn, session_setup_sql(hardening))
@@ -300,7 +306,9 @@ async def aconnect(
         guard.check()
     try:
         conn: AsyncHardenedConnection[Any] = await aretry_connect(
-            hardening, lambda: AsyncHardenedConnection.connect(conninfo, **params)
+            hardening,
+            lambda: AsyncHardenedConnection.connect(conninfo, **params),
+            classifier=_classifier(guard),
         )
         conn._outlast = _Hooks(hardening, guard)
         await _asetup(conn, session_setup_sql(hardening))
@@ -364,7 +372,8 @@ class _PoolSetup:
             return cls
         # psycopg_pool connects through ``connection_class.connect``: a
         # subclass of this pool's own carries the preset that retries it.
-        return type(cls.__name__, (cls,), {"_outlast_connect": self.hardening})
+        attrs = {"_outlast_connect": self.hardening, "_outlast_guard": self.hooks.guard}
+        return type(cls.__name__, (cls,), attrs)
 
     def attach(self, pool: _Pool) -> None:
         self.hooks.pool = weakref.ref(pool)

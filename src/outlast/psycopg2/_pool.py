@@ -51,9 +51,9 @@ from outlast._core.connections.hardening import (
     preset_for,
     report_fault,
     session_setup_sql,
-    statement_deadline,
 )
 from outlast._core.connections.socket_deadline import socket_deadline
+from outlast._core.connections.statements import statement_bound
 from outlast._core.faults.errors import ConfigurationError
 
 __all__ = ["ConnectionPool", "HardenedConnection", "PoolTimeout", "connect", "connect_kwargs"]
@@ -129,7 +129,7 @@ class HardenedConnection(psycopg2.extensions.connection):
             yield
             return
         try:
-            with socket_deadline.bound(self.fileno(), statement_deadline(hooks.preset)):
+            with statement_bound(self.fileno(), hooks.preset):
                 yield
         except psycopg2.Error as error:
             if report_fault(hooks.guard, error, op):
@@ -240,7 +240,11 @@ def _connect(
     params = dict(params)
     params["connection_factory"] = _hardened_factory(params.get("connection_factory"))
     try:
-        conn: Connection = retry_connect(hardening, lambda: psycopg2.connect(dsn, **params))
+        conn: Connection = retry_connect(
+            hardening,
+            lambda: psycopg2.connect(dsn, **params),
+            classifier=guard.classify if guard is not None else None,
+        )
         if isinstance(conn, HardenedConnection):
             conn._outlast = _Hooks(hardening, guard, pool)
         if statements:

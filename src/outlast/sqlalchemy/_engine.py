@@ -58,13 +58,13 @@ from outlast._core.connections.hardening import (
     preset_for,
     report_fault,
     session_setup_sql,
-    statement_deadline,
 )
 from outlast._core.connections.socket_deadline import (
     connection_fileno,
     socket_deadline,
     transport_socket,
 )
+from outlast._core.connections.statements import budget_ran_out, statement_bound, statement_limit
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
 
@@ -307,9 +307,10 @@ class _Hooks:
         if context is None:
             return
         info = conn.info.get(_KEY)
-        deadline = statement_deadline(self.preset)
-        if deadline is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
-            context.outlast_deadline = socket_deadline.arm(info.fileno, deadline)
+        limit = statement_limit(self.preset)
+        if limit.timeout is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
+            context.outlast_deadline = socket_deadline.arm(info.fileno, limit.timeout)
+            context.outlast_by_budget = limit.by_budget
 
     def after_execute(  # noqa: PLR0917 - SQLAlchemy event signature
         self,
@@ -327,11 +328,13 @@ class _Hooks:
 
     def handle_error(self, context: ExceptionContext) -> None:
         conn = context.connection
-        token = getattr(context.execution_context, "outlast_deadline", 0)
-        if token:
-            context.execution_context.outlast_deadline = 0  # type: ignore[union-attr]
-            socket_deadline.disarm(token)
         error = context.original_exception
+        execution = context.execution_context
+        token = getattr(execution, "outlast_deadline", 0)
+        if token:
+            execution.outlast_deadline = 0  # type: ignore[union-attr]
+            if socket_deadline.disarm(token) and getattr(execution, "outlast_by_budget", False):
+                budget_ran_out(error)
         op = "connect" if conn is None else "execute"
         if report_fault(self.guard, error, op) and not context.is_disconnect:
             context.is_disconnect = True
@@ -346,7 +349,7 @@ class _ConnInfo:
         self.fresh = True
 
 
-def _retrying_creator(engine: Engine, preset: Hardening) -> None:
+def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | None) -> None:
     """Make the pool's creator retry refused logins as `preset` allows.
 
     The creator is where SQLAlchemy runs the ``do_connect`` listeners and the
@@ -373,8 +376,15 @@ def _retrying_creator(engine: Engine, preset: Hardening) -> None:
         def sleep(seconds: float) -> None:
             time.sleep(seconds)
 
+    classifier = guard.classify if guard is not None else None
+
     def creator(connection_record: ConnectionPoolEntry | None = None) -> DBAPIConnection:
-        return retry_connect(preset, lambda: inner(connection_record), sleep=sleep)  # type: ignore[arg-type]
+        return retry_connect(
+            preset,
+            lambda: inner(connection_record),  # type: ignore[arg-type]
+            sleep=sleep,
+            classifier=classifier,
+        )
 
     pool._creator = creator
 
@@ -391,7 +401,7 @@ def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
     def bounded(end: Callable[[PoolProxiedConnection], None]) -> Any:
         def call(dbapi_connection: PoolProxiedConnection) -> None:
             fileno = connection_fileno(dbapi_connection)
-            with socket_deadline.bound(fileno, statement_deadline(preset)):
+            with statement_bound(fileno, preset):
                 end(dbapi_connection)
 
         return call
@@ -403,7 +413,7 @@ def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
 def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
     hooks = _Hooks(guard, preset, driver)
     _ENGINES[engine] = hooks
-    _retrying_creator(engine, preset)
+    _retrying_creator(engine, preset, guard)
     _bounded_transaction_ends(engine, preset)
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)

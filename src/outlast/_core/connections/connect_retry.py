@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, TypeVar
 from outlast._core.faults.classify import classify
 from outlast._core.faults.errors import DatabaseUnavailable
 from outlast._core.guard.backoff import Backoff
-from outlast._core.web.mapping import budget_remaining
+from outlast._core.timing.budget import budget_remaining
 
 if TYPE_CHECKING:
+    from outlast._core.faults.fault import Fault
+
     from .hardening import Hardening
 
 __all__ = ["CONNECT_BACKOFF", "RETRIED_REASONS", "aretry_connect", "next_delay", "retry_connect"]
@@ -56,17 +58,27 @@ CONNECT_BACKOFF = Backoff(initial=0.1, multiplier=2.0, cap=1.0, jitter=0.5)
 """0.1 s, 0.2 s, 0.4 s, 0.8 s, then 1 s, each shortened by up to half at random."""
 
 
+Classifier = Callable[[BaseException], "Fault | None"]
+
+
 def next_delay(
-    preset: Hardening, retried: int, elapsed: float, error: BaseException, rand: float
+    preset: Hardening,
+    retried: int,
+    elapsed: float,
+    error: BaseException,
+    rand: float,
+    *,
+    classifier: Classifier | None = None,
 ) -> float | None:
     """The sleep before the next connect attempt, or None to raise `error` now.
 
     `retried` is how many retries already happened, `elapsed` the seconds since
-    the first attempt started, `rand` a uniform random number in [0, 1).
+    the first attempt started, `rand` a uniform random number in [0, 1);
+    `classifier` is the Guard's (``guard.classify``), `outlast.classify` without one.
     """
     if retried >= preset.connect_retries or isinstance(error, DatabaseUnavailable):
         return None  # the Guard's breaker is open: it already said no
-    fault = classify(error)
+    fault = (classifier or classify)(error)
     if fault is None or fault.reason not in RETRIED_REASONS:
         return None
     delay = CONNECT_BACKOFF.delay(retried + 1, rand)
@@ -90,6 +102,7 @@ def retry_connect(
     connect: Callable[[], T],
     *,
     sleep: Callable[[float], object] = time.sleep,
+    classifier: Classifier | None = None,
 ) -> T:
     """``connect()``, retried on transient connect faults as `preset` allows."""
     if not preset.connect_retries:
@@ -100,14 +113,22 @@ def retry_connect(
         try:
             return connect()
         except Exception as error:
-            delay = next_delay(preset, retried, time.monotonic() - start, error, random.random())
+            elapsed = time.monotonic() - start
+            delay = next_delay(
+                preset, retried, elapsed, error, random.random(), classifier=classifier
+            )
             if delay is None:
                 raise
         retried += 1
         sleep(delay)
 
 
-async def aretry_connect(preset: Hardening, connect: Callable[[], Awaitable[T]]) -> T:
+async def aretry_connect(
+    preset: Hardening,
+    connect: Callable[[], Awaitable[T]],
+    *,
+    classifier: Classifier | None = None,
+) -> T:
     """The asyncio twin of `retry_connect` (sleeps with ``asyncio.sleep``)."""
     if not preset.connect_retries:
         return await connect()
@@ -117,7 +138,10 @@ async def aretry_connect(preset: Hardening, connect: Callable[[], Awaitable[T]])
         try:
             return await connect()
         except Exception as error:
-            delay = next_delay(preset, retried, time.monotonic() - start, error, random.random())
+            elapsed = time.monotonic() - start
+            delay = next_delay(
+                preset, retried, elapsed, error, random.random(), classifier=classifier
+            )
             if delay is None:
                 raise
         retried += 1

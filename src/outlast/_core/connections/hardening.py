@@ -32,7 +32,7 @@ Why each default (the README table repeats this):
 - ``connect_retries`` / ``connect_retry_budget`` - a compute that scaled to
   zero refuses the first logins while it wakes up (`_connect_retry`).
 
-Client-side deadlines on sockets live in `_deadline`.
+Client-side deadlines on sockets live in `socket_deadline` and `statements`.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ import random
 import re
 import shlex
 import socket
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 from outlast._core.faults.classify import classify
 from outlast._core.faults.errors import ConfigurationError
-from outlast._core.web.mapping import budget_remaining
+from outlast._core.timing.durations import seconds
 
 from .dsn import parse_dsn
 
@@ -74,7 +74,6 @@ __all__ = [
     "session_settings",
     "session_setup_sql",
     "startup_option_string",
-    "statement_deadline",
     "without_settings",
 ]
 
@@ -93,18 +92,6 @@ _INT_FIELDS = ("keepalives_idle", "keepalives_interval", "keepalives_count")
 # Server settings a preset manages; the client may set them itself in its own
 # startup options, and then its value wins.
 _SESSION_SETTINGS = ("statement_timeout", "idle_in_transaction_session_timeout")
-
-
-def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +124,7 @@ class Hardening:
     def __post_init__(self) -> None:
         for name in _SECONDS_FIELDS:
             allow_none = name in _SESSION_SETTINGS
-            value = _seconds(name, getattr(self, name), allow_none=allow_none)
+            value = seconds(getattr(self, name), name, allow_none=allow_none)
             object.__setattr__(self, name, value)
         for name in _INT_FIELDS:
             value = getattr(self, name)
@@ -170,15 +157,25 @@ class Hardening:
         return replace(self, **changes)
 
     @property
-    def statement_deadline(self) -> float | None:
-        """Client-side limit for one statement: the server's timeout plus a grace period.
+    def client_statement_timeout(self) -> float | None:
+        """Client-side timeout of one statement: the server's timeout plus a grace period.
 
         The server normally cancels first (a clean 57014); the client-side
-        deadline only fires when the server cannot answer at all.
+        socket deadline only fires when the server cannot answer at all.
         """
         if not self.statement_timeout:
             return None
         return self.statement_timeout + self.deadline_grace
+
+    @property
+    def statement_deadline(self) -> float | None:
+        """Deprecated name of `client_statement_timeout` (it is a duration, not an instant)."""
+        warnings.warn(
+            "Hardening.statement_deadline is deprecated; use client_statement_timeout",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.client_statement_timeout
 
     @property
     def check_budget(self) -> float:
@@ -388,8 +385,8 @@ def asyncpg_connect_kwargs(
         # 0 disables the cache: asyncpg then uses unnamed statements, which
         # live only as long as the exchange that created them.
         out.setdefault("statement_cache_size", 0)
-    if preset.statement_deadline is not None:
-        out.setdefault("command_timeout", preset.statement_deadline)
+    if preset.client_statement_timeout is not None:
+        out.setdefault("command_timeout", preset.client_statement_timeout)
     if preset.application_name:
         server.setdefault("application_name", preset.application_name)
     if preset.startup_options:
@@ -411,7 +408,11 @@ def jittered_lifetime(preset: Hardening, rng: random.Random | None = None) -> fl
 class FaultReporter(Protocol):
     """What the connection hooks need from a `Guard`."""
 
-    def record_failure(self, exc: BaseException, *, op: str | None = None) -> Fault | None: ...
+    def classify(self, exc: BaseException, *, during_commit: bool = False) -> Fault | None: ...
+
+    def record_failure(
+        self, exc: BaseException, *, op: str | None = None, fault: Fault | None = None
+    ) -> Fault | None: ...
 
     def record_success(self, *, op: str | None = None) -> None: ...
 
@@ -467,20 +468,6 @@ def report_fault(
     if fault is None:
         return unknown_is_restart
     return is_restart_fault(fault)
-
-
-def statement_deadline(preset: Hardening) -> float | None:
-    """The client-side limit for the next statement, in seconds (None: no limit).
-
-    The preset's `Hardening.statement_deadline`, or what is left of the
-    current web request's budget (`outlast.budget_remaining`) when that is
-    less: a request must not wait on a dead link after its caller gave up.
-    """
-    limit = preset.statement_deadline
-    remaining = budget_remaining()
-    if remaining is not None and (limit is None or remaining < limit):
-        return remaining
-    return limit
 
 
 def apply_socket_options(sock: Any, preset: Hardening) -> None:

@@ -35,11 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from outlast._core.faults.classify import classify
-from outlast._core.faults.errors import DatabaseNotReady
+from outlast._core.faults.errors import ConfigurationError, DatabaseNotReady
 from outlast._core.faults.fault import Fault, FaultKind
 from outlast._core.faults.sqlstate import lookup_sqlstate
-from outlast._core.guard.backoff import Backoff, Seconds, seconds
+from outlast._core.guard.backoff import Backoff
 from outlast._core.timing.clock import SYSTEM_CLOCK, Clock
+from outlast._core.timing.durations import Seconds, seconds
 
 from .dsn import parse_dsn
 
@@ -88,11 +89,11 @@ def wait_for_database(
     limit = seconds(timeout, "timeout")
     per_try = seconds(attempt_timeout, "attempt_timeout", allow_zero=False)
     if driver not in DRIVERS:
-        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, not {driver!r}")
+        raise ConfigurationError(f"driver must be one of {', '.join(DRIVERS)}, not {driver!r}")
     if backoff is None:
         backoff = _DEFAULT_BACKOFF
     elif not isinstance(backoff, Backoff):
-        raise ValueError(f"backoff must be an outlast.Backoff, got {backoff!r}")
+        raise ConfigurationError(f"backoff must be an outlast.Backoff, got {backoff!r}")
     check = _checker(driver, dsn, params)
     clock = clock or SYSTEM_CLOCK
     target = _target(params)
@@ -167,7 +168,7 @@ def _checker(driver: str, dsn: str, params: dict[str, str]) -> Checker:
     if driver == "protocol":
         return lambda timeout: _protocol_check(params, timeout)
     if not _available(driver):
-        raise ValueError(f"driver={driver!r} was asked for but {driver} is not installed")
+        raise ConfigurationError(f"driver={driver!r} was asked for but {driver} is not installed")
     if driver == "asyncpg":
         return lambda timeout: _asyncpg_check(params, timeout)
     return lambda timeout: _dbapi_check(driver, dsn, timeout)

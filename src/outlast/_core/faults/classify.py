@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -36,7 +36,7 @@ from .messages import CONNECT_WORDING, DSN_PATTERNS, NEON_PATTERNS, TEXT_PATTERN
 from .redact import summarize
 from .sqlstate import LOGIN_SQLSTATES, lookup_sqlstate
 
-__all__ = ["CONFIG_REASONS", "classify"]
+__all__ = ["attach_fault", "attached_fault", "classify"]
 
 _U = FaultKind.UNAVAILABLE
 _C = FaultKind.CONFLICT
@@ -77,9 +77,35 @@ _CONNECT_REASONS = frozenset(
     }
 )
 
-CONFIG_REASONS = frozenset({"bad_dsn", "invalid_connection_option"})
-"""Reasons for a connection that was never attempted: the DSN or the options are
-wrong. PERMANENT, and they say nothing about the database's health."""
+# An exception that a lower layer of outlast already knows the truth about
+# (the request's budget shut its socket down, not the server) carries its
+# `Fault` here; `classify` returns it as is.
+_ATTACHED = "__outlast_fault__"
+
+
+def attached_fault(exc: BaseException) -> Fault | None:
+    """The `Fault` attached to `exc` or to an error it wraps (None: classify it)."""
+    try:
+        return _attached(_chain(exc))
+    except Exception:  # pragma: no cover - defensive
+        return None
+
+
+def _attached(chain: Iterable[BaseException]) -> Fault | None:
+    for e in chain:
+        fault = _safe_getattr(e, _ATTACHED)
+        if isinstance(fault, Fault):
+            return fault
+    return None
+
+
+def attach_fault(exc: BaseException, fault: Fault) -> None:
+    """Make `classify(exc)` (and of any error wrapping it) return `fault`."""
+    try:
+        setattr(exc, _ATTACHED, fault)
+    except (AttributeError, TypeError):  # pragma: no cover - exceptions that refuse attributes
+        pass
+
 
 # Reasons after which a COMMIT that was in flight may or may not have happened.
 _LOST_REASONS_KINDS = frozenset({_U})
@@ -179,6 +205,9 @@ def _classify(exc: object, during_commit: bool) -> Fault | None:
     if not isinstance(exc, Exception):
         return None
     chain = list(_chain(exc))
+    attached = _attached(chain)
+    if attached is not None:
+        return attached
     verdicts: list[_Verdict] = []
     driver_context = any(_is_driver_exc(e) or _has_driver_frames(e) for e in chain)
     for e in chain:

@@ -5,8 +5,8 @@ Every one of them derives from `OutlastError`::
     OutlastError
      ├── DatabaseUnavailable        the breaker is open or retries are exhausted (-> 503)
      │    ├── DatabaseNotReady      wait_for_database() gave up at start-up
-     │    └── RequestBudgetExceeded a web request used up its budget waiting for the
-     │                              database (-> 503; defined with the request budgets)
+     │    └── RequestBudgetExceeded a request used up its budget waiting for the
+     │                              database (-> 503; the request's timeout, not an outage)
      ├── CommitOutcomeUnknown       COMMIT was in flight when the connection died and
      │                              pg_xact_status() could not tell what happened
      └── ConfigurationError (also ValueError)   a bad option or a malformed DSN
@@ -25,6 +25,7 @@ __all__ = [
     "DatabaseNotReady",
     "DatabaseUnavailable",
     "OutlastError",
+    "RequestBudgetExceeded",
 ]
 
 
@@ -100,6 +101,14 @@ def fast_unavailable(
 
 class DatabaseNotReady(DatabaseUnavailable):
     """`wait_for_database()` gave up: the database did not come up in time."""
+
+
+class RequestBudgetExceeded(DatabaseUnavailable):
+    """The request used up its budget while waiting for the database (-> 503).
+
+    It is the request's timeout, not evidence about the database: a Guard
+    never counts it as a failure.
+    """
 
 
 class CommitOutcomeUnknown(OutlastError):

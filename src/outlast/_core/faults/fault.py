@@ -11,9 +11,20 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Fault", "FaultKind", "Phase"]
+__all__ = ["CONFIG_REASONS", "NO_EVIDENCE_REASONS", "Fault", "FaultKind", "Phase"]
 
 Phase = Literal["connect", "statement", "commit", "unknown"]
+
+CONFIG_REASONS = frozenset({"bad_dsn", "invalid_connection_option"})
+"""Reasons for a connection that was never attempted: the DSN or the options are
+wrong. PERMANENT, and they say nothing about the database's health."""
+
+NO_EVIDENCE_REASONS = CONFIG_REASONS | {"client_timeout", "request_budget_exceeded"}
+"""Reasons that never prove the database is up: nothing was sent (a malformed
+DSN), or the client stopped waiting before the server answered (its own
+timeout, the request's budget). Only an answer from the server is evidence
+that it is up. (``request_budget_exceeded`` is not evidence that it is down
+either: the Guard never counts it.)"""
 
 
 class FaultKind(enum.Enum):

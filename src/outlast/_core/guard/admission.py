@@ -28,11 +28,10 @@ from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from outlast._core.faults.classify import CONFIG_REASONS
 from outlast._core.faults.errors import DatabaseUnavailable
 from outlast._core.faults.fault import Fault
 
-from .base import ADMITTED, Run, _mark_recorded, _recorded_by
+from .base import ADMITTED, Run, counted_by, mark_counted
 from .events import Event
 
 if TYPE_CHECKING:
@@ -90,25 +89,15 @@ class Admission:
         if guard is None:
             return
         outcome = _outcome(guard, error) if verdict else None
-        if isinstance(outcome, Fault) and error is not None:
-            _mark_recorded(error, guard)  # a later record_failure must not count it again
+        if outcome is not None and error is not None:
+            mark_counted(error, guard)  # judged here: nobody counts it again
         events: list[Event] = []
-        clock = guard._clock
-        now, wall = clock.monotonic(), clock.time()
+        now = guard._clock.monotonic()
         with guard._lock:
             if self._holder is None:  # another thread released it meanwhile
                 return
             self._holder = None
-            core = guard._core
-            # Still our probe? Otherwise it was settled already (a hook, a nested
-            # call), or it ran past probe_timeout and another probe took over.
-            if core._probe_token == self._token:
-                if outcome is True:
-                    guard._success_locked(self._op, now, wall, events)
-                elif isinstance(outcome, Fault):
-                    guard._failure_locked(outcome, self._op, now, wall, events)
-                core.release(self._token)
-                guard._refresh_locked(now)
+            guard._settle_probe_locked(self._token, outcome, self._op, now, events)
         reset, self._reset = self._reset, None
         if reset is not None:
             try:
@@ -180,14 +169,11 @@ def _outcome(guard: GuardBase, error: BaseException | None) -> Fault | bool | No
         # Cancelled or interrupted: says nothing. DatabaseUnavailable is outlast's
         # own answer: counted where it arose (or a request budget that ran out).
         return None
-    fault = guard._classify(error)
-    if fault is None or _recorded_by(error, guard):
+    fault = guard.classify(error)
+    if fault is None or counted_by(error, guard):
         return None
-    if guard.breaker.counts(fault):
-        return fault
-    if fault.reason in CONFIG_REASONS:
-        return None  # a bad DSN: nothing reached the database
-    return True  # the database answered (a conflict, a bad query): it is up
+    verdict = guard.evidence(fault)
+    return fault if verdict is False else verdict
 
 
 def admit(guard: GuardBase, op: str | None) -> Admission:

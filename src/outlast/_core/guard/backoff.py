@@ -8,28 +8,14 @@ state (attempt number, first failure time) lives in the Guard's call frame.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 
+from outlast._core.faults.errors import ConfigurationError
 from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.timing.durations import Seconds, seconds
 
-__all__ = ["Backoff", "Retry", "seconds"]
-
-Seconds = float | timedelta
-
-
-def seconds(value: Seconds, option: str, *, allow_zero: bool = True) -> float:
-    """Turn `value` (float seconds or timedelta) into float seconds, or raise ValueError."""
-    if isinstance(value, timedelta):
-        result = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        result = float(value)
-    else:
-        raise ValueError(f"{option} must be seconds (a number or a timedelta), got {value!r}")
-    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{option} must be a finite number of seconds {bound}, got {value!r}")
-    return result
+__all__ = ["Backoff", "Retry"]
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -59,11 +45,11 @@ class Backoff:
         initial_s = seconds(initial, "initial", allow_zero=False)
         cap_s = seconds(cap, "cap", allow_zero=False)
         if not isinstance(multiplier, int | float) or not 1.0 <= multiplier < math.inf:
-            raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
+            raise ConfigurationError(f"multiplier must be a number >= 1, got {multiplier!r}")
         if not isinstance(jitter, int | float) or not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
+            raise ConfigurationError(f"jitter must be between 0 and 1, got {jitter!r}")
         if cap_s < initial_s:
-            raise ValueError(f"cap ({cap_s}s) must be >= initial ({initial_s}s)")
+            raise ConfigurationError(f"cap ({cap_s}s) must be >= initial ({initial_s}s)")
         object.__setattr__(self, "initial", initial_s)
         object.__setattr__(self, "multiplier", float(multiplier))
         object.__setattr__(self, "cap", cap_s)
@@ -72,7 +58,7 @@ class Backoff:
     def base(self, retry: int) -> float:
         """The un-jittered delay before retry number `retry` (1-based)."""
         if retry < 1:
-            raise ValueError(f"retry must be >= 1, got {retry!r}")
+            raise ConfigurationError(f"retry must be >= 1, got {retry!r}")
         # Compare exponents instead of computing a huge power (no overflow).
         if self.multiplier > 1.0 and (retry - 1) * math.log(self.multiplier) >= math.log(
             self.cap / self.initial
@@ -85,6 +71,15 @@ class Backoff:
         return self.base(retry) * (1.0 - self.jitter * rand)
 
 
+class _Default:
+    """The "not given" marker of `Retry`'s renamed option (None means "no limit")."""
+
+    __slots__ = ()
+
+
+_DEFAULT = _Default()
+DEFAULT_RETRY_TIMEOUT = 5.0
+
 _RETRIED_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY})
 
 
@@ -93,11 +88,12 @@ class Retry:
     """When and how often a guarded call is retried.
 
     `attempts` counts every try, the first one included (``attempts=1``
-    disables retries). `deadline` bounds the time spent retrying, counted from
-    the first failure; a sleep that would end past it is not started: the
-    call gives up at once instead. ``deadline=None`` relies on `attempts`
-    alone. A per-call ``deadline=`` (a web request's remaining budget) counts
-    from the start of the call and replaces this one.
+    disables retries). `timeout` bounds the time spent retrying, counted from
+    the first failure: a sleep that would end past that deadline is not
+    started, the call gives up at once instead. ``timeout=None`` relies on
+    `attempts` alone. A per-call ``timeout=`` (a web request's remaining
+    budget) counts from the start of the call and replaces this one.
+    (``deadline=`` is the deprecated name of `timeout`.)
 
     Which faults are retried follows the fault table: UNAVAILABLE and
     READ_ONLY when the statement was never sent (``fault.phase ==
@@ -106,26 +102,43 @@ class Retry:
     """
 
     attempts: int
-    deadline: float | None
+    timeout: float | None
     backoff: Backoff
 
     def __init__(
         self,
         *,
         attempts: int = 5,
-        deadline: Seconds | None = 5.0,
+        timeout: Seconds | _Default | None = _DEFAULT,
         backoff: Backoff | None = None,
+        deadline: Seconds | _Default | None = _DEFAULT,
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
-        deadline_s = None if deadline is None else seconds(deadline, "deadline")
+            raise ConfigurationError(f"attempts must be an integer >= 1, got {attempts!r}")
+        if not isinstance(deadline, _Default):
+            if not isinstance(timeout, _Default):
+                raise ConfigurationError("give timeout= only (deadline= is its deprecated name)")
+            warnings.warn(
+                "Retry(deadline=) is deprecated: a deadline is an instant; use timeout=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            timeout = deadline
+        if isinstance(timeout, _Default):
+            timeout = DEFAULT_RETRY_TIMEOUT
+        timeout_s = seconds(timeout, "timeout", allow_none=True)
         if backoff is None:
             backoff = Backoff()
         elif not isinstance(backoff, Backoff):
-            raise ValueError(f"backoff must be an outlast.Backoff, got {backoff!r}")
+            raise ConfigurationError(f"backoff must be an outlast.Backoff, got {backoff!r}")
         object.__setattr__(self, "attempts", attempts)
-        object.__setattr__(self, "deadline", deadline_s)
+        object.__setattr__(self, "timeout", timeout_s)
         object.__setattr__(self, "backoff", backoff)
+
+    @property
+    def deadline(self) -> float | None:
+        """Deprecated name of `timeout`."""
+        return self.timeout
 
     @staticmethod
     def retryable(fault: Fault, idempotent: bool) -> bool:
@@ -136,18 +149,18 @@ class Retry:
         return kind is FaultKind.CONFLICT
 
     def next_sleep(
-        self, failed: int, elapsed: float, deadline: float | None, rand: float
+        self, failed: int, elapsed: float, timeout: float | None, rand: float
     ) -> float | None:
         """How long to sleep before the next try, or None to give up now.
 
         `failed` is how many tries have failed so far, `elapsed` the seconds
-        already spent against `deadline` (None: no deadline), `rand` a uniform
+        already spent against `timeout` (None: no limit), `rand` a uniform
         random number in [0, 1). Never returns a sleep that ends past the
-        deadline.
+        deadline (the instant `timeout` runs out).
         """
         if failed >= self.attempts:
             return None
         delay = self.backoff.delay(failed, rand)
-        if deadline is not None and elapsed + delay > deadline:
+        if timeout is not None and elapsed + delay > timeout:
             return None
         return delay

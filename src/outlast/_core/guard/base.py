@@ -17,13 +17,15 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
-from outlast._core.faults.classify import CONFIG_REASONS
-from outlast._core.faults.errors import DatabaseUnavailable, fast_unavailable
-from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.faults.classify import attached_fault, classify
+from outlast._core.faults.errors import ConfigurationError, DatabaseUnavailable, fast_unavailable
+from outlast._core.faults.fault import NO_EVIDENCE_REASONS, Fault, FaultKind
 from outlast._core.timing.clock import SYSTEM_CLOCK, Clock
+from outlast._core.timing.durations import Seconds, seconds
 
 from .backoff import Retry
 from .breaker import CLOSED, OPEN, REJECT, Breaker, BreakerCore
@@ -42,7 +44,15 @@ from .events import (
 )
 from .state import DatabaseState, StateTracker
 
-__all__ = ["ADMITTED", "OPEN_MESSAGE", "Classifier", "GuardBase", "Run", "op_name"]
+__all__ = [
+    "ADMITTED",
+    "OPEN_MESSAGE",
+    "Classifier",
+    "GuardBase",
+    "Run",
+    "op_name",
+    "per_call_timeout",
+]
 
 OPEN_MESSAGE = "database unavailable: circuit breaker open"
 
@@ -59,23 +69,34 @@ _random = random.random
 # path, so the success path pays nothing.
 ADMITTED: ContextVar[object | None] = ContextVar("outlast_admitted", default=None)
 
-# Attribute put on an exception that `record_failure` already counted, so the
-# Guard does not count it a second time when the same error reaches `call`.
-_RECORDED = "_outlast_recorded_by"
+# One rule for counting a fault once. A Guard marks each exception it judged
+# (as a failure, as proof that the database answered, or as saying nothing)
+# with itself, at the one place it judged it: `record_failure`, the retry loop
+# of `call`, or a probe's release. Whoever meets the same exception later --
+# re-raised through `call`, wrapped by SQLAlchemy, caught by a web handler --
+# asks `counted_by` and does not judge it again.
+_COUNTED = "__outlast_counted_by__"
+_MAX_CHAIN = 8
 
 
-def _mark_recorded(exc: BaseException, guard: object) -> None:
+def mark_counted(exc: BaseException, guard: object) -> None:
+    """Mark `exc` as judged by `guard` (exceptions that refuse attributes stay unmarked)."""
     try:
-        setattr(exc, _RECORDED, guard)
+        setattr(exc, _COUNTED, guard)
     except (AttributeError, TypeError):  # exceptions with __slots__ or read-only
         pass
 
 
-def _recorded_by(exc: BaseException, guard: object) -> bool:
-    """Was `exc` (or the driver error it wraps) already counted by `guard`?"""
-    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
-        if candidate is not None and getattr(candidate, _RECORDED, None) is guard:
+def counted_by(exc: BaseException, guard: object) -> bool:
+    """Did `guard` already judge `exc`, or an error it wraps (``.orig``, ``__cause__``)?"""
+    seen: BaseException | None = exc
+    for _ in range(_MAX_CHAIN):
+        if seen is None:
+            return False
+        if getattr(seen, _COUNTED, None) is guard:
             return True
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) else seen.__cause__
     return False
 
 
@@ -89,17 +110,31 @@ def op_name(fn: object, op: str | None) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
+def per_call_timeout(timeout: Seconds | None, deadline: float | None) -> float | None:
+    """A call's ``timeout=`` as seconds (or its deprecated name ``deadline=``)."""
+    if deadline is not None:
+        if timeout is not None:
+            raise ConfigurationError("give timeout= only (deadline= is its deprecated name)")
+        warnings.warn(
+            "deadline= is deprecated: a deadline is an instant, this is a duration; use timeout=",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        timeout = deadline
+    return None if timeout is None else seconds(timeout, "timeout")
+
+
 class Run:
     """Per-call retry bookkeeping; exists only once something went wrong."""
 
-    __slots__ = ("deadline", "failed", "first_failure", "idempotent", "last_exc", "op", "start")
+    __slots__ = ("failed", "first_failure", "idempotent", "last_exc", "op", "start", "timeout")
 
     def __init__(
-        self, op: str, idempotent: bool, deadline: float | None, start: float | None
+        self, op: str, idempotent: bool, timeout: float | None, start: float | None
     ) -> None:
         self.op = op
         self.idempotent = idempotent
-        self.deadline = deadline  # per-call budget, counted from `start`
+        self.timeout = timeout  # per-call, counted from `start` (an instant)
         self.start = start
         self.failed = 0
         self.first_failure: float | None = None
@@ -142,17 +177,15 @@ class GuardBase:
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+            raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
         if retry is not None and not isinstance(retry, Retry):
-            raise ValueError(f"retry must be an outlast.Retry, got {retry!r}")
+            raise ConfigurationError(f"retry must be an outlast.Retry, got {retry!r}")
         if breaker is not None and not isinstance(breaker, Breaker):
-            raise ValueError(f"breaker must be an outlast.Breaker, got {breaker!r}")
+            raise ConfigurationError(f"breaker must be an outlast.Breaker, got {breaker!r}")
         if classifier is None:
-            from outlast._core.faults.classify import classify
-
             classifier = classify
         elif not callable(classifier):
-            raise ValueError(f"classifier must be callable, got {classifier!r}")
+            raise ConfigurationError(f"classifier must be callable, got {classifier!r}")
         self.name = name
         self.retry = retry if retry is not None else Retry()
         self.breaker = breaker if breaker is not None else Breaker()
@@ -189,22 +222,25 @@ class GuardBase:
             retry_after = self._core.retry_after(now)
         raise self._rejection(retry_after)
 
-    def record_failure(self, exc: BaseException, *, op: str | None = None) -> Fault | None:
-        """Classify `exc` seen outside `call` (e.g. a pool's failed connect) and report it.
+    def record_failure(
+        self, exc: BaseException, *, op: str | None = None, fault: Fault | None = None
+    ) -> Fault | None:
+        """Report `exc`, seen outside `call` (e.g. a pool's failed connect); return its `Fault`.
 
-        Returns the `Fault`, or None when `exc` is not a database error.
+        `fault` is the classification the caller already made (classified
+        once, passed along); without it the Guard's classifier decides. None
+        when `exc` is not a database error. An exception this Guard already
+        judged is not counted again.
         """
-        fault = self._classify(exc)
-        if fault is None or _recorded_by(exc, self):
+        if fault is None:
+            fault = self._classify(exc)
+        if fault is None or counted_by(exc, self):
             return fault
-        _mark_recorded(exc, self)
+        mark_counted(exc, self)
         events: list[Event] = []
         now, wall = self._clock.monotonic(), self._clock.time()
         with self._lock:
-            if self.breaker.counts(fault):
-                self._failure_locked(fault, op, now, wall, events)
-            elif fault.reason not in CONFIG_REASONS:
-                self._success_locked(op, now, wall, events)
+            self._judge_locked(fault, op, now, wall, events)
             self._refresh_locked(now)
         self._emit(events)
         return fault
@@ -254,9 +290,46 @@ class GuardBase:
             listeners.remove(listener)
             self._listeners = tuple(listeners)
 
+    def classify(self, exc: BaseException, *, during_commit: bool = False) -> Fault | None:
+        """This Guard's view of `exc`: its classifier's `Fault`, or None (not a database error).
+
+        The classifier is `outlast.classify` unless the Guard was given one;
+        every layer (retries, transactions, connect retries, the web mapping)
+        asks here, so a custom classifier is honoured end to end. Never
+        raises. ``during_commit``: `exc` struck while COMMIT was in flight
+        (outlast's classifier then says COMMIT_UNKNOWN for a lost connection).
+        """
+        if during_commit and self._classifier is classify:
+            try:
+                return classify(exc, during_commit=True)
+            except Exception:  # pragma: no cover - classify does not raise
+                return None
+        return self._classify(exc)
+
+    def evidence(self, fault: Fault) -> bool | None:
+        """What `fault` says about the database: False unwell, True it answered, None nothing.
+
+        False for a fault the breaker counts (`Breaker.counts`); None for one
+        that never reached the server (a malformed DSN, a client-side timeout,
+        the request's own budget running out); True otherwise: a conflict, a
+        bad query or a server-side timeout prove the database is up.
+        """
+        if self.breaker.counts(fault):
+            return False
+        if fault.reason in NO_EVIDENCE_REASONS:
+            return None
+        return True
+
     def _classify(self, exc: BaseException) -> Fault | None:
+        classifier = self._classifier
+        if classifier is not classify:
+            # What outlast's own layers know (a request budget that ran out)
+            # beats any classifier's reading of the driver's message.
+            attached = attached_fault(exc)
+            if attached is not None:
+                return attached
         try:
-            return self._classifier(exc)
+            return classifier(exc)
         except Exception as error:
             # Never log the driver exception's text: it may hold a DSN or parameters.
             logger.error(
@@ -331,15 +404,12 @@ class GuardBase:
         counted = self.breaker.counts(fault)
         delay: float | None = None
         why = ""
-        already = _recorded_by(exc, self)  # a pool hook inside fn reported it
+        judged = counted_by(exc, self)  # a pool hook inside fn reported it already
+        if not judged:
+            mark_counted(exc, self)
         with self._lock:
-            if already:
-                pass
-            elif counted:
-                self._failure_locked(fault, run.op, now, wall, events)
-            elif fault.reason not in CONFIG_REASONS:
-                self._success_locked(run.op, now, wall, events)  # the database answered
-            # else a bad DSN: nothing was sent, so it says nothing about the database
+            if not judged:
+                self._judge_locked(fault, run.op, now, wall, events)
             self._core.release(token)
             if not Retry.retryable(fault, run.idempotent):
                 why = "not_retryable"
@@ -349,10 +419,10 @@ class GuardBase:
                 why = "breaker_open"
             else:
                 limit: float | None
-                if run.deadline is not None and run.start is not None:
-                    elapsed, limit = now - run.start, run.deadline
+                if run.timeout is not None and run.start is not None:
+                    elapsed, limit = now - run.start, run.timeout
                 else:
-                    elapsed, limit = now - run.first_failure, self.retry.deadline
+                    elapsed, limit = now - run.first_failure, self.retry.timeout
                 delay = self.retry.next_sleep(run.failed, elapsed, limit, _random())
                 if delay is None:
                     why = "attempts" if run.failed >= self.retry.attempts else "deadline"
@@ -396,6 +466,35 @@ class GuardBase:
         raise exc
 
     # -- transitions (call with the lock held; they only append events) ------------
+
+    def _judge_locked(
+        self, fault: Fault, op: str | None, now: float, wall: float, events: list[Event]
+    ) -> None:
+        """Count `fault` by what it says about the database (see `evidence`)."""
+        verdict = self.evidence(fault)
+        if verdict is False:
+            self._failure_locked(fault, op, now, wall, events)
+        elif verdict is True:
+            self._success_locked(op, now, wall, events)
+
+    def _settle_probe_locked(
+        self, token: int, outcome: Fault | bool | None, op: str, now: float, events: list[Event]
+    ) -> None:
+        """A probe admitted with `admit()` ended: give its verdict and free its slot.
+
+        Only while the probe is still ours: the work's own calls or hooks may
+        have settled it already, or it ran past ``probe_timeout`` and another
+        probe took over; then this only frees nothing.
+        """
+        if not self._core.holds_probe(token):
+            return
+        wall = self._clock.time()
+        if outcome is True:
+            self._success_locked(op, now, wall, events)
+        elif isinstance(outcome, Fault):
+            self._failure_locked(outcome, op, now, wall, events)
+        self._core.release(token)
+        self._refresh_locked(now)
 
     def _failure_locked(
         self, fault: Fault, op: str | None, now: float, wall: float, events: list[Event]

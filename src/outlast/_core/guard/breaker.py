@@ -22,9 +22,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from outlast._core.faults.errors import ConfigurationError
 from outlast._core.faults.fault import Fault, FaultKind
-
-from .backoff import Seconds, seconds
+from outlast._core.timing.durations import Seconds, seconds
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "Breaker", "BreakerCore"]
 
@@ -82,15 +82,19 @@ class Breaker:
     ) -> None:
         for option, value in (("failure_threshold", failure_threshold), ("min_calls", min_calls)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+                raise ConfigurationError(f"{option} must be an integer >= 1, got {value!r}")
         if not isinstance(failure_rate, int | float) or not 0.0 < failure_rate <= 1.0:
-            raise ValueError(f"failure_rate must be in (0, 1], got {failure_rate!r}")
+            raise ConfigurationError(f"failure_rate must be in (0, 1], got {failure_rate!r}")
         if not isinstance(open_multiplier, int | float) or not 1.0 <= open_multiplier < math.inf:
-            raise ValueError(f"open_multiplier must be a number >= 1, got {open_multiplier!r}")
+            raise ConfigurationError(
+                f"open_multiplier must be a number >= 1, got {open_multiplier!r}"
+            )
         open_s = seconds(open_for, "open_for", allow_zero=False)
         max_open_s = seconds(max_open_for, "max_open_for", allow_zero=False)
         if max_open_s < open_s:
-            raise ValueError(f"max_open_for ({max_open_s}s) must be >= open_for ({open_s}s)")
+            raise ConfigurationError(
+                f"max_open_for ({max_open_s}s) must be >= open_for ({open_s}s)"
+            )
         values: dict[str, object] = {
             "failure_threshold": failure_threshold,
             "failure_rate": float(failure_rate),
@@ -108,7 +112,14 @@ class Breaker:
 
     def counts(self, fault: Fault) -> bool:
         """Whether `fault` means the database is unwell (and so counts as a failure)."""
-        return fault.kind in _UNWELL or (self.count_timeouts and fault.kind is FaultKind.TIMEOUT)
+        if fault.kind in _UNWELL:
+            return True
+        # The request's own budget running out is never the database's fault.
+        return (
+            self.count_timeouts
+            and fault.kind is FaultKind.TIMEOUT
+            and fault.reason != "request_budget_exceeded"
+        )
 
     def open_period(self, trips: int) -> float:
         """How long the breaker stays open on its `trips`-th consecutive trip."""
@@ -184,6 +195,10 @@ class BreakerCore:
         if self.state == OPEN and now < self.open_until:
             return False
         return self._probe_free(now)
+
+    def holds_probe(self, token: int) -> bool:
+        """Is `token` the probe now in flight?"""
+        return token > 0 and token == self._probe_token
 
     def release(self, token: int) -> None:
         """A probe ended without a verdict: let the next caller probe."""

@@ -18,9 +18,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from outlast._core.faults.errors import DatabaseUnavailable, fast_unavailable
 from outlast._core.faults.fault import FaultKind
+from outlast._core.timing.durations import Seconds
 
 from .admission import PASS, Admission, admit
-from .base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name
+from .base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name, per_call_timeout
 
 __all__ = ["Admission", "Classifier", "Guard"]
 
@@ -55,6 +56,7 @@ class Guard(GuardBase):
         *args: Any,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T:
@@ -62,13 +64,18 @@ class Guard(GuardBase):
 
         Database faults are retried according to `retry` and the fault table
         (``idempotent=True`` also allows retrying an UNAVAILABLE fault after
-        the statement was sent). `deadline` (seconds from now) replaces the
-        retry deadline for this call, e.g. a web request's remaining budget.
+        the statement was sent). `timeout` (seconds or a timedelta, counted
+        from now) replaces the retry policy's timeout for this call, e.g. a web
+        request's remaining budget; ``deadline=`` is its old, deprecated name.
+        To pass a ``timeout=`` keyword to `fn` itself (asyncpg's ``fetch``),
+        bind it first: ``guard.acall(functools.partial(conn.fetch, sql, timeout=2))``.
         `op` names the operation in events and logs (default: the function's
         ``__qualname__``). Raises `DatabaseUnavailable` when the breaker is
         open or retries of an UNAVAILABLE/READ_ONLY fault ran out.
         """
-        start = None if deadline is None else self._clock.monotonic()
+        start = None
+        if timeout is not None or deadline is not None:
+            timeout, start = per_call_timeout(timeout, deadline), self._clock.monotonic()
         if self._fast:
             self._calls += 1
             try:
@@ -77,7 +84,7 @@ class Guard(GuardBase):
                 fault = self._classify(exc)
                 if fault is None:
                     raise
-                run = Run(op_name(fn, op), idempotent, deadline, start)
+                run = Run(op_name(fn, op), idempotent, timeout, start)
                 delay = self._failed(run, exc, fault, 0)
             # Retry outside the except block, so later errors do not chain to this one.
             self._clock.sleep(delay)
@@ -88,7 +95,7 @@ class Guard(GuardBase):
             # Open: fail fast, with no lock, no Run, no extra frame and nothing
             # allocated but the error (built without its keyword __init__).
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
-        return self._run(Run(op_name(fn, op), idempotent, deadline, start), fn, args, kwargs)
+        return self._run(Run(op_name(fn, op), idempotent, timeout, start), fn, args, kwargs)
 
     async def acall(
         self,
@@ -97,11 +104,14 @@ class Guard(GuardBase):
         *args: Any,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T:
         """The async twin of `call`: awaits ``fn(*args, **kwargs)``; sleeps never block."""
-        start = None if deadline is None else self._clock.monotonic()
+        start = None
+        if timeout is not None or deadline is not None:
+            timeout, start = per_call_timeout(timeout, deadline), self._clock.monotonic()
         if self._fast:
             self._calls += 1
             try:
@@ -110,7 +120,7 @@ class Guard(GuardBase):
                 fault = self._classify(exc)
                 if fault is None:
                     raise
-                run = Run(op_name(fn, op), idempotent, deadline, start)
+                run = Run(op_name(fn, op), idempotent, timeout, start)
                 delay = self._failed(run, exc, fault, 0)
             await self._clock.asleep(delay)
             return await self._arun(run, fn, args, kwargs)
@@ -118,7 +128,7 @@ class Guard(GuardBase):
         until = self._reject_until
         if now < until:
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
-        run = Run(op_name(fn, op), idempotent, deadline, start)
+        run = Run(op_name(fn, op), idempotent, timeout, start)
         return await self._arun(run, fn, args, kwargs)
 
     def admit(self, *, op: str | None = None) -> Admission:
@@ -168,7 +178,7 @@ class Guard(GuardBase):
         guard = self
         # The wrappers repeat the fast path of `call`/`acall` instead of calling
         # them: that saves a call frame and keyword handling on every success, and
-        # the decorated function keeps its own `op`/`deadline`/`idempotent` kwargs.
+        # the decorated function keeps its own `op`/`timeout`/`idempotent` kwargs.
         if inspect.iscoroutinefunction(fn):
             afn: Callable[..., Awaitable[Any]] = fn
 
@@ -218,6 +228,7 @@ class Guard(GuardBase):
         default: None = None,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T | None: ...
@@ -231,6 +242,7 @@ class Guard(GuardBase):
         default: D,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T | D: ...
@@ -243,6 +255,7 @@ class Guard(GuardBase):
         default: Any = None,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> Any:
@@ -253,7 +266,15 @@ class Guard(GuardBase):
         non-database exceptions.
         """
         try:
-            return self.call(fn, *args, idempotent=idempotent, op=op, deadline=deadline, **kwargs)
+            return self.call(
+                fn,
+                *args,
+                idempotent=idempotent,
+                op=op,
+                timeout=timeout,
+                deadline=deadline,
+                **kwargs,
+            )
         except Exception as exc:
             if self._safe_swallows(exc):
                 return default
@@ -268,6 +289,7 @@ class Guard(GuardBase):
         default: None = None,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T | None: ...
@@ -281,6 +303,7 @@ class Guard(GuardBase):
         default: D,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T | D: ...
@@ -293,13 +316,20 @@ class Guard(GuardBase):
         default: Any = None,
         idempotent: bool = False,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> Any:
         """The async twin of `safe`."""
         try:
             return await self.acall(
-                fn, *args, idempotent=idempotent, op=op, deadline=deadline, **kwargs
+                fn,
+                *args,
+                idempotent=idempotent,
+                op=op,
+                timeout=timeout,
+                deadline=deadline,
+                **kwargs,
             )
         except Exception as exc:
             if self._safe_swallows(exc):
@@ -322,6 +352,7 @@ class Guard(GuardBase):
         /,
         *args: Any,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T:
@@ -329,14 +360,16 @@ class Guard(GuardBase):
 
         Re-runs the whole function on faults that struck before COMMIT; resolves
         a lost COMMIT with ``pg_xact_status`` (never re-sends it) and raises
-        `CommitOutcomeUnknown` if that cannot be settled in time. `deadline`
-        (seconds from now) replaces the retry deadline for this call, as in `call`.
+        `CommitOutcomeUnknown` if that cannot be settled in time. `timeout`
+        (seconds from now) replaces the retry policy's timeout for this call, as
+        in `call` (``deadline=`` is its deprecated name).
         """
         from outlast._core.transactions.adapters import find_adapter
         from outlast._core.transactions.machine import run_transaction
 
         adapter = find_adapter(source)
-        return run_transaction(self, adapter, fn, *args, op=op, deadline=deadline, **kwargs)
+        timeout = per_call_timeout(timeout, deadline)
+        return run_transaction(self, adapter, fn, *args, op=op, timeout=timeout, **kwargs)
 
     async def atransaction(
         self,
@@ -345,6 +378,7 @@ class Guard(GuardBase):
         /,
         *args: Any,
         op: str | None = None,
+        timeout: Seconds | None = None,
         deadline: float | None = None,
         **kwargs: Any,
     ) -> T:
@@ -353,7 +387,8 @@ class Guard(GuardBase):
         from outlast._core.transactions.machine import arun_transaction
 
         adapter = find_adapter(source, asynchronous=True)
-        return await arun_transaction(self, adapter, fn, *args, op=op, deadline=deadline, **kwargs)
+        timeout = per_call_timeout(timeout, deadline)
+        return await arun_transaction(self, adapter, fn, *args, op=op, timeout=timeout, **kwargs)
 
     # -- the slow path ------------------------------------------------------------
 

@@ -35,8 +35,9 @@ from outlast._core.faults.fault import Fault, FaultKind
 from outlast._core.guard.backoff import Backoff
 from outlast._core.guard.guard import Guard
 from outlast._core.timing.clock import waits_disabled
+from outlast._core.timing.durations import seconds
 
-from .record import beat, describe_error, seconds
+from .record import beat, describe_error
 from .tasks import AsyncSupervisor, AsyncTaskContext, _stopped_within
 from .threads import Supervisor, ThreadTaskContext
 

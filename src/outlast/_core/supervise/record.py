@@ -21,8 +21,8 @@ from typing import Any, Final, Literal
 from outlast._core.faults.errors import ConfigurationError
 from outlast._core.faults.redact import redact
 from outlast._core.guard.backoff import Backoff
-from outlast._core.guard.backoff import seconds as _seconds
 from outlast._core.timing.clock import waits_disabled
+from outlast._core.timing.durations import seconds
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -72,14 +72,6 @@ class _Unset:
 
 
 UNSET: Final = _Unset()
-
-
-def seconds(value: float | datetime.timedelta, what: str, *, allow_zero: bool = True) -> float:
-    """Validate a duration given as seconds or a `timedelta` (ConfigurationError if bad)."""
-    try:
-        return _seconds(value, what, allow_zero=allow_zero)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
 
 
 def as_backoff(value: Backoff | float | datetime.timedelta | None) -> Backoff | None:

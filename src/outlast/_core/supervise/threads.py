@@ -21,9 +21,10 @@ from types import FrameType, TracebackType
 
 from outlast._core.faults.errors import ConfigurationError
 from outlast._core.guard.backoff import Backoff
+from outlast._core.timing.durations import seconds
 
 from .base import SupervisorBase
-from .record import UNSET, Record, RestartPolicy, TaskContext, _current, _Unset, seconds
+from .record import UNSET, Record, RestartPolicy, TaskContext, _current, _Unset
 
 __all__ = ["Supervisor", "ThreadTaskContext"]
 

@@ -1,55 +1,41 @@
-"""The per-request budget of the web integrations (standard library only).
+"""The request budget: how long one unit of work (a web request) may still take.
 
-A database-backed request gets a `RequestBudget`: when it starts, a mutable
-`RequestState` goes into a context variable, so code deep inside a view can
-ask `budget_remaining()` and pass the rest on (``web.call``, ``web.transaction``
-do it for you). The state is one shared object, not a value: tasks and
-threads that copy the request's context (FastAPI runs sync endpoints in a
-thread pool) see, and update, the same one.
+A budget is a core concept, not a web one: the web integrations start one per
+request, but the layers below read it -- a connect retry never sleeps past it,
+a statement's socket deadline never outlives it, a transaction never retries
+beyond it. When it starts, a mutable `RequestState` goes into a context
+variable, so code deep inside a view can ask `budget_remaining()`. The state is
+one shared object, not a value: tasks and threads that copy the request's
+context (FastAPI runs sync endpoints in a thread pool) see, and update, the
+same one. Its `deadline` is an instant on the monotonic clock.
 
 It also remembers whether a COMMIT of this request is in flight or being
 resolved (`CommitWatch`, driven by ``Guard.transaction``). When the request
 then fails, whatever the reason (its budget ran out, the breaker refused the
-``pg_xact_status`` question), the web layer must not claim the write was not
-applied: it answers ``OUTCOME_UNKNOWN`` (`commit_outcome_pending`).
+``pg_xact_status`` question), nobody may claim the write was not applied
+(`commit_outcome_pending`).
 """
 
 from __future__ import annotations
 
 import contextvars
-import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Final
 
-from outlast._core.faults.errors import DatabaseUnavailable
-
-if TYPE_CHECKING:
-    from outlast._core.guard.guard import Guard
+from outlast._core.timing.durations import Seconds
+from outlast._core.timing.durations import seconds as as_seconds
 
 __all__ = [
     "DEFAULT_BUDGET",
     "CommitWatch",
     "RequestBudget",
-    "RequestBudgetExceeded",
     "RequestState",
-    "acall_within_budget",
-    "atransaction_within_budget",
-    "budget_exceeded",
     "budget_remaining",
-    "call_within_budget",
     "commit_outcome_pending",
-    "transaction_within_budget",
 ]
 
 DEFAULT_BUDGET: Final = 5.0
-
-T = TypeVar("T")
-
-
-class RequestBudgetExceeded(DatabaseUnavailable):
-    """The request used up its budget while waiting for the database (-> 503)."""
 
 
 @dataclass(slots=True)
@@ -68,7 +54,7 @@ _current: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
 def budget_remaining() -> float | None:
     """Seconds left in the current request's budget (None outside a request).
 
-    Pass it on: ``guard.call(fetch, deadline=outlast.budget_remaining())``.
+    Pass it on: ``guard.call(fetch, timeout=outlast.budget_remaining())``.
     Never negative.
     """
     state = _current.get()
@@ -115,19 +101,14 @@ class CommitWatch:
             state.unresolved_commits -= 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RequestBudget:
-    """The longest a database-backed request may run (seconds)."""
+    """The longest a database-backed request may run (a timeout: seconds or a timedelta)."""
 
-    seconds: float = DEFAULT_BUDGET
+    seconds: float
 
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.seconds) and self.seconds > 0):
-            from outlast._core.faults.errors import ConfigurationError
-
-            raise ConfigurationError(
-                f"budget must be a positive number of seconds, not {self.seconds!r}"
-            )
+    def __init__(self, seconds: Seconds = DEFAULT_BUDGET) -> None:
+        object.__setattr__(self, "seconds", as_seconds(seconds, "budget", allow_zero=False))
 
     def start(self) -> contextvars.Token[RequestState | None]:
         """Start the clock for the current request (in this context)."""
@@ -140,85 +121,3 @@ class RequestBudget:
             _current.reset(token)
         except ValueError:  # a different context (e.g. a thread pool hop)
             _current.set(None)
-
-
-def guard_retry_after(guard: Guard | None) -> float | None:
-    """The Guard's ``retry_after`` (None without a Guard or if it cannot say)."""
-    if guard is None:
-        return None
-    try:
-        return float(guard.retry_after)
-    except Exception:  # a broken guard must not turn a 503 into a 500
-        return None
-
-
-def budget_exceeded(guard: Guard | None) -> RequestBudgetExceeded:
-    """The error for a request whose budget ran out (a 503 that says when to come back)."""
-    return RequestBudgetExceeded(
-        "request budget exhausted", retry_after=guard_retry_after(guard) or 1.0
-    )
-
-
-def deadline_for(guard: Guard, reserve: float) -> float | None:
-    """The deadline to hand to the Guard: the rest of the budget minus one attempt.
-
-    The Guard only starts a retry whose sleep ends before its deadline, so
-    keeping `reserve` (the worst case of one attempt) back means a retry never
-    starts unless it can finish inside the budget. Raises
-    `RequestBudgetExceeded` when nothing is left.
-    """
-    remaining = budget_remaining()
-    if remaining is None:
-        return None
-    if remaining <= 0:
-        raise budget_exceeded(guard)
-    return max(remaining - reserve, 0.0)
-
-
-def call_within_budget(
-    guard: Guard, fn: Callable[..., T], /, *args: Any, reserve: float = 0.0, **kwargs: Any
-) -> T:
-    """``guard.call`` with the rest of the request budget as its deadline."""
-    kwargs.setdefault("deadline", deadline_for(guard, reserve))
-    return guard.call(fn, *args, **kwargs)
-
-
-async def acall_within_budget(
-    guard: Guard,
-    fn: Callable[..., Awaitable[T]],
-    /,
-    *args: Any,
-    reserve: float = 0.0,
-    **kwargs: Any,
-) -> T:
-    """``guard.acall`` with the rest of the request budget as its deadline."""
-    kwargs.setdefault("deadline", deadline_for(guard, reserve))
-    return await guard.acall(fn, *args, **kwargs)
-
-
-def transaction_within_budget(
-    guard: Guard,
-    source: Any,
-    fn: Callable[..., T],
-    /,
-    *args: Any,
-    reserve: float = 0.0,
-    **kwargs: Any,
-) -> T:
-    """``guard.transaction`` with the rest of the request budget as its deadline."""
-    kwargs.setdefault("deadline", deadline_for(guard, reserve))
-    return guard.transaction(source, fn, *args, **kwargs)
-
-
-async def atransaction_within_budget(
-    guard: Guard,
-    source: Any,
-    fn: Callable[..., Awaitable[T]],
-    /,
-    *args: Any,
-    reserve: float = 0.0,
-    **kwargs: Any,
-) -> T:
-    """``guard.atransaction`` with the rest of the request budget as its deadline."""
-    kwargs.setdefault("deadline", deadline_for(guard, reserve))
-    return await guard.atransaction(source, fn, *args, **kwargs)

@@ -6,7 +6,7 @@ and commits it. What happens on a database fault depends on *when* it struck:
 - before COMMIT was sent (connect, a statement, reading the xid): the server
   rolled the transaction back, so an UNAVAILABLE, CONFLICT or READ_ONLY fault
   re-runs the *whole* function on a fresh connection, within the Guard's
-  attempts and deadline (or the call's own ``deadline=``, e.g. the rest of a
+  attempts and timeout (or the call's own ``timeout=``, e.g. the rest of a
   web request's budget);
 - while COMMIT was in flight (the connection died before the reply): nobody
   knows whether it committed. Just before COMMIT the transaction's id was read
@@ -50,7 +50,6 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
-from outlast._core.faults.classify import classify
 from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
 from outlast._core.faults.fault import Fault, FaultKind
 from outlast._core.timing.budget import CommitWatch
@@ -122,10 +121,10 @@ _RETRIED_WHOLE = frozenset(
     {FaultKind.UNAVAILABLE, FaultKind.READ_ONLY, FaultKind.CONFLICT, FaultKind.COMMIT_UNKNOWN}
 )
 # The shells bound each status question by its timeout (whatever the driver's
-# own connect timeout, which libpq rounds up to 2 s); a spent deadline still
+# own connect timeout, which libpq rounds up to 2 s); a spent timeout still
 # asks once, this briefly: when the server is up the answer takes milliseconds.
 _MIN_PROBE_TIMEOUT = 0.25
-_NO_DEADLINE_PROBE_TIMEOUT = 10.0
+_NO_TIMEOUT_PROBE_TIMEOUT = 10.0
 
 
 class _NoAnswer(Exception):
@@ -140,20 +139,20 @@ def _decide(
     op: str | None,
     now: Callable[[], float],
     rand: Callable[[], float],
-    deadline: float | None = None,
+    timeout: float | None = None,
 ) -> Generator[_Command, object, object]:
     """The whole algorithm, free of I/O. Returns fn's result or raises.
 
-    `deadline` (seconds from the start of the call, e.g. the rest of a web
-    request's budget) replaces the retry policy's deadline, which counts from
+    `timeout` (seconds from the start of the call, e.g. the rest of a web
+    request's budget) replaces the retry policy's timeout, which counts from
     the first failure.
     """
     policy = guard.retry
-    start = None if deadline is None else now()
-    if deadline is None:
-        deadline = policy.deadline
+    start = None if timeout is None else now()
+    if timeout is None:
+        timeout = policy.timeout
     failed = 0  # attempts of fn that failed (a resolved "aborted" counts)
-    # Where the deadline counts from: the call's start, else the first failure.
+    # Where the timeout counts from: the call's start, else the first failure.
     first_failure: float | None = start
     while True:
         guard.check()
@@ -165,9 +164,9 @@ def _decide(
         exc = outcome.error
         if first_failure is None:
             first_failure = now()
-        reported = guard.record_failure(exc, op=op)
         if outcome.stage == "commit":
-            fault = classify(exc, during_commit=True) or reported
+            # Classified once, as a failure of COMMIT, and counted as that.
+            fault = guard.record_failure(exc, op=op, fault=guard.classify(exc, during_commit=True))
             if fault is not None and fault.kind in _UNKNOWN_AT_COMMIT:
                 if outcome.xid is None:
                     # Nothing was written: committed or not, the database is
@@ -176,7 +175,7 @@ def _decide(
                 resolved = yield from _resolve(
                     guard,
                     op,
-                    deadline=deadline,
+                    timeout=timeout,
                     outcome=outcome,
                     fault=fault,
                     exc=exc,
@@ -188,13 +187,13 @@ def _decide(
                     return outcome.value
                 # aborted: nothing was written; fall through to a retry
         else:
-            fault = reported
+            fault = guard.record_failure(exc, op=op)
         # Here the server rolled the transaction back (or a resolved COMMIT
         # was aborted): re-run the whole function if the fault allows it.
         if fault is None or fault.kind not in _RETRIED_WHOLE:
             raise exc
         failed += 1
-        sleep = policy.next_sleep(failed, now() - first_failure, deadline, rand())
+        sleep = policy.next_sleep(failed, now() - first_failure, timeout, rand())
         if sleep is None:
             raise _give_up(guard, fault, failed, exc)
         yield _Sleep(sleep)
@@ -204,7 +203,7 @@ def _resolve(
     guard: GuardLike,
     op: str | None,
     *,
-    deadline: float | None,
+    timeout: float | None,
     outcome: _Outcome,
     fault: Fault,
     exc: Exception,
@@ -220,11 +219,11 @@ def _resolve(
     why = "unreachable"
     last_error: BaseException = exc
     while True:
-        if deadline is None:
-            timeout = _NO_DEADLINE_PROBE_TIMEOUT
+        if timeout is None:
+            ask_for = _NO_TIMEOUT_PROBE_TIMEOUT
         else:
-            timeout = max(_MIN_PROBE_TIMEOUT, deadline - (now() - first_failure))
-        reply = yield _Ask(xid, timeout)
+            ask_for = max(_MIN_PROBE_TIMEOUT, timeout - (now() - first_failure))
+        reply = yield _Ask(xid, ask_for)
         if isinstance(reply, StatusReply):
             if reply.status == "committed":
                 if outcome.started is not None and reply.started != outcome.started:
@@ -250,7 +249,7 @@ def _resolve(
             # The breaker (or a hardened pool obeying it) refused the status
             # question, or it went unanswered in time. That says nothing about
             # the COMMIT: it is still unknown, so keep asking until the
-            # deadline, then say so.
+            # timeout runs out, then say so.
             last_error = reply
             why = (
                 "unreachable (circuit breaker open)"
@@ -273,11 +272,11 @@ def _resolve(
             why = f"unreachable ({probe_fault.reason})"
         probes += 1
         elapsed = now() - first_failure
-        if deadline is None:
+        if timeout is None:
             sleep = policy.next_sleep(probes, elapsed, None, rand())
         else:
             delay = policy.backoff.delay(probes, rand())
-            sleep = None if elapsed + delay > deadline else delay
+            sleep = None if elapsed + delay > timeout else delay
         if sleep is None:
             raise CommitOutcomeUnknown(
                 f"COMMIT outcome unknown for transaction {xid}: {why} after {probes}"
@@ -357,12 +356,12 @@ def run_transaction(
     /,
     *args: Any,
     op: str | None = None,
-    deadline: float | None = None,
+    timeout: float | None = None,
     **kwargs: Any,
 ) -> T:
     """Run ``fn(conn, *args, **kwargs)`` in a transaction with commit-unknown resolution."""
     clock = _clock(guard)
-    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
+    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, timeout)
     watch = CommitWatch()
     reply: object = None
     while True:
@@ -453,12 +452,12 @@ async def arun_transaction(
     /,
     *args: Any,
     op: str | None = None,
-    deadline: float | None = None,
+    timeout: float | None = None,
     **kwargs: Any,
 ) -> T:
     """The asyncio twin of `run_transaction`: ``await fn(conn, *args, **kwargs)``."""
     clock = _clock(guard)
-    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, deadline)
+    machine = _decide(guard, _op_name(fn, op), clock.monotonic, random.random, timeout)
     watch = CommitWatch()
     reply: object = None
     while True:

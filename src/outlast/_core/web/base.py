@@ -9,9 +9,12 @@ request and wrap an answer in their own response class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from outlast._core.timing.budget import RequestBudget
+
+from .calls import call_within_budget, transaction_within_budget
 from .health import (
     HealthAnswer,
     SyncProbe,
@@ -21,19 +24,8 @@ from .health import (
     health_live,
     health_ready,
 )
-from .mapping import (
-    DEFAULT_BUDGET,
-    DEFAULT_HEALTH_TIMEOUT,
-    DbRoutes,
-    Mapped,
-    RequestBudget,
-    WebConfig,
-    call_within_budget,
-    log_fault,
-    map_exception,
-    record_fault,
-    transaction_within_budget,
-)
+from .mapping import Mapped, log_fault, map_exception, record_fault
+from .options import WebConfig, WebOptions
 
 if TYPE_CHECKING:
     from outlast._core.guard.guard import Guard
@@ -46,46 +38,20 @@ T = TypeVar("T")
 class WebBase:
     """Settings, Guard and health probe shared by the Flask, Starlette and Django shells.
 
-    The keyword arguments are those of ``outlast.flask.Outlast`` and
-    ``outlast.starlette.install`` (see their docstrings). Without a `guard`,
-    one is made on first use, named by `_default_guard_name`.
+    Takes the `WebOptions` (the same for every framework; see
+    `outlast._core.web.options`). Without a `guard`, one is made on first
+    use, named by `_default_guard_name`.
     """
 
-    def __init__(
-        self,
-        *,
-        guard: Guard | None = None,
-        budget: float = DEFAULT_BUDGET,
-        health_prefix: str = "/health",
-        ready_fail_on_db: bool = False,
-        supervisor: Any = None,
-        session: Any = None,
-        engine: Any = None,
-        ping: Callable[[], Any] | None = None,
-        db_routes: DbRoutes = "all",
-        exempt: Sequence[str] = (),
-        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
-        ready: Callable[[], bool] | None = None,
-        attempt_reserve: float = 0.0,
-        record_faults: bool = True,
-    ) -> None:
-        self.config = WebConfig(
-            budget=budget,
-            db_routes=db_routes,
-            exempt=tuple(exempt),
-            health_prefix=health_prefix,
-            ready_fail_on_db=ready_fail_on_db,
-            health_timeout=health_timeout,
-            attempt_reserve=attempt_reserve,
-            record_faults=record_faults,
-        )
-        self.budget = RequestBudget(budget)
-        self._guard = guard
-        self.supervisor = supervisor
-        self.session = session
-        self.engine = engine
-        self.ping = ping
-        self.ready = ready
+    def __init__(self, **options: Unpack[WebOptions]) -> None:
+        self.config = WebConfig.from_options(options)
+        self.budget = RequestBudget(self.config.budget)
+        self._guard: Guard | None = self.config.guard
+        self.supervisor: Any = self.config.supervisor
+        self.session: Any = self.config.session
+        self.engine: Any = self.config.engine
+        self.ping: Callable[[], object] | None = self.config.ping
+        self.ready: Callable[[], bool] | None = self.config.ready
         self._probe: SyncProbe | None = None
 
     @property
@@ -111,20 +77,20 @@ class WebBase:
     # -- what views use -------------------------------------------------------------
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """``guard.call(fn, ...)`` with the rest of the request budget as deadline.
+        """``guard.call(fn, ...)`` with the rest of the request budget as its timeout.
 
-        The deadline is what is left of the budget minus `attempt_reserve`, so
+        The timeout is what is left of the budget minus `attempt_reserve`, so
         no retry starts that could not finish in time; an explicit
-        ``deadline=`` wins. Outside a request: no deadline (the Guard's own).
+        ``timeout=`` wins. Outside a request: the Guard's own retry timeout.
         """
         return call_within_budget(
             self.guard, fn, *args, reserve=self.config.attempt_reserve, **kwargs
         )
 
     def transaction(self, source: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """``guard.transaction(source, fn, ...)`` with the rest of the request budget as deadline.
+        """``guard.transaction(source, fn, ...)`` with the rest of the request budget.
 
-        Same deadline as `call`: retries and the ``pg_xact_status`` resolution
+        Same timeout as `call`: retries and the ``pg_xact_status`` resolution
         of a lost COMMIT stay inside the budget. While a COMMIT is in flight or
         being resolved the request is marked, so whatever then fails it
         answers ``OUTCOME_UNKNOWN``, never "not applied".
@@ -146,7 +112,7 @@ class WebBase:
     def report_fault(self, exc: BaseException, mapped: Mapped, route: str) -> None:
         """Report a mapped fault to the Guard (unless `record_faults` is off) and log it once."""
         if self.config.record_faults:
-            record_fault(self._guard, exc, route)
+            record_fault(self._guard, exc, route, mapped.fault)
         log_fault(exc, mapped, route)
 
     # -- health ---------------------------------------------------------------------

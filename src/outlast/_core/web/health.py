@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
-from outlast._core.faults.errors import DatabaseUnavailable
+from outlast._core.faults.errors import DatabaseUnavailable, RequestBudgetExceeded
 from outlast._core.faults.fault import Fault
-from outlast._core.timing.budget import RequestBudgetExceeded, guard_retry_after
 
-from .mapping import _classify, retry_after_header
+from .calls import guard_retry_after
+from .mapping import retry_after_header
 
 if TYPE_CHECKING:
     from outlast._core.guard.guard import Guard
@@ -202,10 +202,7 @@ def health_db_result(
         elif isinstance(error, DatabaseUnavailable) and fault is None:
             check["output"] = "unavailable: breaker open"
         elif "output" not in check:
-            try:
-                f = fault if isinstance(fault, Fault) else _classify(error) if error else None
-            except Exception:
-                f = None
+            f = fault if isinstance(fault, Fault) else guard.classify(error) if error else None
             check["output"] = f"{f.kind.name.lower()}: {f.reason}" if f else "unavailable"
     retry_after = None if ok else retry_after_header(_retry_after_of(error, guard))
     return (
@@ -252,7 +249,7 @@ class SyncProbe:
         def probe() -> None:
             start = time.monotonic()
             try:
-                self.guard.call(self.ping, idempotent=True, op="health_db", deadline=self.timeout)
+                self.guard.call(self.ping, idempotent=True, op="health_db", timeout=self.timeout)
                 box["latency"] = time.monotonic() - start
             except BaseException as exc:  # reported to the health request
                 box["error"] = exc
@@ -276,7 +273,7 @@ async def health_db_async(
     start = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
-            await guard.acall(ping, idempotent=True, op="health_db", deadline=timeout)
+            await guard.acall(ping, idempotent=True, op="health_db", timeout=timeout)
     except Exception as exc:
         return health_db_result(guard, False, None, exc)
     return health_db_result(guard, True, time.monotonic() - start, None)

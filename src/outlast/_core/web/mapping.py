@@ -12,12 +12,11 @@ this module. It decides:
   was in flight or unresolved: the write may have been applied), and never any
   SQL, parameter, host name or traceback;
 - the ``Retry-After`` value (`retry_after_header`: whole seconds, at least 1);
-- which routes are database routes (`db_route` / `no_db` markers, exempt path
-  prefixes);
-- the settings every integration shares (`WebConfig`).
+- who hears of a fault raised outside ``guard.call`` (`record_fault`: the
+  Guard, once, with the `Fault` already classified) and how it is logged.
 
-The request budget (`RequestBudget`, `budget_remaining`, ``*_within_budget``)
-lives in `_web_budget` and the health documents in `_health`.
+The options and route marks live in `options`, the budget-bound calls in
+`calls`, the health documents in `health`.
 """
 
 from __future__ import annotations
@@ -27,60 +26,44 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
-from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
-from outlast._core.faults.fault import Fault, FaultKind
-from outlast._core.timing.budget import (
-    DEFAULT_BUDGET,
-    RequestBudget,
+from outlast._core.faults.classify import classify
+from outlast._core.faults.errors import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
     RequestBudgetExceeded,
-    acall_within_budget,
-    atransaction_within_budget,
-    budget_exceeded,
-    budget_remaining,
-    call_within_budget,
-    commit_outcome_pending,
-    transaction_within_budget,
 )
-from outlast._core.timing.budget import guard_retry_after as _guard_retry_after
+from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.faults.redact import redact
+from outlast._core.guard.base import counted_by
+from outlast._core.timing.budget import commit_outcome_pending
+
+from .calls import guard_retry_after
 
 if TYPE_CHECKING:
     from outlast._core.guard.guard import Guard
 
 __all__ = [
-    "DEFAULT_BUDGET",
     "PROBLEM_CONTENT_TYPE",
     "Mapped",
-    "RequestBudget",
-    "RequestBudgetExceeded",
-    "WebConfig",
-    "acall_within_budget",
-    "atransaction_within_budget",
-    "budget_exceeded",
-    "budget_remaining",
-    "call_within_budget",
-    "commit_outcome_pending",
-    "db_route",
+    "classify_for",
+    "log_fault",
     "map_exception",
-    "no_db",
     "problem_body",
+    "record_fault",
+    "record_success",
     "retry_after_header",
-    "transaction_within_budget",
+    "rollback",
 ]
 
 logger = logging.getLogger("outlast")
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
-#: How long /health/db waits for ``SELECT 1``.
-DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 #: Retry-After never exceeds this (an hour): a client should come back eventually.
 MAX_RETRY_AFTER: Final = 3600
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
 
 # --------------------------------------------------------------------------- bodies
 
@@ -168,9 +151,10 @@ def internal_error(fault: Fault | None = None) -> Mapped:
 # --------------------------------------------------------------------------- mapping
 
 
-def _classify(exc: BaseException) -> Fault | None:
-    from outlast._core.faults.classify import classify
-
+def classify_for(guard: Guard | None, exc: BaseException) -> Fault | None:
+    """`exc` as the Guard's classifier sees it (`outlast.classify` without a Guard)."""
+    if guard is not None:
+        return guard.classify(exc)
     return classify(exc)
 
 
@@ -189,26 +173,17 @@ def map_exception(exc: BaseException, guard: Guard | None = None) -> Mapped | No
     # the write may have been applied, so the client must not be told it was not.
     unknown = commit_outcome_pending()
     if isinstance(exc, DatabaseUnavailable):
-        ra = exc.retry_after if exc.retry_after else _guard_retry_after(guard)
+        ra = exc.retry_after if exc.retry_after else guard_retry_after(guard)
         return unavailable(ra, exc.fault, outcome_unknown=unknown)
     if isinstance(exc, CommitOutcomeUnknown):
-        return unavailable(_guard_retry_after(guard), exc.fault, outcome_unknown=True)
-    try:
-        fault = _classify(exc)
-    except Exception:  # classification must never make things worse
-        fault = None
+        return unavailable(guard_retry_after(guard), exc.fault, outcome_unknown=True)
+    fault = classify_for(guard, exc)  # never raises
     if fault is None:
         return None
     if fault.kind is FaultKind.PERMANENT:
         return internal_error(fault)
     unknown = unknown or fault.kind is FaultKind.COMMIT_UNKNOWN
-    return unavailable(_guard_retry_after(guard), fault, outcome_unknown=unknown)
-
-
-def _redact(text: str) -> str:
-    from outlast._core.faults.redact import redact
-
-    return redact(text)
+    return unavailable(guard_retry_after(guard), fault, outcome_unknown=unknown)
 
 
 LOG_EVERY: Final = 10.0
@@ -241,7 +216,7 @@ def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
     kind = fault.kind.name if fault is not None else "UNAVAILABLE"
     if isinstance(exc, RequestBudgetExceeded):
         reason, kind = "request_budget_exceeded", "TIMEOUT"
-    message = _redact(fault.message if fault is not None else str(exc))
+    message = redact(fault.message if fault is not None else str(exc))
     if mapped.status == 503:
         retry_after = dict(mapped.headers).get("Retry-After", "1")
         # During an outage every request is a 503: one WARNING per route and
@@ -250,7 +225,7 @@ def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
         logger.log(
             level,
             "[DB_UNAVAILABLE] route=%s status=503 kind=%s reason=%s retry_after=%s msg=%s",
-            _redact(route),
+            redact(route),
             kind,
             reason,
             retry_after,
@@ -261,7 +236,7 @@ def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
         sqlstate = fault.sqlstate if fault is not None else None
         logger.error(
             "[DB_ERROR] route=%s status=%d kind=%s reason=%s sqlstate=%s msg=%s",
-            _redact(route),
+            redact(route),
             mapped.status,
             kind,
             reason,
@@ -271,55 +246,19 @@ def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
         )
 
 
-def record_fault(guard: Guard | None, exc: BaseException, route: str) -> None:
-    """Tell the Guard about a fault raised outside ``guard.call`` (once per exception).
+def record_fault(guard: Guard | None, exc: BaseException, route: str, fault: Fault | None) -> None:
+    """Tell the Guard about a fault raised outside ``guard.call``, with its `Fault`.
 
-    The Guard's own calls and the hardened engines record their faults
-    themselves; they mark the exception, and so do we, so nothing counts twice.
+    Classified once (by `map_exception`) and passed along; counted once: the
+    Guard's own calls, the hardened engines and a probe's release mark what
+    they judged, and the Guard skips what it already judged.
     """
-    if guard is None or isinstance(exc, DatabaseUnavailable):
-        return
-    if _already_recorded(exc) or _through_guard(exc):
+    if guard is None or isinstance(exc, DatabaseUnavailable) or counted_by(exc, guard):
         return
     try:
-        guard.record_failure(exc, op=route)
+        guard.record_failure(exc, op=route, fault=fault)
     except Exception:  # pragma: no cover - defensive: never turn a 503 into a 500
         logger.debug("record_failure failed", exc_info=True)
-    try:
-        exc._outlast_recorded = True  # type: ignore[attr-defined]
-    except Exception:
-        pass
-
-
-def _already_recorded(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if getattr(seen, "_outlast_recorded", False):
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
-
-
-def _through_guard(exc: BaseException) -> bool:
-    """True when `exc` came out of a Guard call (which already counted it)."""
-    from outlast._core.guard.guard import Guard
-
-    codes = {
-        Guard.call.__code__,
-        Guard.acall.__code__,
-        Guard._run.__code__,
-        Guard._arun.__code__,
-    }
-    tb = exc.__traceback__
-    for _ in range(512):
-        if tb is None:
-            return False
-        if tb.tb_frame.f_code in codes:
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def record_success(guard: Guard | None, route: str) -> None:
@@ -345,77 +284,3 @@ def rollback(sessions: Iterable[Any]) -> None:
             session.rollback()
         except Exception:
             logger.debug("session rollback after a database fault failed", exc_info=True)
-
-
-# --------------------------------------------------------------------------- routes
-
-_MARK: Final = "__outlast_db_route__"
-#: Passed as `view` when no route matched the request.
-NO_ROUTE: Final = object()
-
-
-def db_route(view: _F) -> _F:
-    """Mark a view as a database route (checked against the breaker first)."""
-    setattr(view, _MARK, True)
-    return view
-
-
-def no_db(view: _F) -> _F:
-    """Mark a view as not using the database: no breaker check, no budget."""
-    setattr(view, _MARK, False)
-    return view
-
-
-DbRoutes = Literal["all", "marked"]
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """Settings shared by every framework integration.
-
-    `db_routes` decides which views are database routes: ``"all"`` (the
-    default: every view except health endpoints, `exempt` path prefixes and
-    views marked `no_db`) or ``"marked"`` (only views marked `db_route`).
-    A database route is admitted with ``guard.admit()`` before the view runs
-    (an open breaker answers 503 in microseconds without touching the
-    database; a half-open one lets one request through as the probe) and gets
-    the request budget.
-    """
-
-    budget: float = DEFAULT_BUDGET
-    db_routes: DbRoutes = "all"
-    exempt: tuple[str, ...] = ()
-    health_prefix: str = "/health"
-    ready_fail_on_db: bool = False
-    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
-    attempt_reserve: float = 0.0
-    record_faults: bool = True
-
-    def __post_init__(self) -> None:
-        RequestBudget(self.budget)  # validates
-        if self.db_routes not in ("all", "marked"):
-            from outlast._core.faults.errors import ConfigurationError
-
-            raise ConfigurationError(f"db_routes must be 'all' or 'marked', not {self.db_routes!r}")
-        object.__setattr__(self, "health_prefix", "/" + self.health_prefix.strip("/"))
-
-    def is_health_path(self, path: str) -> bool:
-        """True for the health endpoints under `health_prefix` (never database routes)."""
-        prefix = self.health_prefix
-        return path == prefix or path.startswith(prefix + "/")
-
-    def is_db_route(self, path: str, view: object | None) -> bool:
-        """True when the request at `path` served by `view` uses the database.
-
-        `view` is the view function, None when it is unknown (a mounted
-        sub-application), or `NO_ROUTE` when nothing matched (a 404 never gets a
-        503 from the breaker).
-        """
-        if view is NO_ROUTE or self.is_health_path(path):
-            return False
-        mark = getattr(view, _MARK, None) if view is not None else None
-        if mark is not None:
-            return bool(mark)
-        if self.db_routes == "marked":
-            return False
-        return not any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.exempt)

@@ -1,4 +1,4 @@
-"""`Guard.transaction(..., deadline=)` / `atransaction`: a per-call deadline (pure logic).
+"""`Guard.transaction(..., timeout=)` / `atransaction`: a per-call timeout (pure logic).
 
 A web request passes the rest of its budget; the transaction must neither retry
 nor keep asking about a lost COMMIT past it. Runs through the Guard's public
@@ -24,12 +24,12 @@ outlast.register_adapter(lambda s: isinstance(s, FakeAdapter), AsyncFakeAdapter,
 
 
 def _both(
-    make: Callable[[], FakeAdapter], *, deadline: float | None, guard_deadline: float | None = 10.0
+    make: Callable[[], FakeAdapter], *, timeout: float | None, guard_timeout: float | None = 10.0
 ) -> list[tuple[FakeAdapter, Any, float, list[int]]]:
     """(adapter, outcome or exception, clock at the end, fn runs) for sync and async."""
     out = []
     for mode in ("sync", "async"):
-        guard, clock = make_guard(attempts=100, deadline=guard_deadline)
+        guard, clock = make_guard(attempts=100, timeout=guard_timeout)
         adapter = make()
         runs: list[int] = []
 
@@ -42,9 +42,9 @@ def _both(
 
         try:
             if mode == "sync":
-                outcome: Any = guard.transaction(adapter, work, 21, deadline=deadline)
+                outcome: Any = guard.transaction(adapter, work, 21, timeout=timeout)
             else:
-                outcome = asyncio.run(guard.atransaction(adapter, awork, 21, deadline=deadline))
+                outcome = asyncio.run(guard.atransaction(adapter, awork, 21, timeout=timeout))
         except Exception as exc:
             outcome = exc
         out.append((adapter, outcome, clock.monotonic(), runs))
@@ -55,12 +55,12 @@ def test_per_call_deadline_bounds_the_commit_resolution() -> None:
     def make() -> FakeAdapter:
         return FakeAdapter([("commit", Lost("gone"))], [Lost("down")] * 100)
 
-    for adapter, outcome, now, runs in _both(make, deadline=1.0):
+    for adapter, outcome, now, runs in _both(make, timeout=1.0):
         assert isinstance(outcome, outlast.CommitOutcomeUnknown)
         assert outcome.xid == "731"
         assert runs == [21]
         assert adapter.calls["commit"] == 1
-        assert adapter.calls["status"] >= 2  # it did ask again within the deadline
+        assert adapter.calls["status"] >= 2  # it did ask again within the timeout
         assert now <= 1.0  # ... but never slept past it (the Guard's own is 10 s)
 
 
@@ -68,7 +68,7 @@ def test_without_a_per_call_deadline_the_guards_deadline_applies() -> None:
     def make() -> FakeAdapter:
         return FakeAdapter([("commit", Lost("gone"))], [Lost("down")] * 100)
 
-    for _adapter, outcome, now, _runs in _both(make, deadline=None, guard_deadline=3.0):
+    for _adapter, outcome, now, _runs in _both(make, timeout=None, guard_timeout=3.0):
         assert isinstance(outcome, outlast.CommitOutcomeUnknown)
         assert 1.0 < now <= 3.0
 
@@ -77,7 +77,7 @@ def test_per_call_deadline_bounds_whole_transaction_retries() -> None:
     def make() -> FakeAdapter:
         return FakeAdapter([("open", Lost("refused"))] * 100)
 
-    for adapter, outcome, now, runs in _both(make, deadline=0.5, guard_deadline=None):
+    for adapter, outcome, now, runs in _both(make, timeout=0.5, guard_timeout=None):
         assert isinstance(outcome, outlast.DatabaseUnavailable)
         assert runs == []
         assert 1 < adapter.calls["open"] < 10
@@ -88,19 +88,19 @@ def test_a_spent_deadline_still_asks_once_about_a_lost_commit() -> None:
     def make() -> FakeAdapter:
         return FakeAdapter([("commit", Lost("gone"))], [COMMITTED])
 
-    for adapter, outcome, _now, runs in _both(make, deadline=0.0):
+    for adapter, outcome, _now, runs in _both(make, timeout=0.0):
         assert outcome == 42  # resolved as committed: success, not an unknown
         assert runs == [21]
         assert adapter.calls["status"] == 1
 
 
-@pytest.mark.parametrize("deadline", [0.0, 0.3])
-def test_a_spent_deadline_gives_up_instead_of_retrying(deadline: float) -> None:
+@pytest.mark.parametrize("timeout", [0.0, 0.3])
+def test_a_spent_deadline_gives_up_instead_of_retrying(timeout: float) -> None:
     def make() -> FakeAdapter:
         return FakeAdapter([("work", Lost("reset")), None])
 
-    for adapter, outcome, _now, runs in _both(make, deadline=deadline):
-        if deadline == 0.0:
+    for adapter, outcome, _now, runs in _both(make, timeout=timeout):
+        if timeout == 0.0:
             assert isinstance(outcome, outlast.DatabaseUnavailable)
             assert runs == [21] and adapter.calls["open"] == 1
         else:

@@ -11,6 +11,7 @@ left when closed, even when a test fails.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -276,3 +277,37 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+class OutlastLog(logging.Handler):
+    """Collects the ``outlast`` logger's messages, surviving ``fileConfig`` in Alembic's env.py.
+
+    pytest's caplog hangs on the root logger, whose handlers ``fileConfig``
+    replaces; this handler hangs on ``outlast`` itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._lock_messages = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock_messages:
+            self.messages.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        with self._lock_messages:
+            return "\n".join(self.messages)
+
+    def __enter__(self) -> OutlastLog:
+        log = logging.getLogger("outlast")
+        self._level = log.level
+        log.setLevel(logging.INFO)
+        log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        log = logging.getLogger("outlast")
+        log.removeHandler(self)
+        log.setLevel(self._level)

@@ -388,20 +388,13 @@ class _Coordinator:
             extra={"outlast_event": "migration_applying", "pending": list(state.pending)},
         )
         started = time.monotonic()
-        self.runner.apply(ctx)
+        try:
+            self.runner.apply(ctx)
+        except BaseException:
+            self._account(state)  # steps committed before the failure still count
+            raise
         after = self.runner.state(session)
-        self._applied_at = time.time()
-        applied = [p for p in state.pending if p not in after.pending]
-        for number, revision in enumerate(applied, 1):
-            logger.info(
-                "[MIGRATION] applied revision=%s (%d/%d) holder=%s",
-                revision,
-                number,
-                len(state.pending),
-                self.holder_id,
-                extra={"outlast_event": "migration_applied", "revision": revision},
-            )
-        self._applied.extend(applied)
+        applied = self._record(state, after)
         self._state = after
         if not after.at_target:
             raise MigrationFailed(
@@ -416,6 +409,32 @@ class _Coordinator:
             extra={"outlast_event": "migration_done", "applied": applied},
         )
         return self._reached(after, by_other=False)
+
+    def _account(self, before: SchemaState) -> None:
+        """After a failed apply: record what was committed anyway (best effort)."""
+        try:
+            after = self.runner.state(self.session)
+        except Exception:
+            logger.debug("reading the state after a failed apply failed", exc_info=True)
+            return
+        self._state = after
+        self._record(before, after)
+
+    def _record(self, before: SchemaState, after: SchemaState) -> list[str]:
+        applied = [p for p in before.pending if p not in after.pending]
+        if applied:
+            self._applied_at = time.time()
+        for number, revision in enumerate(applied, 1):
+            logger.info(
+                "[MIGRATION] applied revision=%s (%d/%d) holder=%s",
+                revision,
+                number,
+                len(before.pending),
+                self.holder_id,
+                extra={"outlast_event": "migration_applied", "revision": revision},
+            )
+        self._applied.extend(applied)
+        return applied
 
     def _release(self, acquired_at: float) -> None:
         session = self.session

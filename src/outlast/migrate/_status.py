@@ -101,7 +101,7 @@ class SchemaStatus:
 
         def target() -> None:
             result = run(self._stop)
-            if result is not None:
+            if result is not None and result.outcome != "pending":  # not stopped by close()
                 self._settle(result)
 
         thread = threading.Thread(target=target, name="outlast-migrate-follow", daemon=True)

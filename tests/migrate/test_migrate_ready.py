@@ -1,4 +1,4 @@
-"""A service started before its schema: /health/ready says "migrations pending" until it is there."""
+"""A service started before its schema: /health/ready says "migrations pending" until then."""
 
 from __future__ import annotations
 

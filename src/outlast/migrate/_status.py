@@ -26,7 +26,12 @@ class SchemaStatus:
     wait ran out with ``on_timeout="unready"``; a background thread keeps
     going and flips the status to ready once the schema is there).
 
-    Pass it as the web integrations' ``ready=`` hook: ``/health/ready`` then
+    `applied` lists what this process applied and saw committed; a step
+    committed just before this process lost its connection is missing from it
+    when the state could not be read again at once (the database's own
+    record is the truth).
+
+    Pass it as the web integrations'' ``ready=`` hook: ``/health/ready`` then
     answers 503 ``fail`` with ``output: "migrations pending: ..."`` until the
     schema reaches its target::
 

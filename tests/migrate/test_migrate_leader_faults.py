@@ -80,7 +80,7 @@ def _resumed_at_exit(crowd: Crowd) -> Iterator[None]:
 
 def test_leader_sigkilled_mid_migration_a_new_leader_finishes(pg_database: Any) -> None:
     dsn = pg_database.dsn()
-    env = base_env(dsn, MIGRATE_TEST_PAUSE_0003="3")  # 0003 sleeps 3 s in its transaction
+    env = base_env(dsn, MIGRATE_TEST_PAUSE_0003="2")  # 0003 sleeps 2 s in its transaction
     with Crowd() as crowd:
         crowd.start(
             N, "outlast", {"runner": "alembic", "config": str(ALEMBIC_INI), "dsn": dsn}, env
@@ -111,7 +111,7 @@ def test_leader_sigkilled_mid_migration_a_new_leader_finishes(pg_database: Any) 
     assert max(lags) <= 2.0
     print(
         f"\nleader SIGKILLed inside revision 0003 ({N} processes): a new leader applied"
-        f" 0003-0004 (0003 sleeps 3 s) and reached head {head_at - killed_at:.1f}s after the"
+        f" 0003-0004 (0003 sleeps 2 s) and reached head {head_at - killed_at:.1f}s after the"
         f" kill; every revision applied once; all {len(survivors)} survivors ready within"
         f" {max(lags):.2f}s of head"
     )

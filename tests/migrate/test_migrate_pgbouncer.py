@@ -62,6 +62,19 @@ def test_lock_dsn_lets_the_ddl_go_through_the_pooler(
     assert not advisory_locks(pg_database.dsn())
 
 
+def test_a_waiting_role_reads_the_schema_through_the_pooler(
+    pg_server: EmbeddedPostgres, pg_database: Any
+) -> None:
+    # The API migrates over a direct connection; the workers wait behind PgBouncer.
+    with PgBouncer(pg_server.host, pg_server.port) as bouncer:
+        pooled = bouncer.dsn(pg_database.name)
+        with pytest.raises(migrate.MigrationTimeout, match="4 pending"):
+            migrate.run(migrate.AlembicRunner(ALEMBIC_INI), dsn=pooled, role="wait", wait=1)
+        migrate.run(migrate.AlembicRunner(ALEMBIC_INI), dsn=pg_database.dsn())
+        status = migrate.run(migrate.AlembicRunner(ALEMBIC_INI), dsn=pooled, role="wait", wait=10)
+    assert status.outcome == "at_head"
+
+
 @pytest.mark.slow
 def test_twenty_processes_through_pgbouncer(pg_server: EmbeddedPostgres, pg_database: Any) -> None:
     dsn = pg_database.dsn()

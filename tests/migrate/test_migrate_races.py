@@ -147,7 +147,7 @@ def test_twenty_cli_processes_apply_sql_files_once(pg_database: Any) -> None:
             assert result is not None, proc.stderr_text()
             assert proc.exited_at is not None
             result["returncode"] = proc.popen.returncode
-            result["ready_at"] = proc.exited_at
+            result["exited_at"] = proc.exited_at
             results.append(result)
         logs = [proc.stderr_text() for proc in crowd.procs]
     failures = [r for r in results if r["returncode"] != 0]
@@ -159,12 +159,14 @@ def test_twenty_cli_processes_apply_sql_files_once(pg_database: Any) -> None:
     for word in ("acquired", "applied revision=0004", "released"):
         assert f"[MIGRATION] {word}" in leader_log
     assert sum("[MIGRATION] skipped reason=at_head" in log for log in logs) >= 1
-    # The exit of the command is when an entrypoint would start the service.
-    leader_exit = max(r["ready_at"] for r in results if r["applied"])
+    # `ready_at`: when the command knew the schema was there (it exits right after,
+    # and an entrypoint's `&& exec` starts the service).
+    head_at = max(r["ready_at"] for r in results if r["applied"])
+    lags = [r["ready_at"] - head_at for r in results]
+    exits = [r["exited_at"] - head_at for r in results]
     print(
         f"\noutlast migrate --sql, {N} commands: each of {len(SQL_REVISIONS)} files applied"
-        f" once (0004: CREATE INDEX CONCURRENTLY), 0 errors; leader done"
-        f" {leader_exit - started:.2f}s after the first start; exits after the leader's"
-        f" {spread([r['ready_at'] - leader_exit for r in results])}"
+        f" once (0004: CREATE INDEX CONCURRENTLY), 0 errors; head {head_at - started:.2f}s"
+        f" after the first start; ready after head {spread(lags)}; exited {spread(exits)}"
     )
-    assert max(r["ready_at"] - leader_exit for r in results) <= READY_AFTER_HEAD
+    assert max(lags) <= READY_AFTER_HEAD

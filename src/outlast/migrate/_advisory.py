@@ -100,6 +100,10 @@ class AdvisoryLock(LockSession):
 
         from outlast.psycopg import connect
 
+        if self.settings.role == "wait":
+            # A waiting process never takes the lock: it only reads the
+            # schema's state, which works through a pooler too.
+            return self.plain_connect()
         if not preset_for(self.dsn).startup_options:
             raise LockNotSupported(
                 "the lock DSN names a connection pooler endpoint (a '-pooler' host), where a"

@@ -231,6 +231,7 @@ def run_command(args: argparse.Namespace) -> int:
             leader=status.leader,
             state=status.state.describe() if status.state else None,
             waited=round(status.waited, 3),
+            ready_at=status.ready_at,
         )
         return EXIT_OK
     finally:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from outlast import Hardening
-
 from ._advisory import advisory_key
 from ._holder import Holder, leader_name
 from ._session import LockSession
@@ -66,32 +64,8 @@ class LeaseLock(LockSession):
         return sql.Identifier(*self._table_parts)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        from outlast.psycopg import connect
-
-        lease = self.settings.lease
-        # A pooler takes no startup options and keeps no session state: no
-        # settings at all, every statement bounded on the client side.
-        preset = Hardening(
-            name="migrate-lease",
-            connect_timeout=self.settings.connect_timeout,
-            keepalives_idle=max(1, round(lease / 4)),
-            keepalives_interval=max(1, round(lease / 8)),
-            keepalives_count=3,
-            tcp_user_timeout=lease,
-            statement_timeout=None,
-            idle_in_transaction_session_timeout=None,
-            application_name=self.tag,
-            startup_options=False,
-            prepared_statements=False,
-        )
-        conn = connect(self.dsn, preset=preset, autocommit=True, application_name=self.tag)
-        try:
-            row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        self.server_version = int(row[0]) if row else 0
-        return conn
+        # A pooler takes no startup options and keeps no session state.
+        return self.plain_connect()
 
     def _ensure_table(self) -> None:
         if self._table_ready:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import outlast
-from outlast import classify, parse_dsn
+from outlast import Hardening, classify, parse_dsn
 from outlast._deadline import socket_deadline
 
 from ._holder import Holder
@@ -87,6 +87,38 @@ class LockSession:
 
     def _connect(self) -> psycopg.Connection[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def plain_connect(self) -> psycopg.Connection[Any]:
+        """A connection with no session state at all: fine through a transaction pooler.
+
+        For the lease mode, and for processes that only wait (they read the
+        schema's state and never take a lock). Every statement is bounded on
+        the client side; keepalives are client-side only.
+        """
+        from outlast.psycopg import connect
+
+        lease = self.settings.lease
+        preset = Hardening(
+            name="migrate-plain",
+            connect_timeout=self.settings.connect_timeout,
+            keepalives_idle=max(1, round(lease / 4)),
+            keepalives_interval=max(1, round(lease / 8)),
+            keepalives_count=3,
+            tcp_user_timeout=lease,
+            statement_timeout=None,
+            idle_in_transaction_session_timeout=None,
+            application_name=self.tag,
+            startup_options=False,
+            prepared_statements=False,
+        )
+        conn = connect(self.dsn, preset=preset, autocommit=True, application_name=self.tag)
+        try:
+            row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        self.server_version = int(row[0]) if row else 0
+        return conn
 
     def connection(self) -> psycopg.Connection[Any]:
         """The open connection (connecting if needed)."""

@@ -196,6 +196,9 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         try:
             runner = _runner(args)
+            import outlast.psycopg  # the lock session's driver, imported up front
+
+            result["started_at"] = time.time()  # imports done: from here it waits
             status = run(
                 runner,
                 dsn=args.dsn,

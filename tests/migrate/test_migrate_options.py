@@ -206,3 +206,21 @@ def test_advisory_keys_are_stable_and_distinct() -> None:
     assert migrate.advisory_key("default") == migrate.advisory_key("default")
     assert migrate.advisory_key("default") != migrate.advisory_key("billing")
     assert migrate.advisory_key("default")[0] == 0x6F75746C
+
+
+def test_public_face_is_sorted_and_imports_no_tool() -> None:
+    import subprocess
+    import sys
+
+    assert list(migrate.__all__) == sorted(migrate.__all__)
+    for name in migrate.__all__:
+        obj = getattr(migrate, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "outlast.migrate", name
+    code = (
+        "import sys, outlast.migrate\n"
+        "heavy = {'sqlalchemy', 'psycopg', 'alembic', 'django', 'psycopg_pool'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -17,6 +17,7 @@ contains a password.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -196,7 +197,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         try:
             runner = _runner(args)
-            import outlast.psycopg  # the lock session's driver, imported up front
+            importlib.import_module("outlast.psycopg")  # the lock session's driver, up front
 
             result["started_at"] = time.time()  # imports done: from here it waits
             status = run(

@@ -3,12 +3,13 @@
 A wait that ends without saying who is in the way sends an operator to
 ``pg_locks`` by hand; this says it: the holder's backend pid, its
 ``application_name`` (outlast leaders call themselves ``outlast-migrate leader
-<host>:<pid> @<epoch>``), its client address and since when it holds the lock.
+<host>:<pid>:<tag> @<epoch>``), its client address and since when it holds the lock.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,12 +22,16 @@ _MAX_NAME = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name
 
 def short_host() -> str:
     """This machine's host name, cut to fit an ``application_name`` (containers: the id)."""
-    return (socket.gethostname() or "host").split(".", 1)[0][:20]
+    return (socket.gethostname() or "host").split(".", 1)[0][:15]
 
 
 def holder_id(pid: int) -> str:
-    """``<host>:<pid>``: how this process names itself to the others."""
-    return f"{short_host()}:{pid}"
+    """``<host>:<pid>:<4 hex>``: how this process names itself to the others.
+
+    The random part tells apart two containers that share a host name and a
+    pid (``network_mode: host``, pid 1 in both).
+    """
+    return f"{short_host()}:{pid}:{secrets.token_hex(2)}"
 
 
 def leader_name(holder: str, since: float) -> str:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from outlast import ConfigurationError
 
-from ._holder import holder_id
 from ._runner import ApplyContext, Reader
 from ._sqlsplit import split_statements
 from ._state import SchemaState
@@ -203,7 +202,7 @@ class SqlRunner:
             "INSERT INTO {} (version, name, checksum, duration_ms, applied_by)"
             " VALUES (%s, %s, %s, %s, %s)"
         ).format(self._ident())
-        by = holder_id(os.getpid())
+        by = ctx.application_name
         for f in self.files:
             if f.version in applied:
                 continue

@@ -95,6 +95,7 @@ def run(
       between checks while waiting (jittered).
     - `lock_timeout` / `statement_timeout`: set on the DDL connection, and only
       there, once the lock is held (default: the server's settings).
+    - `lease_table`: the lease mode's table (``outlast_migrate_lease``).
 
     Raises `ConfigurationError` for bad options (`LockNotSupported` for a
     pooler), `MigrationTimeout`, `MigrationFailed` for a migration's own error.

@@ -32,6 +32,8 @@ INTEGRATIONS: dict[str, frozenset[str]] = {
     "outlast.asyncpg": frozenset({"asyncpg"}),
     "outlast.django": frozenset({"django", "asgiref"}),
     "outlast.flask": frozenset({"flask", "werkzeug"}),
+    # The lock session is psycopg 3; the runners drive Alembic and Django when asked.
+    "outlast.migrate": frozenset({"psycopg", "alembic", "sqlalchemy", "django"}),
     "outlast.psycopg": frozenset({"psycopg", "psycopg_pool"}),
     "outlast.psycopg2": frozenset({"psycopg2"}),
     "outlast.sqlalchemy": frozenset({"sqlalchemy"}),

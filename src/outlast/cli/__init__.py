@@ -61,6 +61,17 @@ COMMANDS: tuple[Command, ...] = (
         "service with outlast passes every check.",
     ),
     Command(
+        "migrate",
+        "outlast.migrate._cli",
+        run="run_command",
+        help="run migrations exactly once across many containers (Alembic, Django, SQL files)",
+        description="Bring the schema to its target exactly once, whatever number of "
+        "processes start together: a session advisory lock on a dedicated direct connection "
+        "(or a lease row behind PgBouncer), an 'already at head?' check without locks, a "
+        "client-side deadline. Exit codes: 0 at the target, 1 the wait ran out (the lock's "
+        "holder is named), 2 a usage or configuration error, 3 a migration failed.",
+    ),
+    Command(
         "wait",
         "outlast.cli.wait",
         help="wait until PostgreSQL accepts sessions (exit 0), with backoff",

@@ -34,6 +34,9 @@ INTEGRATIONS: dict[str, frozenset[str]] = {
     "outlast.flask": frozenset({"flask", "werkzeug"}),
     # The lock session is psycopg 3; the runners drive Alembic and Django when asked.
     "outlast.migrate": frozenset({"psycopg", "alembic", "sqlalchemy", "django"}),
+    "outlast.otel": frozenset({"opentelemetry"}),
+    # /metrics is served by the framework the app already runs (imported lazily).
+    "outlast.prometheus": frozenset({"prometheus_client", "starlette", "django"}),
     "outlast.psycopg": frozenset({"psycopg", "psycopg_pool"}),
     "outlast.psycopg2": frozenset({"psycopg2"}),
     "outlast.sqlalchemy": frozenset({"sqlalchemy"}),
@@ -145,6 +148,7 @@ CORE_TIERS = {
     "transactions": 2,
     "web": 3,
     "supervise": 3,
+    "telemetry": 4,
 }
 
 

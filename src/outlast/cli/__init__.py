@@ -72,6 +72,14 @@ COMMANDS: tuple[Command, ...] = (
         "holder is named), 2 a usage or configuration error, 3 a migration failed.",
     ),
     Command(
+        "alerts",
+        "outlast.cli.alerts",
+        help="print the Prometheus alert rules for services that use outlast",
+        description="Print outlast's alert rules (database down, breaker flapping, retry "
+        "storm, pool exhausted, background task dead or stalled, COMMIT outcomes unknown, "
+        "slow recovery) as a Prometheus rule file: outlast alerts --prometheus > rules.yml",
+    ),
+    Command(
         "wait",
         "outlast.cli.wait",
         help="wait until PostgreSQL accepts sessions (exit 0), with backoff",

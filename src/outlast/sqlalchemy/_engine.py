@@ -59,12 +59,14 @@ from outlast._core.connections.hardening import (
     report_fault,
     session_setup_sql,
 )
+from outlast._core.connections.pools import PoolStats, register_pool
 from outlast._core.connections.socket_deadline import (
     connection_fileno,
     socket_deadline,
     transport_socket,
 )
 from outlast._core.connections.statements import budget_ran_out, statement_bound, statement_limit
+from outlast._core.timing.operations import OPERATIONS, error_kind
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
 
@@ -226,6 +228,8 @@ class _Hooks:
         self.preset = preset
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
+        # Labels of the operation-duration histogram (db.client.operation.duration).
+        self.timed = (getattr(guard, "name", None), f"sqlalchemy+{driver}")
 
     # -- pool events -----------------------------------------------------------
 
@@ -306,6 +310,8 @@ class _Hooks:
     ) -> None:
         if context is None:
             return
+        if OPERATIONS.enabled:
+            context.outlast_started = time.perf_counter()
         info = conn.info.get(_KEY)
         limit = statement_limit(self.preset)
         if limit.timeout is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
@@ -325,6 +331,10 @@ class _Hooks:
         if token:
             context.outlast_deadline = 0
             socket_deadline.disarm(token)
+        started = getattr(context, "outlast_started", None)
+        if started is not None:
+            context.outlast_started = None
+            OPERATIONS.observe(*self.timed, time.perf_counter() - started)
 
     def handle_error(self, context: ExceptionContext) -> None:
         conn = context.connection
@@ -335,6 +345,10 @@ class _Hooks:
             execution.outlast_deadline = 0  # type: ignore[union-attr]
             if socket_deadline.disarm(token) and getattr(execution, "outlast_by_budget", False):
                 budget_ran_out(error)
+        started = getattr(execution, "outlast_started", None)
+        if started is not None:
+            execution.outlast_started = None  # type: ignore[union-attr]
+            OPERATIONS.observe(*self.timed, time.perf_counter() - started, error_kind(error))
         op = "connect" if conn is None else "execute"
         if report_fault(self.guard, error, op) and not context.is_disconnect:
             context.is_disconnect = True
@@ -389,7 +403,9 @@ def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | 
     pool._creator = creator
 
 
-def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
+def _bounded_transaction_ends(
+    engine: Engine, preset: Hardening, timed: tuple[str | None, str]
+) -> None:
     """Put COMMIT and ROLLBACK under the statement deadline.
 
     They go through the dialect, not a cursor, so the execute events never
@@ -401,7 +417,7 @@ def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
     def bounded(end: Callable[[PoolProxiedConnection], None]) -> Any:
         def call(dbapi_connection: PoolProxiedConnection) -> None:
             fileno = connection_fileno(dbapi_connection)
-            with statement_bound(fileno, preset):
+            with statement_bound(fileno, preset, timed):
                 end(dbapi_connection)
 
         return call
@@ -410,11 +426,23 @@ def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
     dialect.do_rollback = bounded(dialect.do_rollback)  # type: ignore[method-assign]
 
 
+def _stats(engine: Engine) -> PoolStats:
+    """A QueuePool's figures (SQLAlchemy counts neither waiting requests nor timeouts)."""
+    pool: Any = engine.pool
+    used = int(pool.checkedout())
+    idle = int(pool.checkedin())
+    size = getattr(pool, "size", None)
+    overflow = getattr(pool, "_max_overflow", 0)
+    limit = size() + max(overflow, 0) if callable(size) and overflow >= 0 else None
+    return PoolStats(idle=idle, used=used, max=limit)
+
+
 def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
     hooks = _Hooks(guard, preset, driver)
     _ENGINES[engine] = hooks
+    register_pool(engine, driver=f"sqlalchemy+{driver}", guard=guard, reader=_stats)
     _retrying_creator(engine, preset, guard)
-    _bounded_transaction_ends(engine, preset)
+    _bounded_transaction_ends(engine, preset, hooks.timed)
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)
     event.listen(engine.pool, "checkout", hooks.on_checkout)

@@ -22,6 +22,7 @@ from outlast._core.timing.durations import Seconds
 
 from .admission import PASS, Admission, admit
 from .base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name, per_call_timeout
+from .events import process_listeners
 
 __all__ = ["Admission", "Classifier", "Guard"]
 
@@ -94,7 +95,11 @@ class Guard(GuardBase):
         if now < until:
             # Open: fail fast, with no lock, no Run, no extra frame and nothing
             # allocated but the error (built without its keyword __init__).
+            self._counters.rejected += 1
+            if process_listeners():
+                self._tell_rejected(until - now)
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
+        self._counters.slow_calls += 1
         return self._run(Run(op_name(fn, op), idempotent, timeout, start), fn, args, kwargs)
 
     async def acall(
@@ -127,7 +132,11 @@ class Guard(GuardBase):
         now = self._clock.monotonic()
         until = self._reject_until
         if now < until:
+            self._counters.rejected += 1
+            if process_listeners():
+                self._tell_rejected(until - now)
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
+        self._counters.slow_calls += 1
         run = Run(op_name(fn, op), idempotent, timeout, start)
         return await self._arun(run, fn, args, kwargs)
 
@@ -195,6 +204,7 @@ class Guard(GuardBase):
                         delay = guard._failed(run, exc, fault, 0)
                     await guard._clock.asleep(delay)
                     return await guard._arun(run, afn, args, kwargs)
+                guard._counters.slow_calls += 1
                 return await guard._arun(Run(name, idempotent, None, None), afn, args, kwargs)
 
             wrapper: Callable[..., Any] = async_wrapper
@@ -213,6 +223,7 @@ class Guard(GuardBase):
                         delay = guard._failed(run, exc, fault, 0)
                     guard._clock.sleep(delay)
                     return guard._run(run, fn, args, kwargs)
+                guard._counters.slow_calls += 1
                 return guard._run(Run(name, idempotent, None, None), fn, args, kwargs)
 
             wrapper = sync_wrapper
@@ -410,7 +421,7 @@ class Guard(GuardBase):
                 self._release(token)
                 raise
             else:
-                self._succeeded(run.op, token)
+                self._succeeded(run.op, token, run.failed > 0)
                 return result
             finally:
                 ADMITTED.reset(admitted)
@@ -438,7 +449,7 @@ class Guard(GuardBase):
                 self._release(token)
                 raise
             else:
-                self._succeeded(run.op, token)
+                self._succeeded(run.op, token, run.failed > 0)
                 return result
             finally:
                 ADMITTED.reset(admitted)

@@ -172,17 +172,22 @@ def _decide(
                     # Nothing was written: committed or not, the database is
                     # unchanged, and fn's result stands.
                     return outcome.value
-                resolved = yield from _resolve(
-                    guard,
-                    op,
-                    timeout=timeout,
-                    outcome=outcome,
-                    fault=fault,
-                    exc=exc,
-                    now=now,
-                    rand=rand,
-                    first_failure=first_failure,
-                )
+                try:
+                    resolved = yield from _resolve(
+                        guard,
+                        op,
+                        timeout=timeout,
+                        outcome=outcome,
+                        fault=fault,
+                        exc=exc,
+                        now=now,
+                        rand=rand,
+                        first_failure=first_failure,
+                    )
+                except CommitOutcomeUnknown:
+                    guard.record_commit_outcome("unknown", op=op)
+                    raise
+                guard.record_commit_outcome("committed" if resolved else "aborted", op=op)
                 if resolved:
                     return outcome.value
                 # aborted: nothing was written; fall through to a retry

@@ -118,6 +118,12 @@ def drop_slots(dsn: str) -> None:
                     break
 
 
+def inserted_ids(payloads: list[bytes]) -> list[int]:
+    """The ``id`` of every INSERT in test_decoding output."""
+    text = b"\n".join(payloads).decode()
+    return [int(i) for i in re.findall(r"INSERT: id\[integer\]:(\d+)", text)]
+
+
 def wait_until(predicate: Any, what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -132,17 +138,28 @@ class Consumer:
     it reads text. `stored` is the offset it keeps: the LSN of the last change
     it processed, unless `store` is False (then it still acknowledges, but
     "crashes" before storing: the consumer whose acknowledgements run ahead
-    of its offsets).
+    of its offsets). With `ack` False it stores but does not acknowledge (a
+    consumer that stopped between the two).
     """
 
-    def __init__(self, dsn: str, slot: str, *, publication: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        slot: str,
+        *,
+        publication: str | None = None,
+        start_lsn: Lsn | None = None,
+    ) -> None:
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
+        self.start_lsn = start_lsn
         self.changes = 0
+        self.payloads: list[bytes] = []
         self.stored: Lsn | None = None
         self.acked: Lsn | None = None
         self.store = True
+        self.ack = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -192,7 +209,11 @@ class Consumer:
                 else None
             )
             cur.start_replication(
-                slot_name=self.slot, decode=False, options=options, status_interval=1
+                slot_name=self.slot,
+                decode=False,
+                options=options,
+                status_interval=1,
+                start_lsn=int(self.start_lsn or 0),
             )
             while not self._stop.is_set():
                 msg = cur.read_message()
@@ -203,10 +224,12 @@ class Consumer:
                 if self._is_change(payload):
                     with self._lock:
                         self.changes += 1
+                        self.payloads.append(payload)
                         if self.store:
                             self.stored = Lsn(msg.data_start)
                         self.acked = Lsn(msg.data_start)
-                    cur.send_feedback(flush_lsn=msg.data_start, force=True)
+                    if self.ack:
+                        cur.send_feedback(flush_lsn=msg.data_start, force=True)
         except BaseException as exc:
             if not self._stop.is_set():
                 self._error = exc

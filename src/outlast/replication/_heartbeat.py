@@ -147,7 +147,10 @@ class Heartbeat:
         if self.mode == "message":
             _rows(
                 conn,
-                "SELECT pg_logical_emit_message(false, 'outlast.heartbeat', %s)",
+                # Transactional: its commit flushes the WAL (a non-transactional
+                # message could wait in WAL buffers, undecodable, until
+                # something else flushes them).
+                "SELECT pg_logical_emit_message(true, 'outlast.heartbeat', %s)",
                 (self.name,),
             )
         else:

@@ -30,6 +30,7 @@ from repl_kit import (
     wait_until,
 )
 
+import outlast
 from outlast import ConfigurationError
 from outlast.replication import (
     Lsn,
@@ -210,15 +211,26 @@ def test_lost_slot_is_reported_and_the_server_refuses_it(orders) -> None:
     assert {r.action for r in check.resolutions().values()} == {"resnapshot"}
     with pytest.raises(OffsetNotSafe):
         check.resume_point("trust_slot")
-    # And the server indeed will not stream from it.
+    # And the server indeed will not stream from it; the error is permanent, so a
+    # consumer streaming through a Guard gives up at once instead of retrying for
+    # half an hour.
     conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
-    try:
+    attempts = []
+
+    def stream() -> None:
+        attempts.append(1)
         cur = conn.cursor()
-        with pytest.raises(psycopg2.Error, match="replication slot"):
-            cur.start_replication(slot_name="cdc", decode=False, start_lsn=int(stored or 0))
-            cur.read_message()
+        cur.start_replication(slot_name="cdc", decode=False, start_lsn=int(stored or 0))
+        cur.read_message()
+
+    try:
+        with pytest.raises(psycopg2.Error, match="replication slot") as refused:
+            outlast.Guard("consumer").call(stream, idempotent=True)
     finally:
         conn.close()
+    fault = outlast.classify(refused.value)
+    assert fault is not None and fault.kind is outlast.FaultKind.PERMANENT
+    assert len(attempts) == 1
 
 
 def test_restart_lsn_moved_past_the_stored_offset(orders) -> None:

@@ -10,6 +10,8 @@ import dataclasses
 import datetime
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -78,6 +80,25 @@ def snap(*slots: SlotStatus, **server_kw) -> Snapshot:
 
 def verdict_of(s: SlotStatus, th: Thresholds | None = None, growth=None, **server_kw):
     return judge(s, snap(s, **server_kw), th or Thresholds(), growth_rate=growth)
+
+
+# -- the package ----------------------------------------------------------------
+
+
+def test_public_names_and_importing_loads_no_driver() -> None:
+    import outlast.replication as replication
+
+    assert len(set(replication.__all__)) == len(replication.__all__)  # ruff keeps it sorted
+    for name in replication.__all__:
+        obj = getattr(replication, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "outlast.replication", name
+    code = (
+        "import sys, outlast.replication\n"
+        "print(sorted({'psycopg', 'psycopg2', 'sqlalchemy'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # -- units ----------------------------------------------------------------------

@@ -73,17 +73,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="read twice, SECONDS apart, to measure how fast WAL grows (time to loss)",
     )
-    th = parser.add_argument_group("thresholds (sizes like 64MB/1GiB, durations like 30m/6h, off)")
-    th.add_argument("--warn-bytes", type=_size, default=None, metavar="SIZE")
-    th.add_argument("--critical-bytes", type=_size, default=None, metavar="SIZE")
+    th = parser.add_argument_group(
+        "thresholds (sizes like 64MB or 1GiB; durations like 90, 30m, 6h; 'off' disables)"
+    )
+    th.add_argument("--warn-bytes", type=_size, default=None, metavar="SIZE", help="(off)")
+    th.add_argument("--critical-bytes", type=_size, default=None, metavar="SIZE", help="(off)")
     th.add_argument(
-        "--warn-fraction", type=_fraction, default=0.5, metavar="F", help="of the limit (0.5)"
+        "--warn-fraction",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
+        help="of max_slot_wal_keep_size or --wal-budget (0.5)",
     )
     th.add_argument("--critical-fraction", type=_fraction, default=0.8, metavar="F", help="(0.8)")
-    th.add_argument("--warn-time-to-loss", type=_duration, default=6 * 3600.0, metavar="D")
-    th.add_argument("--critical-time-to-loss", type=_duration, default=3600.0, metavar="D")
-    th.add_argument("--inactive-warn", type=_duration, default=1800.0, metavar="D")
-    th.add_argument("--inactive-critical", type=_duration, default=None, metavar="D")
+    th.add_argument(
+        "--warn-time-to-loss", type=_duration, default=6 * 3600.0, metavar="D", help="(6h)"
+    )
+    th.add_argument(
+        "--critical-time-to-loss", type=_duration, default=3600.0, metavar="D", help="(1h)"
+    )
+    th.add_argument(
+        "--inactive-warn", type=_duration, default=1800.0, metavar="D", help="no consumer (30m)"
+    )
+    th.add_argument("--inactive-critical", type=_duration, default=None, metavar="D", help="(off)")
     th.add_argument(
         "--wal-budget",
         type=_size,

@@ -186,6 +186,7 @@ class SlotMonitor:
         self._inactive_seen: dict[str, float] = {}
         self._verdicts: dict[str, Verdict] = {}
         self._told_at: dict[str, float] = {}
+        self._unreserved: set[str] = set()
         self._last: Report | None = None
         self._last_failure: tuple[float, str] | None = None
 
@@ -300,7 +301,17 @@ class SlotMonitor:
             reported.add(slot.name)
             previous = self._verdicts.get(slot.name)
             self._verdicts[slot.name] = slot.verdict
-            if slot.verdict != previous and not (previous is None and slot.verdict is Verdict.OK):
+            # Turning unreserved is news even when the verdict was already
+            # critical: the next checkpoint, not a trend, decides now.
+            newly_unreserved = slot.wal_status == "unreserved" and slot.name not in self._unreserved
+            if slot.wal_status == "unreserved":
+                self._unreserved.add(slot.name)
+            else:
+                self._unreserved.discard(slot.name)
+            changed = slot.verdict != previous and not (
+                previous is None and slot.verdict is Verdict.OK
+            )
+            if changed or newly_unreserved:
                 self._told_at[slot.name] = now
                 changes.append(
                     SlotChange(
@@ -330,6 +341,7 @@ class SlotMonitor:
         for gone in set(self._verdicts) - reported:
             del self._verdicts[gone]
             self._told_at.pop(gone, None)
+            self._unreserved.discard(gone)
         return changes
 
     # -- what others read -------------------------------------------------------------

@@ -188,8 +188,11 @@ def test_missing_slot(orders) -> None:
     check = check_offset(dsn, slot="gone", lsn=current_lsn(dsn), log=False)
     assert check.verdict is OffsetVerdict.SLOT_MISSING
     assert check.resolve("trust_offset").action == "fail"
-    assert check.resolve("no_validation").action == "resnapshot"
     assert check.resolve("no_validation").silent
+    assert check.resolve("trust_slot").action == "adopt_slot"
+    for strategy in Strategy:
+        with pytest.raises(OffsetNotSafe):
+            check.resume_point(strategy)
 
 
 @pytest.mark.slow
@@ -291,7 +294,10 @@ def test_offset_from_the_future(orders) -> None:
     future = Lsn(current_lsn(dsn) + 4 * SEGMENT)
     check = check_offset(dsn, slot="cdc", lsn=future, log=False)
     assert check.verdict is OffsetVerdict.FROM_FUTURE
-    assert {r.action for r in check.resolutions().values()} == {"resnapshot"}
+    assert all(r.silent and r.loses_changes for r in check.resolutions().values())
+    for strategy in Strategy:
+        with pytest.raises(OffsetNotSafe):
+            check.resume_point(strategy)
 
 
 @pytest.mark.slow

@@ -343,7 +343,9 @@ def test_what_each_strategy_does() -> None:
     with pytest.raises(OffsetNotSafe, match="trust_offset: changes_skipped") as info:
         skipped.resume_point()
     assert info.value.check is skipped
-    assert skipped.resume_point("trust_slot") == 995 * MB
+    assert skipped.resume_point("trust_slot") == 995 * MB  # a gap accepted knowingly
+    with pytest.raises(OffsetNotSafe, match="silently"):
+        skipped.resume_point("no_validation")  # never a silent gap
     ahead = check(999 * MB)
     assert ahead.resolve("trust_offset").action == "advance_slot"
     assert ahead.resolve("trust_slot").action == "resume"

@@ -163,10 +163,16 @@ class OffsetCheck:
 
         The default, ``trust_offset``, never accepts a gap. Choosing
         ``trust_slot`` or ``trust_greater_lsn`` accepts one knowingly (the
-        `Resolution` says how much was skipped).
+        `Resolution` says how much was skipped). Whatever the strategy, this
+        raises where it would lose changes silently, cannot resume, or has no
+        position to resume from yet (a slot still to be created).
         """
         resolution = self.resolve(strategy)
-        if resolution.action in ("fail", "resnapshot") or resolution.start_lsn is None:
+        if (
+            resolution.action in ("fail", "resnapshot")
+            or resolution.silent
+            or resolution.start_lsn is None
+        ):
             raise OffsetNotSafe(
                 f"cannot resume slot {self.slot!r} from {self.stored_lsn} with "
                 f"{resolution.strategy}: {self.verdict}: {resolution.explanation}",
@@ -200,7 +206,14 @@ def _resolve(check: OffsetCheck, strategy: Strategy) -> Resolution:
         )
 
     if verdict is OffsetVerdict.OTHER_CLUSTER:
-        return r("resnapshot", None, True, False, "the offset belongs to another server")
+        return r(
+            "resnapshot",
+            None,
+            True,
+            False,
+            "the offset's LSN means nothing on another server: any comparison with this "
+            "server's slot is meaningless",
+        )
     if verdict is OffsetVerdict.SLOT_LOST:
         return r(
             "resnapshot",
@@ -211,25 +224,36 @@ def _resolve(check: OffsetCheck, strategy: Strategy) -> Resolution:
             "one and take a new snapshot",
         )
     if verdict is OffsetVerdict.FROM_FUTURE:
+        # Every strategy resumes at the offset (advancing the slot towards it, or not):
+        # none can know the server went back in time.
         return r(
-            "resnapshot",
-            None,
+            "resume",
+            stored,
             True,
-            strategy is Strategy.NO_VALIDATION,
-            "every strategy would skip the changes the server writes below the stored LSN; "
-            "downstream also holds changes the server no longer has: reconcile and take "
-            "a new snapshot",
+            True,
+            "resumes at the offset and silently skips every change the restored server "
+            "writes below it; downstream also holds changes the server no longer has: "
+            "reconcile and take a new snapshot",
         )
     if verdict is OffsetVerdict.SLOT_MISSING:
         if strategy is Strategy.TRUST_OFFSET:
-            return r("fail", None, False, False, "the slot is gone: a new one would start now")
+            return r("fail", None, False, False, "refuses to start: a new slot would start now")
+        if strategy is Strategy.NO_VALIDATION:
+            return r(
+                "resume",
+                None,
+                True,
+                True,
+                "creates a new slot at the current WAL position and streams from there: "
+                "every change since the offset is lost, silently",
+            )
         return r(
-            "resnapshot",
+            "adopt_slot",
             None,
             True,
-            strategy is Strategy.NO_VALIDATION,
-            "a new slot starts at the current WAL position: every change since the offset "
-            "is gone unless a new snapshot is taken",
+            False,
+            "adopts a new slot created at the current WAL position: every change since the "
+            "offset is lost unless a new snapshot is taken",
         )
     position = check.slot_position
     assert position is not None  # the slot exists and is not lost

@@ -312,3 +312,19 @@ def test_thread_safe_concurrent_checks(repl_db) -> None:
         for t in threads:
             t.join(60)
     assert not errors
+
+
+def test_a_plain_role_can_monitor(repl_db) -> None:
+    # Slots, settings and the WAL position are readable by any role (pg_monitor adds
+    # the details of other users' WAL senders).
+    role = f"mon_{repl_db.name}"
+    sql(repl_db.admin_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        sql(repl_db.dsn(), "SELECT pg_create_logical_replication_slot('cdc', 'test_decoding')")
+        with SlotMonitor(repl_db.dsn(user=role), slots=["cdc"]) as monitor:
+            report = monitor.check()
+        assert report["cdc"].verdict is Verdict.OK
+        assert report["cdc"].retained_bytes is not None
+        assert report.snapshot.server.wal_level == "logical"
+    finally:
+        sql(repl_db.admin_dsn, f"DROP ROLE {role}")

@@ -15,6 +15,7 @@ import outlast
 from outlast import ConfigurationError, Hardening
 
 from ._connect import Connection, Driver, Source
+from ._connect import rows as _rows
 from ._epochs import (
     DEFAULT_EPOCH_TABLE,
     SlotIdentity,
@@ -29,15 +30,6 @@ from ._read import read_server
 from ._units import Lsn
 
 __all__ = ["create_slot", "drop_slot", "slot_identity"]
-
-
-def _rows(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params)
-        return list(cur.fetchall()) if cur.description is not None else []
-    finally:
-        cur.close()
 
 
 def _checked(slot: str, table: str) -> None:

@@ -22,11 +22,21 @@ from typing import Any, Literal, TypeVar
 
 from outlast import ConfigurationError, Hardening, classify, parse_dsn
 
-__all__ = ["Connection", "Driver", "Source"]
+__all__ = ["Connection", "Driver", "Source", "rows"]
 
 T = TypeVar("T")
 Source = str | Callable[[], Any]
 Driver = Literal["auto", "psycopg", "psycopg2"]
+
+
+def rows(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+    """Run one statement on a DB-API connection; the rows it returned (none for DDL/DML)."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, params)
+        return list(cur.fetchall()) if cur.description is not None else []
+    finally:
+        cur.close()
 
 
 def _installed(module: str) -> bool:

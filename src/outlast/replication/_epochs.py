@@ -31,6 +31,7 @@ from typing import Any
 
 from outlast import ConfigurationError, OutlastError
 
+from ._connect import rows as _rows
 from ._units import Lsn
 
 __all__ = [
@@ -85,15 +86,6 @@ def quote_table(name: str) -> str:
             f"not {name!r}"
         )
     return ".".join(f'"{p}"' for p in parts)
-
-
-def _rows(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params)
-        return list(cur.fetchall()) if cur.description is not None else []
-    finally:
-        cur.close()
 
 
 def ensure_table(conn: Any, table: str) -> None:

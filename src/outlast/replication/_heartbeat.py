@@ -33,6 +33,7 @@ from outlast import ConfigurationError, Hardening
 from outlast.supervise import Loop, Supervisor
 
 from ._connect import Connection, Driver, Source
+from ._connect import rows as _rows
 from ._epochs import quote_ident, quote_table
 
 __all__ = ["Heartbeat"]
@@ -40,15 +41,6 @@ __all__ = ["Heartbeat"]
 logger = logging.getLogger("outlast")
 
 Mode = Literal["table", "message"]
-
-
-def _rows(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params)
-        return list(cur.fetchall()) if cur.description is not None else []
-    finally:
-        cur.close()
 
 
 class Heartbeat:

@@ -18,6 +18,7 @@ from typing import Any
 
 from outlast import OutlastError
 
+from ._connect import rows as _rows
 from ._model import ServerStatus, SlotStatus, Snapshot, WalSender, WalStatus
 from ._units import Lsn
 
@@ -45,15 +46,6 @@ SELECT current_setting('server_version_num')::int,
        extract(epoch from clock_timestamp())::float8,
        has_function_privilege('pg_control_system()', 'EXECUTE')
 """
-
-
-def _rows(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params)
-        return list(cur.fetchall())
-    finally:
-        cur.close()
 
 
 _UNIT = re.compile(r"^(\d*)\s*(B|kB|MB|GB|TB)$")

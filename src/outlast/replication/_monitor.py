@@ -180,7 +180,7 @@ class SlotMonitor:
         self.ready_fails_on = ready_fails_on
         self._clock: Any = clock if clock is not None else _SystemTime()
         self._conn = Connection(source, preset=preset, driver=driver)
-        self._lock = threading.Lock()
+        self._serial = threading.Lock()
         self._windows: dict[str, RateWindow] = {}
         self._wal_window = RateWindow(self.thresholds.rate_window)
         self._inactive_seen: dict[str, float] = {}
@@ -198,14 +198,27 @@ class SlotMonitor:
         Raises what the Guard raises (`outlast.DatabaseUnavailable` during an
         outage) or a permanent error (e.g. permission denied).
         """
-        snapshot = self._guarded(
+        return self._run(
             lambda: self.guard.call(self._read, idempotent=True, op=f"{self.name}.check")
         )
-        return self._conclude(snapshot)
 
     def _tick(self) -> None:
         # A loop tick: the loop is the retry and reports to the Guard itself.
-        self._conclude(self._guarded(self._read))
+        self._run(self._read)
+
+    def _run(self, read: Callable[[], Snapshot]) -> Report:
+        # One check at a time, read and judged in order: rates and transitions
+        # must never see an older reading after a newer one. Listeners run
+        # after, outside the lock.
+        with self._serial:
+            report, changes = self._conclude(self._guarded(read))
+        for change in changes:
+            for listener in self.listeners:
+                try:
+                    listener(change)
+                except Exception:
+                    logger.exception("slot listener %r failed", listener)
+        return report
 
     def _guarded(self, read: Callable[[], Snapshot]) -> Snapshot:
         try:
@@ -237,19 +250,12 @@ class SlotMonitor:
 
         return self._conn.run(read)
 
-    def _conclude(self, snapshot: Snapshot) -> Report:
-        with self._lock:
-            report = self._judge(snapshot)
-            changes = self._changes(report)
-            self._last = report
-            self._last_failure = None
-        for change in changes:
-            for listener in self.listeners:
-                try:
-                    listener(change)
-                except Exception:
-                    logger.exception("slot listener %r failed", listener)
-        return report
+    def _conclude(self, snapshot: Snapshot) -> tuple[Report, list[SlotChange]]:
+        report = self._judge(snapshot)
+        changes = self._changes(report)
+        self._last = report
+        self._last_failure = None
+        return report, changes
 
     def _tracking(self, snapshot: Snapshot) -> bool:
         if self.track_inactivity is not None:

@@ -39,6 +39,8 @@ INTEGRATIONS: dict[str, frozenset[str]] = {
     "outlast.prometheus": frozenset({"prometheus_client", "starlette", "django"}),
     "outlast.psycopg": frozenset({"psycopg", "psycopg_pool"}),
     "outlast.psycopg2": frozenset({"psycopg2"}),
+    # Standard library only: it connects through outlast.psycopg or outlast.psycopg2.
+    "outlast.replication": frozenset(),
     "outlast.sqlalchemy": frozenset({"sqlalchemy"}),
     "outlast.starlette": frozenset({"starlette"}),
     "outlast.supervise": frozenset(),

@@ -80,6 +80,15 @@ COMMANDS: tuple[Command, ...] = (
         "slow recovery) as a Prometheus rule file: outlast alerts --prometheus > rules.yml",
     ),
     Command(
+        "slots",
+        "outlast.replication._cli",
+        help="check replication slots (WAL retention, time to loss) or a CDC offset",
+        description="Report every replication slot's retained WAL, wal_status, time to loss "
+        "and inactivity against thresholds, or (--offset) whether a change-data-capture "
+        "consumer may resume from its stored LSN. Exit 0 ok, 1 warn, 2 critical/lost/unsafe, "
+        "3 could not check.",
+    ),
+    Command(
         "wait",
         "outlast.cli.wait",
         help="wait until PostgreSQL accepts sessions (exit 0), with backoff",

@@ -64,6 +64,9 @@ if ENABLED:  # outlast: these lines are the whole integration
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"outlast": {"handlers": ["console"], "level": "INFO"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "outlast": {"handlers": ["console"], "level": os.environ.get("OUTLAST_LOG_LEVEL", "INFO")}
+    },
 }

@@ -362,3 +362,66 @@ def test_a_budget_that_runs_out_during_commit_is_outcome_unknown(
     assert result["took"] <= budget + SLACK
     assert stored(direct_dsn, email) == 1  # it was applied: "unknown" was honest
     _no_traceback(svc)
+
+
+def test_a_read_whose_commit_reply_is_lost_still_answers(
+    drf: Callable[..., DrfService], pg_proxy: Any
+) -> None:
+    """Under ATOMIC_REQUESTS a GET is a transaction too; it wrote nothing (no xid),
+    so a lost COMMIT reply changes nothing and the 200 stands."""
+    svc = drf("gunicorn-sync")
+    warm(svc)
+    with pg_proxy.fault("cut_after", **CUT_COMMIT) as fault:
+        answers = [svc.client.get("/api/leads/") for _ in range(4)]
+        cut = pg_proxy.fault_info(fault)["hits"]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert cut >= 4  # every one of them had its COMMIT reply cut off
+    _no_traceback(svc)
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_requests_caught_by_a_dead_link_answer_within_their_budget(
+    kind: str, drf: Callable[..., DrfService], pg_proxy: Any
+) -> None:
+    """Requests in flight when the link dies, and those after: none outlives the budget.
+
+    Django reconnects on its way out of a failed ATOMIC_REQUESTS transaction,
+    and sends ``SET TIME ZONE`` on every new connection (under uvicorn, on
+    every request): both stay inside the budget.
+    """
+    budget = 4.5
+    svc = drf(kind, budget=budget, workers=4)
+    warm(svc)
+    stop = threading.Event()
+    latencies: list[tuple[float, int | str]] = []
+
+    def loop() -> None:
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{svc.port}",
+            headers={"Authorization": f"Token {svc.token}"},
+            timeout=30.0,
+        )
+        with client:
+            while not stop.is_set():
+                start_at = time.monotonic()
+                try:
+                    status: int | str = client.get("/api/leads/").status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                latencies.append((time.monotonic() - start_at, status))
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        with pg_proxy.fault("blackhole"):
+            time.sleep(6.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    slow = [(round(took, 2), status) for took, status in latencies if took > budget + SLACK]
+    assert not slow, slow
+    assert {status for _, status in latencies} <= {200, 503}
+    _no_traceback(svc)

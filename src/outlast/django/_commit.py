@@ -19,6 +19,9 @@ blocks, ``Model.save()`` of a model with parents -- goes through `guard_commits`
      its ``on_commit`` hooks as after any commit; the view's response goes out;
    - ``aborted``: the original error is raised: nothing was written, so the 503
      says ``SERVICE_UNAVAILABLE``, which is true;
+   - no xid (the transaction wrote nothing, e.g. a read under
+     ``ATOMIC_REQUESTS``): the outcome does not matter; COMMIT returns and the
+     response stands;
    - still unknown when the budget runs out: `CommitOutcomeUnknown` (503
      ``OUTCOME_UNKNOWN``), and the ``on_commit`` hooks are dropped.
 
@@ -43,9 +46,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
 from outlast._core.faults.errors import CommitOutcomeUnknown
 from outlast._core.faults.fault import FaultKind
+from outlast._core.faults.redact import redact
 from outlast._core.timing.budget import CommitWatch, budget_remaining
 from outlast._core.transactions.adapters import MARKER_SQL, StatusReply, status_sql
 from outlast._core.transactions.machine import resolve_commit
+from outlast.django._routes import current_flags
 
 if TYPE_CHECKING:
     from outlast._core.guard.guard import Guard
@@ -164,6 +169,19 @@ def _abandon(conn: Any) -> None:
     conn.closed_in_transaction = True
 
 
+def _drop_after_harmless_commit(conn: Any) -> None:
+    """A COMMIT that wrote nothing lost its reply: go on as after a commit.
+
+    The dead connection is dropped (Django connects again when it needs
+    one) and the ``on_commit`` hooks run, as they would have.
+    """
+    _close_quietly(conn.connection)
+    conn.connection = None
+    conn.closed_in_transaction = True  # atomic() forgets the connection on its way out
+    conn.errors_occurred = False
+    conn.run_and_clear_commit_hooks()
+
+
 def _adopt(conn: Any, raw: Any) -> bool:
     """After a resolved COMMIT: continue on the connection that gave the answer."""
     dead = conn.connection
@@ -198,13 +216,20 @@ def _guarded_commit(conn: Any, guard_of: Callable[[], Guard], op: Callable[[], s
         except Exception as exc:
             guard = guard_of()
             fault = guard.classify(exc, during_commit=True)
+            flags = current_flags()
+            if flags is not None and fault is not None:
+                flags.faulted = True
             if fault is None or fault.kind not in _UNKNOWN_AT_COMMIT:
                 watch.settled()  # the server answered: it rolled back
                 raise
             guard.record_failure(exc, op=op(), fault=fault)
             if xid is None:
-                watch.settled()  # the transaction wrote nothing: "not applied" is true
-                raise
+                # The transaction wrote nothing: committed or not, the database
+                # is unchanged and the response stands (a read under
+                # ATOMIC_REQUESTS). The dead connection is dropped.
+                watch.settled()
+                _drop_after_harmless_commit(conn)
+                return
             asker = StatusAsker(conn.alias)
             remaining = budget_remaining()
             try:
@@ -218,9 +243,16 @@ def _guarded_commit(conn: Any, guard_of: Callable[[], Guard], op: Callable[[], s
                     op=op(),
                     timeout=None if remaining is None else max(remaining - MARGIN, 0.0),
                 )
-            except BaseException:
+            except BaseException as unknown:
                 _close_quietly(asker.take())
                 _abandon(conn)  # the request stays marked: OUTCOME_UNKNOWN
+                logger.warning(
+                    "[COMMIT_UNKNOWN] route=%s xid=%s why=%s",
+                    op(),
+                    xid,
+                    redact(str(unknown)),
+                    extra={"outlast_route": op(), "outlast_xid": xid},
+                )
                 raise
             spare = asker.take()
             if not committed:

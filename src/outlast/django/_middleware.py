@@ -27,6 +27,7 @@ from outlast._core.web.health import HealthAnswer
 from outlast._core.web.mapping import Mapped, record_success
 from outlast._core.web.options import _MARK, OPTION_NAMES
 from outlast.django._commit import MARGIN, guard_commits, note_statement_failure
+from outlast.django._connect import guard_connects
 from outlast.django._routes import (
     ExemptRules,
     current_flags,
@@ -182,6 +183,9 @@ class Runtime(WebBase):
         try:
             result = _bounded_query(execute, sql, params, many, context)
         except Exception as exc:
+            flags = current_flags()
+            if flags is not None and self.guard.classify(exc) is not None:
+                flags.faulted = True
             if wrapper is not None:
                 note_statement_failure(wrapper, sql, exc, self.guard)
             raise
@@ -308,6 +312,7 @@ class OutlastMiddleware:
         response: HttpResponse | None = None
         escaped: BaseException | None = None
         flags, flags_token = start_request()
+        armed: list[int] = []  # socket deadlines of connections opened by this request
         try:
             with contextlib.ExitStack() as stack:
                 for alias in connections:
@@ -316,6 +321,7 @@ class OutlastMiddleware:
                     stack.enter_context(
                         guard_commits(conn, lambda: rt.guard, lambda: _route(request))
                     )
+                    stack.enter_context(guard_connects(conn, lambda: flags.faulted, armed))
                 response = self.get_response(request)
         except BaseException as exc:
             escaped = exc
@@ -329,8 +335,8 @@ class OutlastMiddleware:
             token = getattr(request, "_outlast_budget", None)
             if token is not None:
                 RequestBudget.finish(token)
-            for armed in getattr(request, "_outlast_deadlines", ()):
-                socket_deadline.disarm(armed)
+            for token in (*getattr(request, "_outlast_deadlines", ()), *armed):
+                socket_deadline.disarm(token)
             end_request(flags_token)
         if healthy:
             record_success(rt.guard, _route(request))

@@ -237,13 +237,15 @@ class RequestFlags:
     and every copy shares this one object.
     """
 
-    __slots__ = ("answered", "exempt")
+    __slots__ = ("answered", "exempt", "faulted")
 
     def __init__(self) -> None:
         #: Not a database route: no request transaction under ATOMIC_REQUESTS.
         self.exempt = False
         #: The database answered a query of this request (evidence it is up).
         self.answered = False
+        #: A database fault struck this request (its connection may be gone).
+        self.faulted = False
 
 
 _flags: contextvars.ContextVar[RequestFlags | None] = contextvars.ContextVar(

@@ -75,6 +75,7 @@ PUBLIC_SURFACE: dict[str, set[str]] = {
         "RequestBudgetExceeded",
         "budget_remaining",
         "db_route",
+        "harden_database",
         "no_db",
         "runtime",
     },

@@ -14,6 +14,7 @@ SQL, no ids, no hosts.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -64,6 +65,31 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _pool_families(snap)
     yield from _task_families(snap)
     yield from _web_and_operation_families(snap)
+    yield from _replication_families()
+
+
+def _replication_families() -> Iterator[Metric]:
+    """The last check of every live `outlast.replication.SlotMonitor`, when the app has one."""
+    replication = sys.modules.get("outlast.replication._monitor")
+    if replication is None:  # the application does not watch slots: import nothing
+        return
+    from outlast.replication import samples
+    from outlast.replication._metrics import METRICS
+
+    by_name: dict[str, GaugeMetricFamily] = {}
+    for monitor in list(replication.LIVE_MONITORS):
+        report = monitor.last
+        if report is None:
+            continue
+        for sample in samples(report):
+            labels = dict(sample.labels)
+            family = by_name.get(sample.name)
+            if family is None:
+                family = by_name[sample.name] = GaugeMetricFamily(
+                    sample.name, METRICS[sample.name], labels=sorted(labels)
+                )
+            family.add_metric([labels[k] for k in sorted(labels)], sample.value)
+    yield from by_name.values()
 
 
 def _guard_families(snap: Snapshot) -> Iterator[Metric]:

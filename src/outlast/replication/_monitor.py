@@ -27,6 +27,7 @@ import datetime
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,10 @@ class _SystemTime:
     time = staticmethod(time.time)
 
 
+LIVE_MONITORS: weakref.WeakSet[SlotMonitor] = weakref.WeakSet()
+"""Every slot monitor alive in this process (``outlast.prometheus`` reports their last checks)."""
+
+
 class SlotMonitor:
     """Checks replication slots against `thresholds`; see the module docstring.
 
@@ -188,6 +193,7 @@ class SlotMonitor:
         self._told_at: dict[str, float] = {}
         self._unreserved: set[str] = set()
         self._last: Report | None = None
+        LIVE_MONITORS.add(self)
         self._last_failure: tuple[float, str] | None = None
 
     # -- checking -------------------------------------------------------------------

@@ -96,6 +96,7 @@ _SUBCOMMAND_MODULES: list[str] = [
     "outlast._cli_drill",
     "outlast._cli_demo",
     "outlast._cli_wait",
+    "outlast._cli_jobs",
 ]
 
 

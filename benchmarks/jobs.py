@@ -118,7 +118,9 @@ async def _drain_procrastinate(dsn: str, args: argparse.Namespace) -> dict[str, 
             await bench.batch_defer_async(*({"i": start_at + i} for i in range(n)))
         start = time.perf_counter()
         await asyncio.wait_for(
-            app.run_worker_async(concurrency=args.concurrency, wait=False, install_signal_handlers=False),
+            app.run_worker_async(
+                concurrency=args.concurrency, wait=False, install_signal_handlers=False
+            ),
             args.timeout,
         )
     return {"seconds": last - start, "done": done}
@@ -167,8 +169,10 @@ def main() -> int:
     results: dict[str, list[float]] = {q: [] for q in queues}
     ratios: dict[str, list[float]] = {q: [] for q in queues}
     try:
-        shown = server.psql("SELECT current_setting('fsync'), current_setting('synchronous_commit'),"
-                            " current_setting('server_version')").strip()
+        shown = server.psql(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit'),"
+            " current_setting('server_version')"
+        ).strip()
         fsync, sync_commit, version = shown.split("|")
         print(
             f"PostgreSQL {version}: fsync={fsync} synchronous_commit={sync_commit}; "
@@ -183,12 +187,30 @@ def main() -> int:
                 server.create_database(db)
                 try:
                     out = subprocess.run(
-                        [sys.executable, str(Path(__file__).resolve()), "--child", q,
-                         "--dsn", server.dsn(db), "--jobs", str(args.jobs),
-                         "--concurrency", str(args.concurrency), "--batch", str(args.batch),
-                         "--keys", str(args.keys), "--limit", str(args.limit),
-                         "--timeout", str(args.timeout)],
-                        capture_output=True, text=True, timeout=args.timeout + 120, check=False,
+                        [
+                            sys.executable,
+                            str(Path(__file__).resolve()),
+                            "--child",
+                            q,
+                            "--dsn",
+                            server.dsn(db),
+                            "--jobs",
+                            str(args.jobs),
+                            "--concurrency",
+                            str(args.concurrency),
+                            "--batch",
+                            str(args.batch),
+                            "--keys",
+                            str(args.keys),
+                            "--limit",
+                            str(args.limit),
+                            "--timeout",
+                            str(args.timeout),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=args.timeout + 120,
+                        check=False,
                     )
                 finally:
                     server.drop_database(db)

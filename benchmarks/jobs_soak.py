@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -109,12 +110,27 @@ class Soak:
         stderr = open(self.dir / f"w{self.generation}.err", "wb")  # noqa: SIM115
         a = self.args
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--child", "--dsn",
-             self.server.dsn("soak", host=self.proxy.host, port=self.proxy.port),
-             "--log", str(log), "--lease", str(a.lease), "--limit", str(a.limit),
-             "--concurrency", str(a.concurrency), "--min-ms", str(a.min_ms),
-             "--max-ms", str(a.max_ms)],
-            stdout=subprocess.DEVNULL, stderr=stderr,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                "--dsn",
+                self.server.dsn("soak", host=self.proxy.host, port=self.proxy.port),
+                "--log",
+                str(log),
+                "--lease",
+                str(a.lease),
+                "--limit",
+                str(a.limit),
+                "--concurrency",
+                str(a.concurrency),
+                "--min-ms",
+                str(a.min_ms),
+                "--max-ms",
+                str(a.max_ms),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
         stderr.close()
         self.procs[proc.pid] = proc
@@ -190,7 +206,11 @@ class Soak:
         ids = jobs.enqueue_many(items)
         again = jobs.enqueue_many(dedupe)  # every one must be turned away
         jobs.close()
-        return [i for i in ids if i is not None], sum(1 for i in again if i is not None), len(dedupe)
+        return (
+            [i for i in ids if i is not None],
+            sum(1 for i in again if i is not None),
+            len(dedupe),
+        )
 
     def run(self) -> dict[str, Any]:
         from outlast.chaos import Proxy
@@ -298,8 +318,15 @@ class Soak:
                 tag, job_id, attempt, key, slot, pid, t = parts
                 k = (int(job_id), int(attempt), int(pid))
                 if tag == "S":
-                    run = {"job": int(job_id), "attempt": int(attempt), "key": key,
-                           "slot": slot, "pid": int(pid), "start": int(t), "end": None}
+                    run = {
+                        "job": int(job_id),
+                        "attempt": int(attempt),
+                        "key": key,
+                        "slot": slot,
+                        "pid": int(pid),
+                        "start": int(t),
+                        "end": None,
+                    }
                     open_runs[k] = run
                     runs[int(job_id)].append(run)
                 elif k in open_runs:
@@ -337,7 +364,7 @@ class Soak:
         rerun_delays: list[float] = []
         for job_id, job_runs in runs.items():
             job_runs.sort(key=lambda r: r["start"])
-            for before, after in zip(job_runs, job_runs[1:], strict=False):
+            for before, after in itertools.pairwise(job_runs):
                 reruns += 1
                 killed_at = self.killed.get(before["pid"])
                 if killed_at is None or killed_at < before["start"]:
@@ -429,8 +456,12 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=4.0, help="seconds of each outage")
     parser.add_argument("--min-ms", type=float, default=2.0)
     parser.add_argument("--max-ms", type=float, default=40.0)
-    parser.add_argument("--resume-within", type=float, default=5.0,
-                        help="fail if a worker needs longer to run jobs again after an outage")
+    parser.add_argument(
+        "--resume-within",
+        type=float,
+        default=5.0,
+        help="fail if a worker needs longer to run jobs again after an outage",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

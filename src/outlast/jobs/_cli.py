@@ -63,8 +63,6 @@ def run_worker(args: argparse.Namespace) -> int:
         return fail("worker", f"unknown log level {args.log_level!r}")
     try:
         obj = _load(args.target)
-        if callable(obj) and not isinstance(obj, Jobs | Worker):
-            obj = obj()
         if isinstance(obj, Worker):
             worker = obj
         elif isinstance(obj, Jobs):
@@ -75,7 +73,9 @@ def run_worker(args: argparse.Namespace) -> int:
                 shutdown_timeout=args.shutdown_timeout,
             )
         else:
-            return fail("worker", f"{args.target} is not an outlast.jobs.Jobs")
+            return fail(
+                "worker", f"{args.target} is a {type(obj).__name__}, not an outlast.jobs.Jobs"
+            )
     except ConfigurationError as exc:
         return fail("worker", redact(str(exc)))
     except ImportError as exc:

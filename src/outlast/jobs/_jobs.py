@@ -54,12 +54,12 @@ DEFAULT_RETRY_BACKOFF = Backoff(initial=1.0, multiplier=2.0, cap=300.0, jitter=0
 
 
 def _default_guard(name: str) -> Guard:
-    # A worker must notice a recovery within a second: probes every <= 0.5 s
-    # and a breaker that never stays open longer than that.
+    # A worker must be running jobs again within a second of a recovery: it
+    # probes at least every 0.25 s, and the breaker never stays open longer.
     return Guard(
         name,
-        retry=outlast.Retry(attempts=3, backoff=Backoff(initial=0.05, cap=0.5)),
-        breaker=outlast.Breaker(open_for=0.25, max_open_for=0.5),
+        retry=outlast.Retry(attempts=3, backoff=Backoff(initial=0.05, cap=0.25)),
+        breaker=outlast.Breaker(open_for=0.25, max_open_for=0.25),
     )
 
 
@@ -110,7 +110,9 @@ class Jobs:
         if guard is not None and not isinstance(guard, Guard):
             raise ConfigurationError(f"guard must be an outlast.Guard, got {guard!r}")
         self.guard = guard if guard is not None else _default_guard("jobs")
-        self.hardening = outlast.preset_for(dsn, preset) if dsn else outlast.preset_for(None, preset)
+        self.hardening = (
+            outlast.preset_for(dsn, preset) if dsn else outlast.preset_for(None, preset)
+        )
         self.preset = preset
         # Behind a transaction pooler LISTEN is accepted but notifications never arrive.
         self.listen = self.hardening.startup_options if listen is None else bool(listen)
@@ -369,6 +371,91 @@ class Jobs:
                 )
             out.extend(self._ids(chunk, answer))
         return out
+
+    # -- managing jobs ----------------------------------------------------------
+
+    def _cancel_sql(self) -> str:
+        s = self.schema
+        return f"""
+WITH target AS (SELECT id, state, kind, key, slot FROM {s}.jobs
+                WHERE id = %s AND state IN ('queued', 'running') FOR UPDATE),
+queued AS (
+    UPDATE {s}.jobs j SET state = 'cancelled', finished_at = now(), last_error = 'cancelled'
+    FROM target t WHERE j.id = t.id AND t.state = 'queued' RETURNING j.id
+),
+flagged AS (
+    UPDATE {s}.jobs j SET cancel_requested = true
+    FROM target t WHERE j.id = t.id AND t.state = 'running' RETURNING j.id
+)
+SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM flagged)
+"""
+
+    def _requeue_sql(self) -> str:
+        return f"""
+UPDATE {self.schema}.jobs
+SET state = 'queued', run_at = now(), max_attempts = attempts + %s, finished_at = NULL,
+    cancel_requested = false
+WHERE id = %s AND state IN ('failed', 'cancelled')
+RETURNING id
+"""
+
+    @staticmethod
+    def _cancel_answer(row: Any) -> str | None:
+        if row is None:
+            return None
+        return "cancelled" if row[0] else "requested" if row[1] else None
+
+    def cancel(self, job_id: int, *, conn: Any = None) -> str | None:
+        """Cancel a job: ``"cancelled"`` (it was waiting and never runs), ``"requested"``
+        (it is running: its handler sees ``job.cancelled``; an ``async def`` handler is
+        cancelled at the worker's next heartbeat), or None (finished or unknown)."""
+        sql = self._cancel_sql()
+        if conn is not None:
+            return self._cancel_answer(run_on(conn, lambda _: sql, [job_id])[0])
+
+        def run(c: Any) -> Any:
+            return c.execute(sql, [job_id]).fetchone()
+
+        self.install()
+        return self._cancel_answer(self.guard.transaction(self.pool(), run, op="jobs.cancel"))
+
+    async def acancel(self, job_id: int, *, conn: Any = None) -> str | None:
+        """The asyncio twin of `cancel`."""
+        sql = self._cancel_sql()
+        if conn is not None:
+            return self._cancel_answer((await arun_on(conn, lambda _: sql, [job_id]))[0])
+
+        async def run(c: Any) -> Any:
+            return await (await c.execute(sql, [job_id])).fetchone()
+
+        await self.ainstall()
+        answer = await self.guard.atransaction(await self.apool(), run, op="jobs.cancel")
+        return self._cancel_answer(answer)
+
+    def requeue(self, job_id: int, *, attempts: int | None = None) -> bool:
+        """Put a dead letter (or a cancelled job) back in the queue with `attempts` more tries.
+
+        Returns False when the job is not failed or cancelled. A dedupe key
+        that meanwhile has a live job makes this raise (unique violation).
+        """
+        more = self.max_attempts if attempts is None else attempts
+        if isinstance(more, bool) or not isinstance(more, int) or more < 1:
+            raise ConfigurationError(f"attempts must be an integer >= 1, got {more!r}")
+        sql = self._requeue_sql()
+
+        def run(c: Any) -> Any:
+            return c.execute(sql, [more, job_id]).fetchone()
+
+        self.install()
+        return self.guard.transaction(self.pool(), run, op="jobs.requeue") is not None
+
+    def status(self) -> Any:
+        """A `QueueStatus` snapshot read on the queue's own pool."""
+        from ._status import status
+
+        self.install()
+        with self.pool().connection() as conn:
+            return self.guard.call(status, conn, schema=self.schema, idempotent=True)
 
     # -- workers ----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,14 +21,14 @@ def as_seconds(value: Seconds, what: str, *, allow_zero: bool = False) -> float:
     """Seconds from a number or a timedelta; `ConfigurationError` for anything else."""
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ConfigurationError(f"{what} must be seconds (a number or a timedelta), got {value!r}")
     if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
         raise ConfigurationError(f"{what} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
-class Cancelled(Exception):  # noqa: N818 - reads as the outcome it reports
+class Cancelled(Exception):
     """Raise from a handler to end a job whose cancellation was requested (``job.cancelled``)."""
 
 

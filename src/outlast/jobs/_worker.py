@@ -676,10 +676,14 @@ class Worker:
             self._sup.health() if self._sup is not None else {"status": "warn", "tasks": {}}
         )
         status = doc.get("status", "pass")
-        if status == "pass" and (self._down_since is not None or self._listen_state not in (
-            "listening",
-            "off",
-        )):
+        if status == "pass" and (
+            self._down_since is not None
+            or self._listen_state
+            not in (
+                "listening",
+                "off",
+            )
+        ):
             status = "warn"
         doc["status"] = status
         doc["worker"] = {
@@ -696,4 +700,3 @@ class Worker:
             "stopping": self._stopping,
         }
         return doc
-

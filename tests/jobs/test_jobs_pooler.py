@@ -20,12 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobs_kit import Gauge, count, running, until
 
 import outlast.jobs
 from outlast.jobs import Jobs, NewJob
 from outlast.testing import EmbeddedPostgres
-
-from jobs_kit import Gauge, count, running, until
 
 
 def _pgbouncer() -> str | None:

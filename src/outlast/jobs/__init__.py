@@ -29,13 +29,13 @@ from ._status import QueueStatus, astatus, status
 from ._worker import Worker
 
 __all__ = [
-    "Cancelled",
     "DEFAULT_RETRY_BACKOFF",
+    "SCHEMA_VERSION",
+    "Cancelled",
     "Job",
     "Jobs",
     "NewJob",
     "QueueStatus",
-    "SCHEMA_VERSION",
     "Slot",
     "Slots",
     "Worker",

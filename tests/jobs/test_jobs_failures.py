@@ -269,3 +269,45 @@ def test_polling_alone_works_when_listen_is_off(pg_dsn: str) -> None:
             assert worker.health()["worker"]["listen"] == "off"
     finally:
         jobs.close()
+
+
+def test_worker_health_in_a_flask_readiness_endpoint(pg_proxy, pg_database) -> None:  # type: ignore[no-untyped-def]
+    from flask import Flask
+
+    from outlast.flask import Outlast
+
+    jobs = Jobs(pg_proxy.dsn(pg_database.name))
+
+    @jobs.handler("n")
+    def n(job: outlast.jobs.Job) -> None: ...
+
+    worker = jobs.worker()
+    app = Flask(__name__)
+    Outlast(app, supervisor=worker)
+    client = app.test_client()
+    try:
+        with running(worker):
+            until(lambda: worker.health()["worker"]["listen"] == "listening")
+            doc = client.get("/health/ready").get_json()
+            assert doc["status"] == "pass"
+            names = {c["componentId"] for c in doc["checks"]["supervisor:tasks"]}
+            assert names == {"jobs-dispatch", "jobs-heartbeat", "jobs-listen"}
+            with pg_proxy.fault("down"):
+                pg_proxy.close_connections()
+                until(lambda: client.get("/health/ready").get_json()["status"] == "warn")
+                assert client.get("/health/ready").status_code == 200  # warn, not unready
+            until(lambda: client.get("/health/ready").get_json()["status"] == "pass")
+    finally:
+        jobs.close()
+
+
+def test_a_worker_started_while_the_database_is_down_waits_and_stops_on_request() -> None:
+    jobs = Jobs("host=127.0.0.1 port=1 user=u password=s3cret dbname=x connect_timeout=2")
+
+    @jobs.handler("n")
+    def n(job: outlast.jobs.Job) -> None: ...
+
+    worker = jobs.worker()
+    with running(worker, timeout=15):
+        time.sleep(1.0)  # several refused connects: retried, never raised
+        assert worker.health()["worker"]["database"] == "down"

@@ -236,9 +236,12 @@ class Worker:
 
     async def _drain(self) -> None:
         """Wait for running handlers, release what is left, settle everything."""
-        tasks = [a.task for a in self._held.values() if a.task is not None and not a.task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        began = time.monotonic()
+        # Re-read the timeout each time: a second signal sets it to 0.
+        while time.monotonic() - began < self.shutdown_timeout and any(
+            a.task is not None and not a.task.done() for a in self._held.values()
+        ):
+            await asyncio.sleep(0.05)
         for attempt in list(self._held.values()):
             if attempt.outcome is None:
                 attempt.outcome, attempt.delay, attempt.reason = "release", 0.0, "shutdown"
@@ -290,7 +293,7 @@ class Worker:
     async def _install(self) -> None:
         """Create or upgrade the schema, riding out an outage at start-up too."""
         attempt = 0
-        while True:
+        while not self._halting():  # a stop while the database is down at start-up
             try:
                 conn = await self._connect("dispatch")
                 await ainstall(conn, self.jobs.schema)

@@ -101,6 +101,7 @@ class Soak:
         self.generation = 0
         self.violations: list[str] = []
         self._watchers: list[threading.Thread] = []
+        self.dedupe_ids: set[int] = set()
 
     # processes
     def spawn(self) -> None:
@@ -206,6 +207,7 @@ class Soak:
         ids = jobs.enqueue_many(items)
         again = jobs.enqueue_many(dedupe)  # every one must be turned away
         jobs.close()
+        self.dedupe_ids = {i for i, job in zip(ids, items, strict=True) if job.dedupe and i}
         return (
             [i for i in ids if i is not None],
             sum(1 for i in again if i is not None),
@@ -361,11 +363,13 @@ class Soak:
             self.violations.append(f"{unexplained_open} runs never ended in a live worker")
         # Re-runs: only after a kill of the worker running it, at most once more per kill.
         reruns = 0
+        dedupe_reruns = 0
         rerun_delays: list[float] = []
         for job_id, job_runs in runs.items():
             job_runs.sort(key=lambda r: r["start"])
             for before, after in itertools.pairwise(job_runs):
                 reruns += 1
+                dedupe_reruns += job_id in self.dedupe_ids
                 killed_at = self.killed.get(before["pid"])
                 if killed_at is None or killed_at < before["start"]:
                     self.violations.append(
@@ -398,6 +402,9 @@ class Soak:
         return {
             "runs": sum(len(r) for r in runs.values()),
             "reruns_after_kills": reruns,
+            # A dedupe key stops a second enqueue, not the re-run of a job whose
+            # worker was killed mid-job (at-least-once): counted, not a violation.
+            "reruns_of_dedupe_jobs_after_kills": dedupe_reruns,
             "rerun_delay_s_max": round(max(rerun_delays, default=0.0), 2),
             "max_running_per_key": max_per_key,
             "times_a_key_reached_its_limit": at_limit,

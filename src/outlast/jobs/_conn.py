@@ -32,20 +32,17 @@ def _module(conn: object) -> str:
     return type(conn).__module__ or ""
 
 
-def _dbapi_of_sqlalchemy(conn: Any) -> Any:
-    """The DB-API connection under a SQLAlchemy Session or Connection (same transaction)."""
-    if hasattr(conn, "get_bind") and callable(getattr(conn, "connection", None)):
-        conn = conn.connection()  # Session -> Connection (begins the session's transaction)
-    raw = conn.connection  # PoolProxiedConnection
-    return getattr(raw, "dbapi_connection", raw)
-
-
 def run_on(conn: Any, sql_for: SqlFor, params: Sequence[Any]) -> Rows:
     """Execute on a caller's sync connection and fetch every row; never commits."""
     mod = _module(conn)
     if mod.startswith("sqlalchemy"):
-        conn = _dbapi_of_sqlalchemy(conn)
-        mod = _module(conn)
+        if hasattr(conn, "get_bind") and callable(getattr(conn, "connection", None)):
+            conn = conn.connection()  # Session -> Connection (begins the session's transaction)
+        # Through SQLAlchemy, not its DB-API connection: that way SQLAlchemy knows a
+        # transaction has begun, and the caller's ``conn.commit()`` commits it.
+        numeric = str(getattr(conn.dialect, "paramstyle", "")).startswith("numeric")
+        result = conn.exec_driver_sql(sql_for("$" if numeric else "%s"), tuple(params))
+        return [tuple(row) for row in result.fetchall()]
     if mod.startswith("psycopg") and not mod.startswith("psycopg2"):
         if _is_async(conn):
             raise ConfigurationError(
@@ -78,9 +75,11 @@ async def arun_on(conn: Any, sql_for: SqlFor, params: Sequence[Any]) -> Rows:
     if mod.startswith("sqlalchemy"):
         if hasattr(conn, "get_bind") and callable(getattr(conn, "connection", None)):
             conn = await conn.connection()  # AsyncSession -> AsyncConnection
-        raw = await conn.get_raw_connection()
-        conn = raw.driver_connection
-        mod = _module(conn)
+        # Through SQLAlchemy, not the driver: its asyncpg adapter sends BEGIN only
+        # with the first statement it runs itself (the driver alone autocommits).
+        numeric = str(getattr(conn.dialect, "paramstyle", "")).startswith("numeric")
+        result = await conn.exec_driver_sql(sql_for("$" if numeric else "%s"), tuple(params))
+        return [tuple(row) for row in result.fetchall()]
     if mod.startswith("asyncpg"):
         records = await conn.fetch(sql_for("$"), *params)
         return [tuple(r) for r in records]

@@ -17,8 +17,10 @@ SIGKILL loses nothing written. Afterwards it checks:
   once more per kill; a job enqueued twice with the same dedupe key ran once;
 - a killed worker's jobs restarted within two leases, and no job row stayed
   with a dead worker longer than one lease (polled during the run);
-- no worker exited on its own; each was running jobs again soon after each
-  outage ended; SIGTERM at the end stops every worker with exit code 0.
+- no worker exited on its own; every worker that lived through an outage
+  logged ``[WORKER_RESUMED]`` (settling and claiming again) within
+  ``--resume-within`` seconds of its end; SIGTERM at the end stops every
+  worker with exit code 0.
 
 ::
 
@@ -57,6 +59,9 @@ def now_ns() -> int:
 
 
 def child(args: argparse.Namespace) -> int:
+    # A SIGTERM before the worker is up (a replacement still importing) ends it
+    # cleanly: it holds nothing yet. The worker installs its own handler.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     import logging
 
     import outlast.jobs
@@ -232,6 +237,7 @@ class Soak:
         next_kill = start + a.kill_every * self.rng.uniform(0.5, 1.5)
         outage_plan = [("proxy", 0.3), ("restart", 0.6)]
         left: int | None = total
+        last_outage = 0.0
         while time.monotonic() - start < a.timeout:
             time.sleep(0.2)
             self.check_alive()
@@ -240,8 +246,14 @@ class Soak:
             if left == 0:
                 break
             done = 1 - (left or 0) / total
-            if outage_plan and done >= outage_plan[0][1]:
+            # At its share of progress, and not before every first worker is well up.
+            if (
+                outage_plan
+                and done >= outage_plan[0][1]
+                and time.monotonic() - max(start + 3, last_outage) > 5
+            ):
                 self.outage(outage_plan.pop(0)[0])
+                last_outage = time.monotonic()
                 continue
             if time.monotonic() >= next_kill:
                 self.kill_one()
@@ -280,10 +292,26 @@ class Soak:
         report["violations"] = self.violations
         return report
 
+    def resumed_lines(self) -> list[tuple[int, float]]:
+        """(pid, wall-clock time) of every [WORKER_RESUMED] line in the workers' logs."""
+        import datetime
+        import re
+
+        pattern = re.compile(r"^(\S+ \S+) \S+ \[WORKER_RESUMED\] worker=[^:]+:(\d+):")
+        out = []
+        for err in self.dir.glob("w*.err"):
+            for line in err.read_text(errors="replace").splitlines():
+                m = pattern.match(line)
+                if m:
+                    when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                    out.append((int(m.group(2)), when.timestamp()))
+        return out
+
     def outage(self, kind: str) -> None:
         assert self.proxy is not None
         a = self.args
         began = now_ns()
+        began_wall = time.time()
         if kind == "proxy":
             fault = self.proxy.add_fault("down")
             self.proxy.close_connections()
@@ -293,10 +321,21 @@ class Soak:
             self.server.stop("fast")
             time.sleep(a.outage)
             self.server.start()
-        self.outages.append({"kind": kind, "began": began, "ended": now_ns()})
+        self.outages.append(
+            {
+                "kind": kind,
+                "began": began,
+                "ended": now_ns(),
+                "began_wall": began_wall,
+                "ended_wall": time.time(),
+            }
+        )
 
     def stop_workers(self) -> list[int | None]:
         codes: list[int | None] = []
+        # A replacement started a moment ago may still be starting Python itself.
+        youngest = max(self.spawned[pid] for pid in self.procs)
+        time.sleep(max(0.0, 3.0 - (now_ns() - youngest) / 1e9))
         for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
@@ -381,23 +420,34 @@ class Soak:
         slow = [d for d in rerun_delays if d > 2 * a.lease + self._outage_allowance()]
         if slow:
             self.violations.append(f"{len(slow)} killed jobs restarted after more than 2 leases")
-        # Resumption after each outage: the first start after its end by each worker
-        # that lived through it (a replacement started later proves nothing).
+        # After each outage: when each worker that lived through it logged
+        # [WORKER_RESUMED] (its first good round: settled and claimed again), and
+        # when the first job started. A replacement started later proves nothing.
+        resumed = self.resumed_lines()
         for outage in self.outages:
-            firsts: dict[int, int] = {}
             survivors = {
                 pid
                 for pid, born in self.spawned.items()
-                if born < outage["began"] and self.killed.get(pid, 1 << 62) > outage["ended"]
+                # Up for a few seconds already (not a replacement still starting), and
+                # not killed before it had the time to resume.
+                if born < outage["began"] - 3e9
+                and self.killed.get(pid, 1 << 62) > outage["ended"] + a.resume_within * 1e9
             }
-            for job_runs in runs.values():
-                for run in job_runs:
-                    if run["start"] >= outage["ended"] and run["pid"] in survivors:
-                        pid = run["pid"]
-                        firsts[pid] = min(firsts.get(pid, run["start"]), run["start"])
+            gaps = []
+            for pid in survivors:
+                after = [w for p, w in resumed if p == pid and w >= outage["began_wall"]]
+                gaps.append(min(after) - outage["ended_wall"] if after else float("inf"))
+            starts = [
+                run["start"]
+                for job_runs in runs.values()
+                for run in job_runs
+                if run["start"] >= outage["ended"]
+            ]
             outage["seconds"] = round((outage["ended"] - outage["began"]) / 1e9, 2)
-            gaps = [(t - outage["ended"]) / 1e9 for t in firsts.values()]
-            outage["first_job_after_s"] = round(min(gaps), 3) if gaps else None
+            outage["first_job_after_s"] = (
+                round((min(starts) - outage["ended"]) / 1e9, 3) if starts else None
+            )
+            outage["workers_through_it"] = len(survivors)
             outage["slowest_worker_resumed_s"] = round(max(gaps), 3) if gaps else None
         return {
             "runs": sum(len(r) for r in runs.values()),
@@ -437,9 +487,11 @@ class Soak:
                 self.violations.append(
                     f"after the {outage['kind']} outage a worker resumed after {resumed}s"
                 )
+        if len(self.outages) < 2:
+            self.violations.append(f"only {len(self.outages)} of 2 outages ran: too short a run")
         for o in self.outages:
-            o.pop("began", None)
-            o.pop("ended", None)
+            for k in ("began", "ended", "began_wall", "ended_wall"):
+                o.pop(k, None)
 
     def cleanup(self) -> None:
         for proc in self.procs.values():

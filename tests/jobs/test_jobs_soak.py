@@ -1,5 +1,5 @@
-"""The jobs soak, CI size: 6,000 jobs (not the README's 100,000), 200 keys, limit 3,
-4 worker processes, SIGKILLs every ~6 s, a proxy outage and a server restart.
+"""The jobs soak, CI size: 8,000 jobs (not the README's 100,000), 200 keys, limit 3,
+4 worker processes, a SIGKILL every ~6 s, a proxy outage and a server restart.
 
 Runs ``benchmarks/jobs_soak.py`` (its own private PostgreSQL and chaos proxy) and
 asserts on its report: every check there (every job done, per-key limit never
@@ -27,18 +27,8 @@ def test_small_soak_with_kills_and_two_outages() -> None:
         [
             sys.executable,
             str(SOAK),
-            "--jobs",
-            "6000",
-            "--keys",
-            "200",
-            "--lease",
-            "4",
-            "--kill-every",
-            "5",
-            "--outage",
-            "2",
-            "--timeout",
-            "300",
+            *("--jobs", "8000", "--keys", "200", "--lease", "4", "--kill-every", "6"),
+            *("--outage", "2", "--min-ms", "5", "--max-ms", "100", "--timeout", "300"),
         ],
         capture_output=True,
         text=True,

@@ -49,11 +49,16 @@ def _load(target: str) -> Any:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    import signal
+
     from outlast.cli import fail
 
     from ._jobs import Jobs
     from ._worker import Worker
 
+    # Until the worker installs its own handlers: a SIGTERM while the app is still
+    # importing ends the process cleanly (it holds no job yet).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -38,7 +38,7 @@ def _spawn_worker(dsn: str, marks: Path, lease: float) -> subprocess.Popen[bytes
 def test_a_killed_workers_jobs_and_slots_pass_on_within_two_leases(
     pg_dsn: str, tmp_path: Path
 ) -> None:
-    lease = 2.0
+    lease = 3.0
     marks = tmp_path / "marks"
     jobs = Jobs(pg_dsn, limits={"hold": 2}, lease=lease)
     ids = jobs.enqueue_many([NewJob("hold", {}, key="biz") for _ in range(3)])
@@ -92,13 +92,13 @@ def test_a_killed_workers_jobs_and_slots_pass_on_within_two_leases(
 
 @pytest.mark.slow
 def test_a_live_worker_with_a_short_lease_keeps_its_job(pg_dsn: str) -> None:
-    jobs = Jobs(pg_dsn, limits={"long": 1}, lease=1.0, poll_interval=0.1)
+    jobs = Jobs(pg_dsn, limits={"long": 1}, lease=2.0, poll_interval=0.1)
     gauge = Gauge()
 
     @jobs.handler("long")
     async def long(job: outlast.jobs.Job) -> None:
         gauge.enter(job)
-        await asyncio.sleep(3.5)  # three and a half leases, heart-beaten every third of one
+        await asyncio.sleep(5.0)  # two and a half leases, heart-beaten every third of one
         gauge.leave(job)
 
     jobs.enqueue_many([NewJob("long", {}, key="k"), NewJob("long", {}, key="k")])

@@ -459,3 +459,24 @@ def test_enqueue_on_djangos_connection(pg_database) -> None:  # type: ignore[no-
     assert rows(dsn, "SELECT id, key, payload FROM outlast_jobs.jobs") == [
         (job_id, "3", {"via": "django"})
     ]
+
+
+def test_keep_done_keeps_finished_rows_and_frees_their_slots(pg_dsn: str) -> None:
+    jobs = Jobs(pg_dsn, limits={"k": 1}, keep_done=True)
+    ran: list[int] = []
+
+    @jobs.handler("k")
+    def k(job: outlast.jobs.Job) -> None:
+        ran.append(job.id)
+
+    ids = jobs.enqueue_many([NewJob("k", {}, key="b", dedupe=f"d{n}") for n in range(3)])
+    try:
+        with running(jobs.worker(concurrency=3)):
+            until(lambda: count(pg_dsn, "state = 'done'") == 3)
+        assert sorted(ran) == sorted(ids)
+        assert rows(pg_dsn, "SELECT count(*) FROM outlast_jobs.slots") == [(0,)]
+        assert count(pg_dsn, "finished_at IS NOT NULL AND slot IS NULL") == 3
+        assert jobs.enqueue("k", {}, key="b", dedupe="d0") is not None  # done is not live
+        assert [k.kind for k in jobs.status().kinds] == ["k"]
+    finally:
+        jobs.close()

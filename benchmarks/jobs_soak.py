@@ -519,6 +519,11 @@ class Soak:
             self.proxy.stop()
         self.server.cleanup()
 
+    def remove_logs(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -551,6 +556,10 @@ def main() -> int:
         report = soak.run()
     finally:
         soak.cleanup()
+    if report["violations"]:
+        report["logs"] = str(soak.dir)  # kept for a look: per-worker intervals and stderr
+    else:
+        soak.remove_logs()
     print(json.dumps(report, indent=2))
     return 1 if report["violations"] else 0
 

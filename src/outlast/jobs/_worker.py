@@ -609,7 +609,10 @@ class Worker:
             if self._held.get(job.id) is not a or a.settling:
                 continue  # settled meanwhile
             if job.id not in alive:
-                self._lost(a)
+                if a.outcome is None:
+                    self._lost(a)
+                # else: finished, and settled by a try whose answer was lost (or taken
+                # over after it ended): the next settle matches nothing; nothing re-runs.
             elif alive[job.id] and not job.cancelled:
                 job._cancel.set()
                 if a.task is not None and self.jobs.handlers[job.kind].is_async:

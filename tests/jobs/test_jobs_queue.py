@@ -480,3 +480,33 @@ def test_keep_done_keeps_finished_rows_and_frees_their_slots(pg_dsn: str) -> Non
         assert [k.kind for k in jobs.status().kinds] == ["k"]
     finally:
         jobs.close()
+
+
+def test_schema_is_installed_once_by_many_at_once_and_a_newer_one_is_refused(
+    pg_dsn: str,
+) -> None:
+    from outlast.jobs._schema import install
+
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                assert install(conn, "outlast_jobs") == outlast.jobs.SCHEMA_VERSION
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert rows(pg_dsn, "SELECT version FROM outlast_jobs.meta") == [(outlast.jobs.SCHEMA_VERSION,)]
+    rows(pg_dsn, "UPDATE outlast_jobs.meta SET version = 99 RETURNING 1")
+    jobs = Jobs(pg_dsn)
+    try:
+        with pytest.raises(outlast.ConfigurationError, match="newer than this outlast"):
+            jobs.install()
+    finally:
+        jobs.close()

@@ -40,7 +40,7 @@ from ._model import (
     check_limits,
     enqueue_params,
 )
-from ._schema import ainstall, check_schema_name, install
+from ._schema import SCHEMA_VERSION, ainstall, check_schema_name, install
 from ._sql import enqueue_sql
 
 __all__ = ["Jobs"]
@@ -209,7 +209,11 @@ class Jobs:
         return self._apool
 
     def install(self) -> int:
-        """Create or upgrade the queue's tables (idempotent, safe from many processes)."""
+        """Create or upgrade the queue's tables; return the schema version.
+
+        Idempotent and safe from many processes at once (an advisory lock
+        serialises them); enqueueing and workers call it on first use.
+        """
         if not self._installed:
 
             def run(conn: Any) -> int:
@@ -222,7 +226,7 @@ class Jobs:
             with self.pool().connection() as conn:
                 self.guard.call(run, conn, op="jobs.install", idempotent=True)
             self._installed = True
-        return 1
+        return SCHEMA_VERSION
 
     async def ainstall(self) -> int:
         """The asyncio twin of `install`."""
@@ -237,7 +241,7 @@ class Jobs:
                 finally:
                     await conn.set_autocommit(False)
             self._installed = True
-        return 1
+        return SCHEMA_VERSION
 
     def close(self) -> None:
         """Close the queue's own sync pool (the async one: `aclose`)."""

@@ -479,9 +479,13 @@ class Soak:
         }
 
     def near_outage(self, pid: int) -> bool:
-        """Did an outage overlap the lease window after this worker's kill?"""
+        """Did an outage overlap the two leases after this worker's kill?
+
+        Within them its jobs are due to run again; an outage there delays that
+        (nobody can reclaim meanwhile, and a restart restarts every lease).
+        """
         killed = self.killed[pid]
-        window = killed + int(self.args.lease * 1e9)
+        window = killed + int(2 * self.args.lease * 1e9)
         return any(o["began"] < window and o["ended"] > killed for o in self.outages)
 
     def final_checks(self, report: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from .fault import Fault, FaultKind, Phase
+from .fault import FOREIGN_REASONS, Fault, FaultKind, Phase
 from .messages import CONNECT_WORDING, DSN_PATTERNS, NEON_PATTERNS, TEXT_PATTERNS, match_text
 from .redact import summarize
 from .sqlstate import LOGIN_SQLSTATES, lookup_sqlstate
@@ -72,8 +72,12 @@ _CONNECT_REASONS = frozenset(
         "endpoint_disabled",
         "compute_unreachable",
         "ssl_config",
+        "auth_config",
+        "unsupported_startup_parameter",
         "bad_dsn",
         "invalid_connection_option",
+        "pool_closed",
+        "too_many_parameters",
     }
 )
 
@@ -128,12 +132,29 @@ _CONNECT_FUNCS = frozenset(
 # Driver modules whose ValueErrors mean "this DSN cannot be parsed".
 _DSN_PARSER_MODULES = frozenset({"sqlalchemy.engine.url"})
 
+# asyncpg.Pool's wait for a free connection (``acquire(timeout=)``).
+_POOL_WAIT_FUNCS = frozenset({"_acquire", "_acquire_impl", "acquire", "__aenter__"})
+
 _CONNECT_MODULES = frozenset(
     {"asyncpg.connect_utils", "sqlalchemy.pool.base", "sqlalchemy.pool.impl", "psycopg.generators"}
 )
 
 # Neon's texts override these generic codes (the proxy sends everything as XX000).
 _OVERRIDABLE_SQLSTATES = frozenset({"XX000", "08000", "08001", "08006", "58000"})
+
+# PgBouncer sends every error of its own as 08P01 (a bad password, a startup
+# parameter it does not know, a full pool, a server connection that died): its
+# text tells which.
+_TEXT_REFINED_SQLSTATES = frozenset({"08P01"})
+
+# Codes that, for this session's own connection, PostgreSQL only sends as
+# FATAL (the session ends). Sent by PostgreSQL itself at ERROR level -- the
+# session goes on -- they describe a connection the *server* made: postgres_fdw
+# or dblink reaching a remote server (08001 "could not connect to server",
+# 08006 when the remote died mid-query).
+_FOREIGN_SQLSTATES = frozenset(
+    {"08000", "08001", "08003", "08004", "08006", "08007", "57P01", "57P02", "57P03", "53300"}
+)
 
 # Generic reasons that a more specific one found deeper in the chain should replace.
 _GENERIC_REASONS = frozenset(
@@ -325,6 +346,16 @@ def _has_connect_frames(exc: BaseException) -> bool:
     return False
 
 
+def _has_pool_wait_frames(exc: BaseException) -> bool:
+    """The innermost driver frame is asyncpg's pool waiting for a free connection."""
+    last = None
+    for mod, func in _frames(exc):
+        # asyncpg's own wait_for helper sits between the pool and asyncio.
+        if mod.partition(".")[0] in _DRIVER_ROOTS and mod != "asyncpg._asyncio_compat":
+            last = (mod, func)
+    return last is not None and last[0] == "asyncpg.pool" and last[1] in _POOL_WAIT_FUNCS
+
+
 def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
     text = _safe_str(exc)
     code = _sqlstate(exc)
@@ -337,6 +368,17 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
             neon = match_text(text, NEON_PATTERNS)
             if neon is not None:
                 return _Verdict(neon[0], neon[1], code, 4, exc, text)
+        from_server = _raised_by_postgres(exc)
+        if code in _FOREIGN_SQLSTATES and from_server:
+            return _Verdict(_U, "remote_unavailable", code, 4, exc, text)
+        if code in _TEXT_REFINED_SQLSTATES:
+            hit = match_text(text, TEXT_PATTERNS)
+            if hit is not None:
+                return _Verdict(hit[0], hit[1], code, 4, exc, text)
+            if from_server:
+                # PostgreSQL itself rejected a message of this session and
+                # carries on: a driver or protocol bug, not an outage.
+                return _Verdict(_P, "protocol_violation", code, 4, exc, text)
         kind, reason = lookup_sqlstate(code)
         if code == "57014":
             refined = match_text(text, TEXT_PATTERNS)
@@ -368,6 +410,29 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
     if by_class is not None:
         return _Verdict(by_class[0], by_class[1], None, 1, exc, text)
     return None
+
+
+def _raised_by_postgres(exc: BaseException) -> bool:
+    """Did PostgreSQL itself raise `exc` at ERROR level, inside a session that goes on?
+
+    Its ErrorResponses name the server routine that raised them (the ``R``
+    field); poolers and proxies (PgBouncer, Neon's proxy, outlast's chaos
+    proxy) send no routine. ERROR, not FATAL or PANIC: the session was not
+    ended by it.
+    """
+    diag = _safe_getattr(exc, "diag")  # psycopg 3, psycopg2
+    if diag is not None:
+        severity = _safe_getattr(diag, "severity_nonlocalized") or _safe_getattr(diag, "severity")
+        routine = _safe_getattr(diag, "source_function")
+    else:  # asyncpg
+        severity = _safe_getattr(exc, "severity_en") or _safe_getattr(exc, "severity")
+        routine = _safe_getattr(exc, "server_source_function")
+    return (
+        isinstance(severity, str)
+        and severity.upper() == "ERROR"
+        and isinstance(routine, str)
+        and bool(routine)
+    )
 
 
 def _config_error(
@@ -429,6 +494,8 @@ def _by_class(
     # Standard library errors: asyncpg lets these through unwrapped.
     if "SSLCertVerificationError" in names:
         return _P, "ssl_config"
+    if driver_context and "rejected ssl upgrade" in _safe_str(exc).lower():
+        return _P, "ssl_config"  # asyncpg: ssl required, the server answered "N"
     if "SSLZeroReturnError" in names or "SSLEOFError" in names:
         return _U, "connection_lost"
     if "SSLError" in names:
@@ -442,7 +509,11 @@ def _by_class(
     if isinstance(exc, TimeoutError):
         if not driver_context:
             return None  # the application's own timeout
-        return (_U, "connect_timeout") if _has_connect_frames(exc) else (_T, "client_timeout")
+        if _has_connect_frames(exc):
+            return _U, "connect_timeout"
+        if _has_pool_wait_frames(exc):
+            return _U, "pool_timeout"  # asyncpg: acquire(timeout=) found no free connection
+        return _T, "client_timeout"
     err = exc.errno if isinstance(exc.errno, int) else None
     if err is not None and err in _OSERROR_REASONS:
         return _U, _OSERROR_REASONS[err]
@@ -460,6 +531,8 @@ def _by_class(
 
 
 def _phase(best: _Verdict, chain: list[BaseException]) -> Phase:
+    if best.reason in FOREIGN_REASONS:
+        return "statement"  # this database answered a statement it was sent
     if best.reason in _CONNECT_REASONS:
         return "connect"
     if best.sqlstate is not None and best.sqlstate in LOGIN_SQLSTATES:

@@ -433,6 +433,7 @@ _RESTART_REASONS = frozenset(
         "shutting_down",
         "starting_up",
         "read_only_transaction",
+        "server_unresponsive",
     }
 )
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from .fault import FOREIGN_REASONS, Fault, FaultKind, Phase
@@ -228,6 +228,10 @@ def _classify(exc: object, during_commit: bool) -> Fault | None:
     chain = list(_chain(exc))
     attached = _attached(chain)
     if attached is not None:
+        if during_commit and attached.kind is FaultKind.UNAVAILABLE and attached.phase != "connect":
+            # A COMMIT that got no answer (the preset's statement timeout) may
+            # or may not have happened.
+            return replace(attached, kind=FaultKind.COMMIT_UNKNOWN, phase="commit", transient=False)
         return attached
     verdicts: list[_Verdict] = []
     driver_context = any(_is_driver_exc(e) or _has_driver_frames(e) for e in chain)

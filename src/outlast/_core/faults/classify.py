@@ -11,7 +11,10 @@ Drivers are recognised without importing them (duck typing):
   login-time errors with ``sqlstate=None``; Neon's proxy sends ``XX000``);
   the patterns live in `outlast._core.faults.messages`;
 - the frames of the traceback, to tell "while connecting" from "while running a
-  statement" (the driver's ``connect`` / SQLAlchemy's pool checkout).
+  statement" (the driver's ``connect`` / SQLAlchemy's pool checkout), and the
+  server's own fields, to tell PostgreSQL's ERROR about a connection *it* made
+  (postgres_fdw, dblink: ``remote_unavailable``) from one about ours
+  (`outlast._core.faults.origin`).
 
 SQLAlchemy's ``DBAPIError.orig`` and explicit ``raise ... from`` chains
 (``__cause__``) are followed, with a depth limit and cycle detection. The
@@ -29,10 +32,17 @@ import errno
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from types import TracebackType
 
 from .fault import FOREIGN_REASONS, Fault, FaultKind, Phase
 from .messages import CONNECT_WORDING, DSN_PATTERNS, NEON_PATTERNS, TEXT_PATTERNS, match_text
+from .origin import (
+    DRIVER_ROOTS,
+    driver_frames,
+    has_connect_frames,
+    has_driver_frames,
+    has_pool_wait_frames,
+    raised_by_postgres,
+)
 from .redact import summarize
 from .sqlstate import LOGIN_SQLSTATES, lookup_sqlstate
 
@@ -47,12 +57,8 @@ _P = FaultKind.PERMANENT
 _TRANSIENT = frozenset({_U, _C, _R})
 
 _MAX_CHAIN = 16
-_MAX_FRAMES = 256
 _MAX_TEXT = 8192
 
-_DRIVER_ROOTS = frozenset(
-    {"psycopg", "psycopg2", "psycopg_c", "psycopg_binary", "psycopg_pool", "asyncpg", "sqlalchemy"}
-)
 _SQLSTATE_RE = re.compile(r"[0-9A-Z]{5}")
 
 # Reasons that only exist before a statement could have been sent.
@@ -114,30 +120,9 @@ def attach_fault(exc: BaseException, fault: Fault) -> None:
 # Reasons after which a COMMIT that was in flight may or may not have happened.
 _LOST_REASONS_KINDS = frozenset({_U})
 
-# Frames that mean "the driver was establishing a connection".
-_CONNECT_FUNCS = frozenset(
-    {
-        "connect",
-        "_connect",
-        "__connect",
-        "connect_gen",
-        "_connect_gen",
-        "_connect_addr",
-        "__connect_addr",
-        "_create_connection",
-        "_create_ssl_connection",
-        "connect_async",
-    }
-)
 # Driver modules whose ValueErrors mean "this DSN cannot be parsed".
 _DSN_PARSER_MODULES = frozenset({"sqlalchemy.engine.url"})
 
-# asyncpg.Pool's wait for a free connection (``acquire(timeout=)``).
-_POOL_WAIT_FUNCS = frozenset({"_acquire", "_acquire_impl", "acquire", "__aenter__"})
-
-_CONNECT_MODULES = frozenset(
-    {"asyncpg.connect_utils", "sqlalchemy.pool.base", "sqlalchemy.pool.impl", "psycopg.generators"}
-)
 
 # Neon's texts override these generic codes (the proxy sends everything as XX000).
 _OVERRIDABLE_SQLSTATES = frozenset({"XX000", "08000", "08001", "08006", "58000"})
@@ -234,7 +219,7 @@ def _classify(exc: object, during_commit: bool) -> Fault | None:
             return replace(attached, kind=FaultKind.COMMIT_UNKNOWN, phase="commit", transient=False)
         return attached
     verdicts: list[_Verdict] = []
-    driver_context = any(_is_driver_exc(e) or _has_driver_frames(e) for e in chain)
+    driver_context = any(_is_driver_exc(e) or has_driver_frames(e) for e in chain)
     for e in chain:
         v = _classify_one(e, driver_context)
         if v is not None:
@@ -311,7 +296,7 @@ def _modules(exc: BaseException) -> Iterator[str]:
 
 
 def _is_driver_exc(exc: BaseException) -> bool:
-    return any(mod.partition(".")[0] in _DRIVER_ROOTS for mod in _modules(exc))
+    return any(mod.partition(".")[0] in DRIVER_ROOTS for mod in _modules(exc))
 
 
 def _class_names(exc: BaseException) -> set[str]:
@@ -326,40 +311,6 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-def _frames(exc: BaseException) -> Iterator[tuple[str, str]]:
-    tb: TracebackType | None = exc.__traceback__
-    n = 0
-    while tb is not None and n < _MAX_FRAMES:
-        frame = tb.tb_frame
-        mod = frame.f_globals.get("__name__")
-        yield (mod if isinstance(mod, str) else "", frame.f_code.co_name)
-        tb = tb.tb_next
-        n += 1
-
-
-def _has_driver_frames(exc: BaseException) -> bool:
-    return any(mod.partition(".")[0] in _DRIVER_ROOTS for mod, _ in _frames(exc))
-
-
-def _has_connect_frames(exc: BaseException) -> bool:
-    for mod, func in _frames(exc):
-        if mod.partition(".")[0] in _DRIVER_ROOTS and (
-            func in _CONNECT_FUNCS or mod in _CONNECT_MODULES
-        ):
-            return True
-    return False
-
-
-def _has_pool_wait_frames(exc: BaseException) -> bool:
-    """The innermost driver frame is asyncpg's pool waiting for a free connection."""
-    last = None
-    for mod, func in _frames(exc):
-        # asyncpg's own wait_for helper sits between the pool and asyncio.
-        if mod.partition(".")[0] in _DRIVER_ROOTS and mod != "asyncpg._asyncio_compat":
-            last = (mod, func)
-    return last is not None and last[0] == "asyncpg.pool" and last[1] in _POOL_WAIT_FUNCS
-
-
 def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
     text = _safe_str(exc)
     code = _sqlstate(exc)
@@ -372,7 +323,7 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
             neon = match_text(text, NEON_PATTERNS)
             if neon is not None:
                 return _Verdict(neon[0], neon[1], code, 4, exc, text)
-        from_server = _raised_by_postgres(exc)
+        from_server = raised_by_postgres(exc)
         if code in _FOREIGN_SQLSTATES and from_server:
             return _Verdict(_U, "remote_unavailable", code, 4, exc, text)
         if code in _TEXT_REFINED_SQLSTATES:
@@ -416,29 +367,6 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
     return None
 
 
-def _raised_by_postgres(exc: BaseException) -> bool:
-    """Did PostgreSQL itself raise `exc` at ERROR level, inside a session that goes on?
-
-    Its ErrorResponses name the server routine that raised them (the ``R``
-    field); poolers and proxies (PgBouncer, Neon's proxy, outlast's chaos
-    proxy) send no routine. ERROR, not FATAL or PANIC: the session was not
-    ended by it.
-    """
-    diag = _safe_getattr(exc, "diag")  # psycopg 3, psycopg2
-    if diag is not None:
-        severity = _safe_getattr(diag, "severity_nonlocalized") or _safe_getattr(diag, "severity")
-        routine = _safe_getattr(diag, "source_function")
-    else:  # asyncpg
-        severity = _safe_getattr(exc, "severity_en") or _safe_getattr(exc, "severity")
-        routine = _safe_getattr(exc, "server_source_function")
-    return (
-        isinstance(severity, str)
-        and severity.upper() == "ERROR"
-        and isinstance(routine, str)
-        and bool(routine)
-    )
-
-
 def _config_error(
     exc: BaseException, text: str, names: set[str], is_driver: bool, driver_context: bool
 ) -> str | None:
@@ -455,11 +383,9 @@ def _config_error(
     # raised it (asyncpg's int() of a port, urllib's "Invalid IPv6 URL",
     # SQLAlchemy's URL parser; asyncio's "port must be 0-65535" OverflowError).
     if driver_context and isinstance(exc, ValueError | OverflowError):
-        frames = [
-            (mod, func) for mod, func in _frames(exc) if mod.partition(".")[0] in _DRIVER_ROOTS
-        ]
-        if frames:
-            mod, func = frames[-1]  # the innermost driver frame
+        inner = driver_frames(exc)
+        if inner:
+            mod, func = inner[-1]  # the innermost driver frame
             if mod in _DSN_PARSER_MODULES or (
                 mod == "asyncpg.connect_utils" and func.startswith(("_parse", "_validate"))
             ):
@@ -513,15 +439,15 @@ def _by_class(
     if isinstance(exc, TimeoutError):
         if not driver_context:
             return None  # the application's own timeout
-        if _has_connect_frames(exc):
+        if has_connect_frames(exc):
             return _U, "connect_timeout"
-        if _has_pool_wait_frames(exc):
+        if has_pool_wait_frames(exc):
             return _U, "pool_timeout"  # asyncpg: acquire(timeout=) found no free connection
         return _T, "client_timeout"
     err = exc.errno if isinstance(exc.errno, int) else None
     if err is not None and err in _OSERROR_REASONS:
         return _U, _OSERROR_REASONS[err]
-    if driver_context and _has_connect_frames(exc):
+    if driver_context and has_connect_frames(exc):
         if isinstance(exc, FileNotFoundError):  # asyncpg: no Unix socket = no server
             return _U, "connection_refused"
         text = _safe_str(exc).lower()
@@ -546,10 +472,10 @@ def _phase(best: _Verdict, chain: list[BaseException]) -> Phase:
             return "connect"
         if CONNECT_WORDING.search(_safe_str(e).lower()):
             return "connect"
-        if _has_connect_frames(e):
+        if has_connect_frames(e):
             return "connect"
     if best.sqlstate is not None or _is_driver_exc(best.exc) or best.reason == "client_timeout":
         return "statement"
-    if any(_is_driver_exc(e) or _has_driver_frames(e) for e in chain):
+    if any(_is_driver_exc(e) or has_driver_frames(e) for e in chain):
         return "statement"
     return "unknown"

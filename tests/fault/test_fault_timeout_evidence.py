@@ -132,8 +132,12 @@ async def test_asyncpg_a_probe_that_times_out_never_closes_the_breaker(
         other.terminate()
 
 
+LINK_FAULTS = pytest.mark.parametrize("link", ["freeze", "blackhole"])
+
+
+@LINK_FAULTS
 async def test_asyncpg_pool_frozen_link_is_an_outage_a_slow_query_is_not(
-    pg_proxy: Any, pg_database: Any
+    pg_proxy: Any, pg_database: Any, link: str
 ) -> None:
     guard, recorder = _guard("asyncpg-pool")
     url = pg_proxy.url(pg_database.name, driver=None)
@@ -153,15 +157,16 @@ async def test_asyncpg_pool_frozen_link_is_an_outage_a_slow_query_is_not(
             assert await guard.acall(conn.fetchval, "SELECT 1") == 1
             assert guard.state.answering
             assert _health_status(guard)[0] == 200
-            with pg_proxy.fault("freeze"), pytest.raises(TimeoutError) as info:
+            with pg_proxy.fault(link), pytest.raises(TimeoutError) as info:
                 await guard.acall(conn.fetchval, "SELECT 1")
             assert _reason(guard, info.value) == (FaultKind.UNAVAILABLE, "server_unresponsive")
         assert guard.state.down and guard.breaker_state == "open"
         assert "DatabaseDown" in recorder.names()
 
 
+@LINK_FAULTS
 async def test_sqlalchemy_asyncpg_frozen_link_and_a_caller_timeout(
-    pg_proxy: Any, pg_database: Any
+    pg_proxy: Any, pg_database: Any, link: str
 ) -> None:
     guard, _ = _guard("sa-asyncpg")
     engine = outlast.sqlalchemy.create_async_engine(
@@ -170,7 +175,7 @@ async def test_sqlalchemy_asyncpg_frozen_link_and_a_caller_timeout(
     try:
         async with engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
-            with pg_proxy.fault("freeze"), pytest.raises(Exception) as info:  # noqa: PT011
+            with pg_proxy.fault(link), pytest.raises(Exception) as info:  # noqa: PT011
                 await guard.acall(conn.execute, sa.text("SELECT 1"))
         assert _reason(guard, info.value) == (FaultKind.UNAVAILABLE, "server_unresponsive")
         assert guard.state.down
@@ -196,7 +201,10 @@ async def test_sqlalchemy_asyncpg_frozen_link_and_a_caller_timeout(
         await engine2.dispose()
 
 
-def test_psycopg_frozen_link_and_the_request_budget(pg_proxy: Any, pg_database: Any) -> None:
+@LINK_FAULTS
+def test_psycopg_frozen_link_and_the_request_budget(
+    pg_proxy: Any, pg_database: Any, link: str
+) -> None:
     guard, _ = _guard("psycopg")
     with outlast.psycopg.ConnectionPool(
         pg_proxy.dsn(pg_database.name), guard=guard, preset=PRESET, min_size=1, max_size=1
@@ -206,7 +214,7 @@ def test_psycopg_frozen_link_and_the_request_budget(pg_proxy: Any, pg_database: 
             conn.execute("SELECT 1")
             token = RequestBudget(0.3).start()
             try:
-                with pg_proxy.fault("freeze"), pytest.raises(psycopg.OperationalError) as info:
+                with pg_proxy.fault(link), pytest.raises(psycopg.OperationalError) as info:
                     guard.call(conn.execute, "SELECT 1")
             finally:
                 RequestBudget.finish(token)
@@ -217,7 +225,7 @@ def test_psycopg_frozen_link_and_the_request_budget(pg_proxy: Any, pg_database: 
         with pool.connection() as conn:
             conn.execute("SELECT 1")
             assert guard.state.answering
-            with pg_proxy.fault("freeze"), pytest.raises(psycopg.OperationalError) as info:
+            with pg_proxy.fault(link), pytest.raises(psycopg.OperationalError) as info:
                 guard.call(conn.execute, "SELECT 1")
         assert _reason(guard, info.value) == (FaultKind.UNAVAILABLE, "server_unresponsive")
         assert guard.state.down and guard.breaker_state == "open"

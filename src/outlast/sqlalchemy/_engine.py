@@ -65,7 +65,12 @@ from outlast._core.connections.socket_deadline import (
     socket_deadline,
     transport_socket,
 )
-from outlast._core.connections.statements import budget_ran_out, statement_bound, statement_limit
+from outlast._core.connections.statements import (
+    budget_ran_out,
+    server_unresponsive,
+    statement_bound,
+    statement_limit,
+)
 from outlast._core.timing.operations import OPERATIONS, error_kind
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
@@ -183,7 +188,11 @@ def create_async_engine(
     if driver == "psycopg2":
         raise outlast.ConfigurationError("psycopg2 has no asyncio support: use psycopg or asyncpg")
     engine = _sa_create_async_engine(parsed, **options)
-    _install(engine.sync_engine, guard, hardening, driver)
+    user_args = kwargs.get("connect_args") or {}
+    # asyncpg's command_timeout is the preset's client statement timeout
+    # unless the caller chose their own (then it says nothing about health).
+    own = driver == _ASYNCPG and "command_timeout" not in user_args
+    _install(engine.sync_engine, guard, hardening, driver, own_command_timeout=own)
     return engine
 
 
@@ -223,13 +232,22 @@ def hardening_of(engine: Engine | AsyncEngine) -> Hardening | None:
 class _Hooks:
     """The listeners of one engine; a plain object so the engine keeps it alive."""
 
-    def __init__(self, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
+    def __init__(
+        self,
+        guard: FaultReporter | None,
+        preset: Hardening,
+        driver: str,
+        *,
+        own_command_timeout: bool = False,
+    ) -> None:
         self.guard = guard
         self.preset = preset
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
         # Labels of the operation-duration histogram (db.client.operation.duration).
         self.timed = (getattr(guard, "name", None), f"sqlalchemy+{driver}")
+        # asyncpg's command_timeout is the preset's client statement timeout.
+        self.own_command_timeout = own_command_timeout
 
     # -- pool events -----------------------------------------------------------
 
@@ -343,8 +361,12 @@ class _Hooks:
         token = getattr(execution, "outlast_deadline", 0)
         if token:
             execution.outlast_deadline = 0  # type: ignore[union-attr]
-            if socket_deadline.disarm(token) and getattr(execution, "outlast_by_budget", False):
-                budget_ran_out(error)
+            by_budget = getattr(execution, "outlast_by_budget", False)
+            if socket_deadline.disarm(token):
+                (budget_ran_out if by_budget else server_unresponsive)(error)
+            elif isinstance(error, TimeoutError) and self.own_command_timeout and not by_budget:
+                # asyncpg's command_timeout (the same preset limit) fired first.
+                server_unresponsive(error)
         started = getattr(execution, "outlast_started", None)
         if started is not None:
             execution.outlast_started = None  # type: ignore[union-attr]
@@ -437,8 +459,15 @@ def _stats(engine: Engine) -> PoolStats:
     return PoolStats(idle=idle, used=used, max=limit)
 
 
-def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
-    hooks = _Hooks(guard, preset, driver)
+def _install(
+    engine: Engine,
+    guard: FaultReporter | None,
+    preset: Hardening,
+    driver: str,
+    *,
+    own_command_timeout: bool = False,
+) -> None:
+    hooks = _Hooks(guard, preset, driver, own_command_timeout=own_command_timeout)
     _ENGINES[engine] = hooks
     register_pool(engine, driver=f"sqlalchemy+{driver}", guard=guard, reader=_stats)
     _retrying_creator(engine, preset, guard)

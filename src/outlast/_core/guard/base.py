@@ -519,6 +519,10 @@ class GuardBase:
             self._failure_locked(fault, op, now, wall, events)
         elif verdict is True:
             self._success_locked(op, now, wall, events)
+        elif fault.kind is FaultKind.TIMEOUT:
+            # The client stopped waiting: no answer, so nothing may call the
+            # database healthy until it answers again (see `DatabaseState`).
+            self._tracker.on_silence(wall)
 
     def _settle_probe_locked(
         self, token: int, outcome: Fault | bool | None, op: str, now: float, events: list[Event]
@@ -573,6 +577,7 @@ class GuardBase:
     def _success_locked(self, op: str | None, now: float, wall: float, events: list[Event]) -> None:
         core = self._core
         if core.current_state(now) == OPEN:
+            self._tracker.unanswered_since = None  # an answer all the same
             return  # admitted before the breaker opened; only a probe may close it
         if core.on_success(now):
             self._counters.transition("closed")
@@ -594,7 +599,10 @@ class GuardBase:
             )
 
     def _refresh_locked(self, now: float) -> None:
-        fast = self._core.healthy and self._tracker.up
+        # While unanswered, successes take the slow path, so the first answer
+        # is seen (and clears it); the fast path records nothing.
+        tracker = self._tracker
+        fast = self._core.healthy and tracker.up and tracker.unanswered_since is None
         if fast and not self._fast:
             self._mark_calls, self._mark_time = self._calls, now
         self._fast = fast

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,11 +56,7 @@ def main(host: str, port: int, dbname: str, mode: str, budget: str) -> dict[str,
         finally:
             listener.close()
         verdict.seconds = time.monotonic() - start
-        out = asdict(verdict)
-        out["summary"] = verdict.summary()
-        out["problems"] = verdict.problems()
-        out["clean"] = verdict.clean
-        return out
+        return verdict.as_json()
 
 
 if __name__ == "__main__":

@@ -413,6 +413,12 @@ class Verdict:
             f" gave_up={len(self.gave_up)} unfired={len(self.unfired)}"
         )
 
+    def as_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in vars(self).items() if k != "outcomes"}
+        out.update(outcomes=dict(self.outcomes), summary=self.summary(), clean=self.clean)
+        out["problems"] = self.problems()
+        return out
+
     def problems(self) -> list[str]:
         out = []
         for name in ("lost", "doubled", "phantom", "partial", "misjudged", "gave_up", "unfired"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import threading
 import time
 import weakref
 from typing import Any
@@ -60,6 +61,7 @@ _ASKING: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "outlast_status_connect", default=None
 )
 _BOUNDED: weakref.WeakSet[Engine] = weakref.WeakSet()
+_BOUNDING = threading.Lock()
 _LIBPQ = frozenset({"psycopg", "psycopg2", "psycopgbinary"})
 
 
@@ -83,9 +85,10 @@ def _connect_for_status(dialect: Any, record: Any, cargs: Any, cparams: Any) -> 
 
 def _ask(engine: Engine, xid: str, timeout: float) -> StatusReply:
     """`status_sql` on `engine` within about `timeout` seconds, whatever its settings."""
-    if engine not in _BOUNDED:
-        event.listen(engine, "do_connect", _connect_for_status)
-        _BOUNDED.add(engine)
+    with _BOUNDING:
+        if engine not in _BOUNDED:
+            event.listen(engine, "do_connect", _connect_for_status)
+            _BOUNDED.add(engine)
     deadline = time.monotonic() + timeout
     token = _ASKING.set(timeout)
     try:

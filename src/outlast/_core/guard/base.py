@@ -51,6 +51,7 @@ from .state import DatabaseState, StateTracker
 
 __all__ = [
     "ADMITTED",
+    "COMMIT_IN_FLIGHT",
     "LIVE_GUARDS",
     "OPEN_MESSAGE",
     "Classifier",
@@ -74,6 +75,13 @@ _random = random.random
 # half-open probe -- that the Guard already admitted. Set only on the slow
 # path, so the success path pays nothing.
 ADMITTED: ContextVar[object | None] = ContextVar("outlast_admitted", default=None)
+
+# The Guard whose `Guard.transaction` has a COMMIT in flight in this thread or
+# task. A fault reported to it meanwhile (a pool's error hook meets a lost
+# COMMIT before the transaction does) is the transaction's to judge, once it
+# knows what became of the COMMIT: one found committed is a success, not an
+# outage; one found aborted or never settled is counted then, once.
+COMMIT_IN_FLIGHT: ContextVar[object | None] = ContextVar("outlast_commit_in_flight", default=None)
 
 # One rule for counting a fault once. A Guard marks each exception it judged
 # (as a failure, as proof that the database answered, or as saying nothing)
@@ -242,11 +250,13 @@ class GuardBase:
         `fault` is the classification the caller already made (classified
         once, passed along); without it the Guard's classifier decides. None
         when `exc` is not a database error. An exception this Guard already
-        judged is not counted again.
+        judged is not counted again, and one reported while a
+        `Guard.transaction` of this Guard has its COMMIT in flight here is
+        left for that transaction to judge.
         """
         if fault is None:
             fault = self._classify(exc)
-        if fault is None or counted_by(exc, self):
+        if fault is None or counted_by(exc, self) or COMMIT_IN_FLIGHT.get() is self:
             return fault
         mark_counted(exc, self)
         events: list[Event] = []

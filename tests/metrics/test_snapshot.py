@@ -110,7 +110,7 @@ def test_supervised_tasks_and_same_named_guards() -> None:
 
     def task(ctx: Any) -> None:
         beat.set()
-        while not ctx.sleep(0.05):
+        while ctx.sleep(0.05):
             ctx.beat()
 
     sup.start("beater", task, heartbeat=5)

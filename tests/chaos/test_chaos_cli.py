@@ -68,12 +68,25 @@ def test_port_in_use_is_a_one_line_error(echo: EchoServer) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+# How a CI runner or a non-interactive shell starts a background job: SIGINT (and
+# SIGQUIT) ignored. Python then never installs its KeyboardInterrupt handler, so a
+# command that relied on it kept running after SIGINT.
+SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'outlast', *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize("inherited", ["default", "sigint-ignored"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_serves_and_stops_cleanly(echo: EchoServer, sig: signal.Signals) -> None:
+def test_serves_and_stops_cleanly(echo: EchoServer, sig: signal.Signals, inherited: str) -> None:
     listen, admin = free_port(), free_port()
-    proc = subprocess.Popen(
+    launcher = CLI if inherited == "default" else [sys.executable, "-c", SIGINT_IGNORED, "proxy"]
+    # `with` closes the pipes and reaps the process even when an assertion fails,
+    # so a failure here never leaks into the next test as unclosed files.
+    with subprocess.Popen(
         [
-            *CLI,
+            *launcher,
             "--listen",
             f"127.0.0.1:{listen}",
             "--upstream",
@@ -86,25 +99,25 @@ def test_serves_and_stops_cleanly(echo: EchoServer, sig: signal.Signals) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline()
-        assert f"127.0.0.1:{listen}" in banner, proc.stderr.read() if proc.stderr else ""
-        assert roundtrip(listen) == b"hello"
-        client = AdminClient(f"http://127.0.0.1:{admin}")
-        assert client.proxies()["db"]["total_connections"] == 1
-        with client.fault("db", "down"):
-            with pytest.raises(ConnectionRefusedError):
-                socket.create_connection(("127.0.0.1", listen), timeout=5)
-        assert roundtrip(listen) == b"hello"
-        time.sleep(0.2)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            banner = proc.stdout.readline()
+            assert f"127.0.0.1:{listen}" in banner, proc.stderr.read() if proc.stderr else ""
+            assert roundtrip(listen) == b"hello"
+            client = AdminClient(f"http://127.0.0.1:{admin}")
+            assert client.proxies()["db"]["total_connections"] == 1
+            with client.fault("db", "down"):
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", listen), timeout=5)
+            assert roundtrip(listen) == b"hello"
+            time.sleep(0.2)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
     assert proc.returncode == 0, err
     assert "stopped" in out
     assert "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import threading
@@ -72,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # a second Ctrl-C: the user wants out now
+            os._exit(128 + signum)
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Our own handlers for both signals, whatever we inherited: a CI runner or a
+    # shell starts background jobs with SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt, so `kill -INT` (or a test's SIGINT) went unheard.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(
         f"outlast proxy {proxy.name}: {proxy.host}:{proxy.port} -> "
         f"{upstream[0]}:{upstream[1]}, admin API {admin.url}",
@@ -83,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         admin.stop()
         proxy.stop()
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     print("outlast proxy: stopped", flush=True)
     return 0

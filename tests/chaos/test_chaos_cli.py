@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import time
 import pytest
 from chaos_kit import EchoServer, roundtrip
 
-from outlast.chaos import AdminClient
+from outlast.chaos import AdminClient, AdminError
 
 CLI = [sys.executable, "-m", "outlast", "proxy"]
 
@@ -20,6 +21,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def printed_token(line: str) -> str:
+    """The token from ``admin API token: <token>  (...)``."""
+    assert line.startswith("admin API token: "), line
+    return line.removeprefix("admin API token: ").split()[0]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -104,8 +111,12 @@ def test_serves_and_stops_cleanly(echo: EchoServer, sig: signal.Signals, inherit
             assert proc.stdout is not None
             banner = proc.stdout.readline()
             assert f"127.0.0.1:{listen}" in banner, proc.stderr.read() if proc.stderr else ""
+            token = printed_token(proc.stdout.readline())
             assert roundtrip(listen) == b"hello"
-            client = AdminClient(f"http://127.0.0.1:{admin}")
+            with pytest.raises(AdminError) as refused:  # no token, no service
+                AdminClient(f"http://127.0.0.1:{admin}", token="").proxies()
+            assert refused.value.status == 401
+            client = AdminClient(f"http://127.0.0.1:{admin}", token=token)
             assert client.proxies()["db"]["total_connections"] == 1
             with client.fault("db", "down"):
                 with pytest.raises(ConnectionRefusedError):
@@ -121,3 +132,40 @@ def test_serves_and_stops_cleanly(echo: EchoServer, sig: signal.Signals, inherit
     assert proc.returncode == 0, err
     assert "stopped" in out
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_a_chosen_token_is_used_and_never_printed(echo: EchoServer, how: str) -> None:
+    listen, admin = free_port(), free_port()
+    chosen = "my-chosen-admin-token-0123456789"
+    args = ["--admin-token", chosen] if how == "flag" else []
+    env = {**os.environ, "OUTLAST_PROXY_TOKEN": chosen} if how == "environment" else None
+    with subprocess.Popen(
+        [*CLI, "--listen", f"127.0.0.1:{listen}", "--upstream", f"127.0.0.1:{echo.port}",
+         "--admin", f"127.0.0.1:{admin}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            assert "as given" in proc.stdout.readline()
+            url = f"http://127.0.0.1:{admin}"
+            assert set(AdminClient(url, token=chosen).proxies()) == {"postgres"}
+            with pytest.raises(AdminError) as refused:
+                AdminClient(url, token=chosen + "x").proxies()
+            assert refused.value.status == 401
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 0, err
+    assert chosen not in out + err
+
+
+def test_a_bad_token_is_a_one_line_error() -> None:
+    result = run_cli("--admin-token", "has spaces in it", "--no-check-upstream")
+    assert result.returncode == 2
+    assert "admin token" in result.stderr and "has spaces" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ from chaos_kit import EchoServer, connect, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outlast.chaos import AdminClient, AdminServer, Proxy
+from outlast.chaos import AdminServer, Proxy
 from outlast.chaos._logins import login_parameters
 from outlast.testing._chaos_fixtures import ProxiedServer
 
@@ -86,7 +86,7 @@ def test_never_a_password() -> None:
 def test_logins_over_the_admin_api() -> None:
     with EchoServer() as echo, Proxy(upstream=echo.address, name="pg") as p:
         with AdminServer([p], ("127.0.0.1", 0)) as server:
-            admin = AdminClient(server.url)
+            admin = server.client()
             with connect(p.port) as s:
                 s.sendall(startup(user="bob", database="shop", application_name="api"))
                 s.recv(100)

@@ -26,6 +26,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow the admin API on a non-loopback address",
     )
     parser.add_argument(
+        "--admin-token",
+        default=None,
+        help="the admin API's token (default: $OUTLAST_PROXY_TOKEN, else a random one, printed)",
+    )
+    parser.add_argument(
+        "--admin-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the admin API may be reached by, besides IP addresses and "
+        "localhost (repeatable; e.g. a compose service name)",
+    )
+    parser.add_argument(
+        "--allow-remote-proxies",
+        action="store_true",
+        help="let proxies created through the admin API listen on non-loopback addresses",
+    )
+    parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop"
     )
     parser.add_argument(
@@ -42,6 +60,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Serve the proxy and its admin API until Ctrl-C or SIGTERM (2 when it cannot start)."""
     from outlast.chaos import AdminServer, Proxy, parse_address
+    from outlast.chaos._client import TOKEN_ENV
 
     try:
         listen = parse_address(args.listen, what="--listen")
@@ -55,9 +74,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             return _fail(f"upstream {upstream[0]}:{upstream[1]} is unreachable: {reason}")
+    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     try:
         proxy = Proxy(listen, upstream, name=args.name, loop=args.loop)
-        admin = AdminServer([proxy], admin_address, allow_remote=args.allow_remote_admin)
+        admin = AdminServer(
+            [proxy],
+            admin_address,
+            allow_remote=args.allow_remote_admin,
+            token=token,
+            allowed_hosts=args.admin_host,
+            allow_remote_proxies=args.allow_remote_proxies,
+        )
     except ValueError as exc:
         return _fail(str(exc))
     try:
@@ -86,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
         f"{upstream[0]}:{upstream[1]}, admin API {admin.url}",
         flush=True,
     )
+    if token is None:  # a token the user chose is theirs to know: never echo it
+        print(
+            f"admin API token: {admin.token}  (send 'Authorization: Bearer <token>'; "
+            f"AdminClient and outlast drill read ${TOKEN_ENV})",
+            flush=True,
+        )
+    else:
+        print(f"admin API token: as given (--admin-token or ${TOKEN_ENV})", flush=True)
     try:
         while not stop.wait(0.5):
             pass

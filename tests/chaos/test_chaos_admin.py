@@ -23,7 +23,7 @@ def setup() -> object:
 @pytest.fixture
 def admin(setup: tuple[EchoServer, Proxy, AdminServer]) -> AdminClient:
     setup[1].clear()
-    yield AdminClient(setup[2].url)
+    yield setup[2].client()
     setup[1].clear()
 
 
@@ -32,7 +32,18 @@ def proxy(setup: tuple[EchoServer, Proxy, AdminServer]) -> Proxy:
     return setup[1]
 
 
-def raw(server: AdminServer, data: bytes) -> tuple[int, dict[str, object] | None]:
+def raw(
+    server: AdminServer, data: bytes, *, authorized: bool = True
+) -> tuple[int, dict[str, object] | None]:
+    """Send `data` as is; `authorized` adds what a legitimate client sends after
+    the request line (Host, the token, a JSON Content-Type)."""
+    if authorized and b" HTTP/1.1\r\n" in data:
+        line, _, rest = data.partition(b" HTTP/1.1\r\n")
+        auth = (
+            f"Host: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {server.token}\r\n"
+            "Content-Type: application/json\r\n"
+        ).encode()
+        data = line + b" HTTP/1.1\r\n" + auth + rest
     with socket.create_connection(server.address, timeout=15) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)

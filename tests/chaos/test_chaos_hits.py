@@ -18,7 +18,7 @@ from outlast.chaos import AdminClient, AdminServer, Proxy
 @pytest.fixture
 def admin(pg_proxy: Proxy) -> Any:
     with AdminServer([pg_proxy]) as server:
-        yield AdminClient(server.url)
+        yield server.client()
 
 
 def _connect(pg_proxy: Any, **kw: Any) -> psycopg.Connection[Any]:

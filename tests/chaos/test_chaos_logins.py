@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import psycopg
 import pytest
 from chaos_kit import EchoServer, connect, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from outlast.chaos import AdminClient, AdminServer, Proxy
+from outlast.chaos import AdminServer, Proxy
+from outlast.chaos._logins import login_parameters
 from outlast.testing._chaos_fixtures import ProxiedServer
 
 
@@ -82,7 +86,7 @@ def test_never_a_password() -> None:
 def test_logins_over_the_admin_api() -> None:
     with EchoServer() as echo, Proxy(upstream=echo.address, name="pg") as p:
         with AdminServer([p], ("127.0.0.1", 0)) as server:
-            admin = AdminClient(server.url)
+            admin = server.client()
             with connect(p.port) as s:
                 s.sendall(startup(user="bob", database="shop", application_name="api"))
                 s.recv(100)
@@ -110,3 +114,61 @@ def test_cancel_requests_are_not_logins() -> None:
 def test_keep_logins_is_checked() -> None:
     with pytest.raises(ValueError, match="keep_logins"):
         Proxy(upstream=("127.0.0.1", 1), keep_logins=-1)
+
+
+# ------------------------------------------------------- secrets in any parameter
+
+_SECRET_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+_secrets = st.text(_SECRET_CHARS, min_size=8, max_size=40).filter(lambda s: len(set(s)) >= 5)
+
+
+def _options_escape(value: str) -> str:
+    """How the server splits ``options``: whitespace separates, a backslash escapes."""
+    return re.sub(r"(\s|\\)", r"\\\1", value)
+
+
+def _leaked(secret: str, shown: str, public: str) -> list[str]:
+    grams = {secret[i : i + 4] for i in range(len(secret) - 3)}
+    return sorted(g for g in grams if g in shown and g not in public)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_secrets, st.sampled_from(["password", "app.api_token", "myapp.secret", "scram_client_key"]))
+def test_secrets_in_every_parameter_value_are_masked(secret: str, setting: str) -> None:
+    def params(value: str) -> dict[str, str]:
+        return {
+            "user": "app",
+            "options": f"-c statement_timeout=5s -c {setting}={_options_escape(value)} "
+            "-c search_path=app",
+            "application_name": f"worker primary_conninfo=host=db\\ password={value!r}",
+            "x_password_hint": value,
+        }
+
+    shown = json.dumps(login_parameters(params(secret)), ensure_ascii=False)
+    public = json.dumps(params(""), ensure_ascii=False) + json.dumps(
+        login_parameters(params("Qz7Vq9Kx")), ensure_ascii=False
+    )
+    assert not _leaked(secret, shown, public), shown
+    if not secret.startswith(("'", '"')):
+        assert "-c search_path=app" in shown  # the rest of the options stays readable
+
+
+def test_secrets_in_a_url_in_a_value_are_masked() -> None:
+    shown = login_parameters({"application_name": "postgresql://app:P@ssw0rd#2024@db/app"})
+    assert shown == {"application_name": "postgresql://app:[redacted]@db/app"}
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secret=_secrets)
+def test_a_real_login_with_a_secret_in_its_options(secret: str, pg_proxy: ProxiedServer) -> None:
+    """psycopg sends ``-c app.api_token=<secret>``; the server gets it, the log does not."""
+    pg_proxy.clear_logins()
+    options = f"-c app.api_token={_options_escape(secret)} -c search_path=public"
+    with psycopg.connect(pg_proxy.dsn(options=options)) as conn:
+        assert conn.execute("SHOW app.api_token").fetchone() == (secret,)
+        shown = json.dumps([pg_proxy.stats(connections=True), pg_proxy.logins()])
+    assert secret not in shown
+    assert not _leaked(secret, shown, json.dumps(pg_proxy.dsn(options="-c app.api_token=")))
+    assert "search_path=public" in shown

@@ -155,6 +155,7 @@ def test_drill_cli_through_real_chaos_proxy_json_and_exit_codes(tmp_path):
                     with FakeService(mode, probe=("127.0.0.1", proxy.port)) as svc:
                         argv = [
                             "drill", "--url", svc.url, "--proxy-admin", admin.url,
+                            "--proxy-token", admin.token,
                             "--ping", "GET /api/ping", "--scenarios", "down",
                             "--budget", "2", "--duration", "1.5", "--warmup", "0.5",
                             "--max-recovery", "4", "--json", "--report", str(report),

@@ -204,6 +204,7 @@ def test_a_scenario_whose_fault_never_fired_is_not_exercised(capsys: Any) -> Non
                 with FakeService("good", probe=("127.0.0.1", proxy.port)) as svc:
                     argv = [
                         "drill", "--url", svc.url, "--proxy-admin", admin.url,
+                        "--proxy-token", admin.token,
                         "--ping", "GET /api/ping", "--scenarios", "commit_lost,reset",
                         "--budget", "2", "--duration", "1.5", "--warmup", "0.5",
                         "--max-recovery", "4", "--json",

@@ -37,6 +37,7 @@ DURATION = float(os.environ.get("OUTLAST_DRILL_DURATION", "3"))
 def drill_argv(service: DrfService, admin: AdminServer, *, duration: float) -> list[str]:
     return [
         "drill", "--url", f"http://127.0.0.1:{service.port}", "--proxy-admin", admin.url,
+        "--proxy-token", admin.token,
         "--read", "GET /api/leads/", "--write", "POST /api/leads/", "--ping", "GET /api/ping/",
         "--readback", "GET /api/leads/", "--read-one", "GET /api/leads/{id}/",
         "--write-body", '{"name": "drill {id}", "email": "{id}@example.com"}',

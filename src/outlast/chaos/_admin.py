@@ -18,6 +18,12 @@ Routes::
 
 Errors are JSON ``{"error": "...", "status": 4xx}``. One request per
 connection (``Connection: close``); bodies are JSON, at most 64 KiB.
+
+Every request needs ``Authorization: Bearer <token>`` (`AdminServer.token`,
+random unless given), a ``Host`` that names this server, no foreign
+``Origin``, and ``Content-Type: application/json`` on a ``POST``: a web page
+cannot drive the API (see `outlast.chaos._access`). Proxies created through it
+listen on loopback only, unless ``allow_remote_proxies``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from outlast.chaos._access import Refused, check_request, check_token, new_token
 from outlast.chaos._address import Address, parse_address
+from outlast.chaos._client import AdminClient
 from outlast.chaos._proxy import Proxy
 
 __all__ = ["AdminServer"]
@@ -43,6 +51,8 @@ logger = logging.getLogger("outlast.chaos")
 _MAX_HEAD = 16 * 1024
 _MAX_BODY = 64 * 1024
 _REQUEST_TIMEOUT = 10.0
+# Headers whose repetition could make two readers disagree about the request.
+_SINGLE_HEADERS = frozenset({"host", "origin", "authorization", "content-type", "content-length"})
 
 
 class HTTPError(Exception):
@@ -66,6 +76,11 @@ class AdminServer:
 
     Binds to loopback only unless `allow_remote` is true: the API can cut any
     connection going through the proxies, so it must not face a network by accident.
+    Every request must carry `token` (``Authorization: Bearer ...``; a random one
+    when None, read it from `.token`) and name this server in ``Host``: an IP
+    address, ``localhost`` or one of `allowed_hosts`. Proxies created through
+    the API may listen on a non-loopback address only with `allow_remote_proxies`.
+    `client()` returns an `AdminClient` that sends the token.
     """
 
     def __init__(
@@ -74,6 +89,9 @@ class AdminServer:
         listen: str | Address = ("127.0.0.1", 8474),
         *,
         allow_remote: bool = False,
+        token: str | None = None,
+        allowed_hosts: Iterable[str] = (),
+        allow_remote_proxies: bool = False,
     ) -> None:
         self.listen_address = parse_address(listen, what="admin")
         if not allow_remote and not _is_loopback(self.listen_address[0]):
@@ -81,6 +99,11 @@ class AdminServer:
                 f"admin address {self.listen_address[0]} is not loopback; "
                 "pass allow_remote=True to expose the admin API"
             )
+        self.token = new_token() if token is None else check_token(token)
+        if isinstance(allowed_hosts, str):
+            raise ValueError("allowed_hosts must be a list of host names, not one string")
+        self.allowed_hosts = frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts)
+        self.allow_remote_proxies = bool(allow_remote_proxies)
         self._proxies: dict[str, Proxy] = {}
         self._owned: set[str] = set()
         for proxy in proxies:
@@ -109,7 +132,13 @@ class AdminServer:
     @property
     def url(self) -> str:
         host, port = self.address
+        if host in ("0.0.0.0", "::"):  # listening everywhere: loopback reaches it
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def client(self, *, timeout: float = 10.0) -> AdminClient:
+        """An `AdminClient` for this server, with its token."""
+        return AdminClient(self.url, token=self.token, timeout=timeout)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -180,9 +209,10 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                method, path, body = await asyncio.wait_for(
+                method, path, headers, body = await asyncio.wait_for(
                     self._read_request(reader), _REQUEST_TIMEOUT
                 )
+                self._admit(method, path, headers, body, writer)
                 status, payload = await self._dispatch(method, path, body)
             except HTTPError as exc:
                 status, payload = exc.status, {"error": exc.message, "status": exc.status}
@@ -200,7 +230,33 @@ class AdminServer:
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    def _admit(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Turn away what a web page (or anyone without the token) sends; log it once."""
+        try:
+            check_request(method, headers, body, token=self.token, allowed_hosts=self.allowed_hosts)
+        except Refused as exc:
+            peer = writer.get_extra_info("peername")
+            logger.warning(
+                "[ADMIN_REFUSED] %d %s %r from %s: %s",
+                exc.status,
+                method,
+                path[:200],
+                peer[0] if isinstance(peer, tuple) else "?",
+                exc.message,
+                extra={"outlast_event": "admin_refused", "status": exc.status},
+            )
+            raise HTTPError(exc.status, exc.message) from None
+
+    async def _read_request(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[str, str, dict[str, str], bytes]:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -223,7 +279,10 @@ class AdminServer:
             name, sep, value = line.partition(":")
             if not sep or not name or name != name.strip():
                 raise HTTPError(400, "malformed header line")
-            headers[name.lower()] = value.strip()
+            key = name.lower()
+            if key in headers and key in _SINGLE_HEADERS:
+                raise HTTPError(400, f"more than one {name} header")
+            headers[key] = value.strip()
         if "transfer-encoding" in headers:
             raise HTTPError(501, "Transfer-Encoding is not supported; send Content-Length")
         length_text = headers.get("content-length", "0")
@@ -237,7 +296,7 @@ class AdminServer:
         except asyncio.IncompleteReadError:
             raise HTTPError(400, "body shorter than Content-Length") from None
         path = unquote(urlsplit(target).path)
-        return method.upper(), path, body
+        return method.upper(), path, headers, body
 
     # ----------------------------------------------------------- routes
 
@@ -342,6 +401,13 @@ class AdminServer:
             proxy = Proxy(data.get("listen", "127.0.0.1:0"), data.get("upstream", ""), name=name)
         except (ValueError, TypeError) as exc:
             raise HTTPError(400, str(exc)) from None
+        if not self.allow_remote_proxies and not _is_loopback(proxy.listen_address[0]):
+            raise HTTPError(
+                403,
+                f"a proxy created through the API listens on loopback only, not on "
+                f"{proxy.listen_address[0]!r} (start the admin API with "
+                "allow_remote_proxies=True / outlast proxy --allow-remote-proxies)",
+            )
         try:
             await asyncio.get_running_loop().run_in_executor(None, proxy.start)
         except OSError as exc:
@@ -373,6 +439,8 @@ def _response(status: int, payload: Any) -> bytes:
         reason = "Unknown"
     body = b"" if payload is None else json.dumps(payload).encode() + b"\n"
     head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+    if status == 401:
+        head += 'WWW-Authenticate: Bearer realm="outlast.chaos"\r\n'
     if body:
         head += "Content-Type: application/json\r\n"
     head += f"Content-Length: {len(body)}\r\n\r\n"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["AdminClient", "AdminError"]
+__all__ = ["TOKEN_ENV", "AdminClient", "AdminError"]
 
 
 class AdminError(RuntimeError):
@@ -22,25 +23,43 @@ class AdminError(RuntimeError):
         self.message = message
 
 
+#: Where `AdminClient` and ``outlast proxy`` find the admin token when none is given.
+TOKEN_ENV = "OUTLAST_PROXY_TOKEN"
+
+
 class AdminClient:
     """Talks to ``outlast proxy --admin`` (or an `AdminServer`) at `url`.
 
     ::
 
-        admin = AdminClient("http://127.0.0.1:8474")
+        admin = AdminClient("http://127.0.0.1:8474", token="...")  # printed by `outlast proxy`
         with admin.fault("postgres", "reject_login", preset="too_many_connections"):
             ...
+
+    `token` defaults to the ``OUTLAST_PROXY_TOKEN`` environment variable;
+    `AdminServer.client()` builds one with the server's token.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8474", *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8474",
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.timeout = timeout
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
+        if body is None and method == "POST":
+            body = {}
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()

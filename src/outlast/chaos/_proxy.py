@@ -107,6 +107,10 @@ class Proxy:
         self._fault_ids = itertools.count(1)
         self._total = 0
         self._closed_bytes = [0, 0]
+        # Calls handed to the loop and not answered yet: failed at once when the
+        # loop stops, so a caller racing with stop() does not wait _CALL_TIMEOUT.
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._pending_lock = threading.Lock()
         self._started_at = 0.0
         self._recorded: list[Link] | None = None  # links seen while recording
 
@@ -173,6 +177,11 @@ class Proxy:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            with self._pending_lock:
+                pending, self._pending = self._pending, set()
+            for future in pending:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the proxy {self.name} stopped"))
 
     def stop(self) -> None:
         """Close every connection and the listening socket; idempotent."""
@@ -368,13 +377,26 @@ class Proxy:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
+            if future.done():
+                return
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:
                 future.set_exception(exc)
 
-        self.loop.call_soon_threadsafe(run)
-        return future.result(_CALL_TIMEOUT)
+        with self._pending_lock:
+            self._pending.add(future)
+        try:
+            self.loop.call_soon_threadsafe(run)
+            thread = self._thread
+            if thread is None or not thread.is_alive():  # stopped meanwhile: run() never will
+                with self._pending_lock:
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"the proxy {self.name} stopped"))
+            return future.result(_CALL_TIMEOUT)
+        finally:
+            with self._pending_lock:
+                self._pending.discard(future)
 
     # ----------------------------------------------------------- faults
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import threading
@@ -25,6 +26,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow the admin API on a non-loopback address",
     )
     parser.add_argument(
+        "--admin-token",
+        default=None,
+        help="the admin API's token (default: $OUTLAST_PROXY_TOKEN, else a random one, printed)",
+    )
+    parser.add_argument(
+        "--admin-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the admin API may be reached by, besides IP addresses and "
+        "localhost (repeatable; e.g. a compose service name)",
+    )
+    parser.add_argument(
+        "--allow-remote-proxies",
+        action="store_true",
+        help="let proxies created through the admin API listen on non-loopback addresses",
+    )
+    parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop"
     )
     parser.add_argument(
@@ -41,6 +60,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Serve the proxy and its admin API until Ctrl-C or SIGTERM (2 when it cannot start)."""
     from outlast.chaos import AdminServer, Proxy, parse_address
+    from outlast.chaos._client import TOKEN_ENV
 
     try:
         listen = parse_address(args.listen, what="--listen")
@@ -54,9 +74,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             return _fail(f"upstream {upstream[0]}:{upstream[1]} is unreachable: {reason}")
+    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     try:
         proxy = Proxy(listen, upstream, name=args.name, loop=args.loop)
-        admin = AdminServer([proxy], admin_address, allow_remote=args.allow_remote_admin)
+        admin = AdminServer(
+            [proxy],
+            admin_address,
+            allow_remote=args.allow_remote_admin,
+            token=token,
+            allowed_hosts=args.admin_host,
+            allow_remote_proxies=args.allow_remote_proxies,
+        )
     except ValueError as exc:
         return _fail(str(exc))
     try:
@@ -72,22 +100,35 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # a second Ctrl-C: the user wants out now
+            os._exit(128 + signum)
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Our own handlers for both signals, whatever we inherited: a CI runner or a
+    # shell starts background jobs with SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt, so `kill -INT` (or a test's SIGINT) went unheard.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(
         f"outlast proxy {proxy.name}: {proxy.host}:{proxy.port} -> "
         f"{upstream[0]}:{upstream[1]}, admin API {admin.url}",
         flush=True,
     )
+    if token is None:  # a token the user chose is theirs to know: never echo it
+        print(
+            f"admin API token: {admin.token}  (send 'Authorization: Bearer <token>'; "
+            f"AdminClient and outlast drill read ${TOKEN_ENV})",
+            flush=True,
+        )
+    else:
+        print(f"admin API token: as given (--admin-token or ${TOKEN_ENV})", flush=True)
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         admin.stop()
         proxy.stop()
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     print("outlast proxy: stopped", flush=True)
     return 0

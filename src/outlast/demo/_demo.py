@@ -195,7 +195,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 readback_timeout=10.0,
                 label=label,
             )
-            runs.append(DrillRun(config, AdminInjector(admin.url, name), restart=restart))
+            injector = AdminInjector(admin.url, name, token=admin.token)
+            runs.append(DrillRun(config, injector, restart=restart))
         console.print(
             f"drilling {len(runs)} service(s) through {len(names)} scenarios "
             f"({args.duration:g} s faults, {args.budget:g} s budget) ..."

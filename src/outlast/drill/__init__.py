@@ -4,7 +4,8 @@ flows, keep a ledger of every write, and judge the result.
 ::
 
     outlast drill --url http://127.0.0.1:8000 --proxy-admin http://127.0.0.1:8474 \\
-        --scenarios down,blackhole,terminate --budget 5 --duration 8 --report report.html
+        --proxy-token "$OUTLAST_PROXY_TOKEN" --scenarios down,blackhole,terminate \\
+        --budget 5 --duration 8 --report report.html
 
 Tool layer: needs the ``drill`` extra (``pip install 'outlast[drill]'``: httpx,
 rich). The names below are imported on first use, so the command's options

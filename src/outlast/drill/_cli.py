@@ -37,10 +37,10 @@ EXTRA_HINT = "pip install 'outlast[drill]'"
 class AdminInjector:
     """The drill's fault injector over the chaos proxy's admin HTTP API."""
 
-    def __init__(self, url: str, proxy: str | None = None) -> None:
+    def __init__(self, url: str, proxy: str | None = None, *, token: str | None = None) -> None:
         from outlast.chaos import AdminClient
 
-        self.client = AdminClient(url)
+        self.client = AdminClient(url, token=token)  # token None: $OUTLAST_PROXY_TOKEN
         if proxy is None:
             names = sorted(self.client.proxies())
             if len(names) != 1:
@@ -78,6 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
     p.add_argument("--proxy-admin", help="chaos proxy admin API, e.g. http://127.0.0.1:8474")
     p.add_argument("--proxy", help="proxy name on the admin API (default: the only one)")
+    p.add_argument(
+        "--proxy-token",
+        default=None,
+        help="the admin API's token (default: $OUTLAST_PROXY_TOKEN)",
+    )
     p.add_argument("--read", default="GET /api/leads", help="a read route ('none' to skip)")
     p.add_argument("--write", default="POST /api/leads", help="a write route ('none' to skip)")
     p.add_argument("--ping", default=None, help="a route that needs no database")
@@ -253,7 +258,9 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         injector: Injector | None = (
-            AdminInjector(args.proxy_admin, args.proxy) if args.proxy_admin else None
+            AdminInjector(args.proxy_admin, args.proxy, token=args.proxy_token)
+            if args.proxy_admin
+            else None
         )
     except (ValueError, OSError) as exc:
         console.print(f"[red]outlast drill: {exc}[/]", markup=True, highlight=False)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from urllib.parse import unquote
 
 from outlast._core.faults.errors import ConfigurationError
-from outlast._core.faults.redact import LIBPQ_KEYWORDS, redact
+from outlast._core.faults.redact import LIBPQ_KEYWORDS, SECRET_KEYWORDS, redact
 
 __all__ = ["is_url", "make_dsn", "parse_conninfo", "parse_dsn", "redact_dsn"]
 
@@ -52,7 +52,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "load_balance_hosts": ("disable", "random"),
 }
 
-_SECRET_KEYS = frozenset({"password", "sslpassword", "oauth_client_secret"})
+_SECRET_KEYS = SECRET_KEYWORDS
 
 
 def _err(what: str) -> ConfigurationError:
@@ -133,10 +133,14 @@ def _parse_url(text: str) -> dict[str, str]:
         raise _err("a URL cannot contain '#' (percent-encode it as %23, e.g. in the password)")
     rest, _, query = rest.partition("?")
     authority, slash, path = rest.partition("/")
-    if "@" in path and "@" not in authority:
+    if "@" in path:
+        # libpq ends the user info at the first "@" or "/": a raw "/" in a password
+        # turns the rest of it into the host and database names (and into its
+        # error messages). A database name with an "@" can be written %40.
         raise _err(
-            "the user name or password contains a reserved character such as '/', '?' "
-            "or '#'; percent-encode it"
+            "an '@' after the first '/': the user name or password contains a reserved "
+            "character such as '/', '?' or '#', or the database name an '@'; "
+            "percent-encode it"
         )
     params: dict[str, str] = {}
     userinfo, at, hostspec = authority.rpartition("@")

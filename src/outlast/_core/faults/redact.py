@@ -4,17 +4,26 @@
 payload goes through. It removes
 
 - passwords in URLs of any scheme (``postgres://user:pw@host``,
-  ``postgresql+psycopg://user:p%40ss@host``, ``redis://:pw@host``),
-  including a raw (not percent-encoded) space in the password
-  (``postgres://user:se cret@host``),
-- passwords in libpq key=value strings (``password=secret``,
-  ``password='se cret'`` with ``\\'`` escapes), URL query strings
-  (``?password=secret``), Python/JSON mappings (``'password': 'secret'``) and
-  ``password: secret`` text (YAML, log lines; any case),
+  ``postgresql+psycopg://user:p%40ss@host``, ``redis://:pw@host``), whatever
+  raw (not percent-encoded) characters they hold: a URL's password runs to
+  the last ``@`` of its whitespace-free stretch, so ``@``, ``#``, ``?``,
+  ``/``, quotes or ``://`` inside it do not end it early; a raw space
+  (``postgres://user:se cret@host``) extends it to the last ``@`` on the line,
+- the pieces of such a password that libpq and psycopg echo after misreading
+  the URL (a raw ``@`` makes the rest of the password part of the host name:
+  ``could not translate host name "ssw0rd#2024@db"``),
+- the values of every libpq secret keyword (`SECRET_KEYWORDS`: ``password``,
+  ``sslpassword``, ``oauth_client_secret``, ``scram_client_key``,
+  ``scram_server_key``; also ``passwd``, ``pwd``, ``PGPASSWORD``) in libpq
+  key=value strings (``password=secret``, ``password='se cret'`` with ``\\'``
+  escapes), URL query strings (``?password=secret``), Python/JSON mappings
+  (``'password': 'secret'``) and ``password: secret`` text (YAML, log lines;
+  any case),
 - the fragments libpq (and Python's ``int()``) echo when a DSN cannot be
   parsed, which may be pieces of a password split off by an unquoted space or
   a raw ``/`` (``missing "=" after "cret"``, ``invalid percent-encoded token:
-  "p%zzw"``, ``invalid integer value "se" for connection option "port"``);
+  "p%zzw"``, ``invalid integer value "se" for connection option "port"``,
+  urllib's ``bad query field: 'w0rd'`` in asyncpg);
   an echoed name that is a libpq keyword is kept (``missing "=" after
   "dbname"``), any other becomes ``***``,
 - bound SQL parameters that drivers and SQLAlchemy put into messages:
@@ -23,6 +32,14 @@ payload goes through. It removes
   (...)``, the value quoted in ``invalid input syntax for type integer: "abc"``,
   and asyncpg's ``invalid input for query argument $1: 'abc'``.
 
+Where it stops: a URL is read one line at a time, so a raw line break in a
+URL's password ends it; and two shapes cannot be told from ordinary text,
+so they are read as text: a raw-URL password holding whitespace after a raw
+``@`` (``user:a@b c@host``: is ``b`` the host?), and one that starts like a
+port and a path and then holds whitespace (``user:5432/x y@host``: is it
+``host:5432/db`` followed by an email address?). libpq refuses raw
+whitespace in a URL, so neither connects anywhere; percent-encode them.
+
 It never raises.
 """
 
@@ -30,7 +47,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["LIBPQ_KEYWORDS", "MASK", "redact", "summarize"]
+__all__ = ["LIBPQ_KEYWORDS", "MASK", "SECRET_KEYWORDS", "redact", "summarize"]
 
 MASK = "***"
 
@@ -93,20 +110,37 @@ LIBPQ_KEYWORDS = frozenset(
     }
 )
 
-_URL_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s<>`]*)")
-
-# A raw space in the password ("postgres://u:se cret@h") ends the URL above
-# before its "@": "user:" then a first chunk that whitespace interrupts before
-# any "/", "?", "#" or "@", then the rest of the line up to the next "@" (not
-# crossing another URL). This also masks the text between "host:port " and a
-# later "@" on the same line; over-masking a log line beats leaking a password.
-# (A password with both a raw "@" and a raw space cannot be told from a host.)
-_URL_SPACE_RE = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>`/?#@:]*:)"
-    r"(?P<pw>[^\s<>`/?#@]*[ \t][^\n<>`@]{0,256}?)(?=@)"
+# libpq's secret keywords: the options PQconndefaults() marks "*" (password,
+# sslpassword, oauth_client_secret; PostgreSQL 18) or that carry key material
+# (scram_client_key, scram_server_key: enough to log in without the password).
+SECRET_KEYWORDS = frozenset(
+    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
 )
 
-_PASSWORD_KEYS = r"(?:ssl)?password|passwd|pwd|pgpassword"
+# The start of a URL, then its user name and the ":" that starts a password.
+# (No "[" in a user name: "scheme://[::1]:5432" is a host and a port.)
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_USER_RE = re.compile(r"[^\s:/?#@\[\]]*:")
+# What follows "host:" when the URL has no password: a port, then the path,
+# the query or the end. (Not "5432,host2": "00,0 1" is a password, and a list
+# of hosts followed by an "@" on the same line is masked, as before.)
+_PORT_RE = re.compile(r"\d+(?:[/?#]|$)")
+_STRETCH_RE = re.compile(r"\S*")
+
+# libpq and psycopg echo the host name they were given; a raw "@" in a URL's
+# password makes the rest of the password part of it. A host name never holds
+# an "@", so everything before the last one goes.
+_HOST_ECHO_RE = re.compile(
+    r"""(?P<head>(?:could\ not\ translate\ host\ name|connection\ to\ server\ at
+        |failed\ to\ resolve\ host|host\ name)\ (?P<q>["']))
+        (?P<host>[^\n]*@[^\n]*?)(?=(?P=q)(?:\ to\ address|[\ ,:(]|$))""",
+    re.X | re.M,
+)
+
+_PASSWORD_KEYS = (
+    r"(?:ssl)?password|passwd|pwd|pgpassword|oauth_client_secret|scram_client_key"
+    r"|scram_server_key"
+)
 
 # ?password=...&  (URL query strings): the value ends at & or #
 _QUERY_RE = re.compile(rf"(?i)(?<=[?&;])(?P<key>{_PASSWORD_KEYS})=(?P<val>[^&#\s]*)")
@@ -155,20 +189,33 @@ _COLON_RE = re.compile(
 # What libpq echoes when it cannot parse a DSN: the quoted token may be a piece
 # of the password (an unquoted space or a raw "/" in it splits the DSN there).
 # Option names are kept when they are libpq keywords; values always go.
+# The echoed token may itself hold quotes: it ends at the quote that libpq's own
+# wording (or the end of the line) follows.
+_ECHO_END = (
+    r'(?="(?: in connection info string| for connection option|, use percent-encoded'
+    r"|\s*$))"
+)
 _LIBPQ_NAME_ECHO_RE = re.compile(
     r'(?P<head>(?:missing "=" after |invalid connection option '
     r'|(?:invalid|(?:extra|missing) key/value separator "=" in) URI query parameter: )")'
-    r'(?P<val>[^"\n]*)(?=")'
+    r"(?P<val>[^\n]*?)" + _ECHO_END,
+    re.M,
 )
 _LIBPQ_VALUE_ECHO_RE = re.compile(
     r"(?P<head>(?:invalid percent-encoded token: |forbidden value %00 in percent-encoded value: "
     r'|unexpected spaces found in |invalid integer value |invalid port number: )")'
-    r'(?P<val>[^"\n]*)(?=")'
+    r"(?P<val>[^\n]*?)" + _ECHO_END,
+    re.M,
 )
 
-# Python's own echo of a port that is not a number (asyncpg's and SQLAlchemy's
-# DSN parsers call int() on it): the same fragment as above.
-_INT_LITERAL_RE = re.compile(r"(?P<head>invalid literal for int\(\) with base \d+: )'[^\n]*'")
+# Python's own echoes of a DSN it cannot parse (asyncpg's and SQLAlchemy's
+# parsers call int() on the port and urllib on the query): the same fragments
+# as above, as a repr() in either quote.
+_PY_ECHO_RE = re.compile(
+    r"(?P<head>(?:invalid literal for int\(\) with base \d+|bad query field"
+    r"|invalid IPv6 address in the connection URI|Port could not be cast to integer value as)"
+    r":? )(?P<q>['\"])[^\n]*(?P=q)"
+)
 
 # SQLAlchemy: "[parameters: {...}]" is always one line (values are repr()'d).
 _SA_PARAMS_RE = re.compile(r"\[parameters: [^\n]*")
@@ -186,32 +233,56 @@ _ASYNCPG_ARG_RE = re.compile(
 )
 
 
-def _redact_url(match: re.Match[str]) -> str:
-    scheme, rest = match["scheme"], match["rest"]
-    cut = len(rest)
-    for sep in "?#":
-        pos = rest.find(sep)
-        if pos >= 0:
-            cut = min(cut, pos)
-    at = rest.rfind("@", 0, cut)
-    if at < 0:
-        # A raw (not percent-encoded) '?' or '#' in the password moved the
-        # cut before the '@': accept the first '@' if what precedes it looks
-        # like user:password rather than a query string.
-        at = rest.find("@")
-        if at < 0 or ":" not in rest[:at] or "=" in rest[:at]:
-            return match.group(0)
-    userinfo = rest[:at]
-    if ":" not in userinfo:
-        return match.group(0)
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{user}:{MASK}{rest[at:]}"
+def _redact_urls(text: str) -> str:
+    """Mask the password of every ``scheme://user:password@`` URL, line by line."""
+    if "://" not in text:
+        return text
+    return "\n".join(_redact_url_line(line) for line in text.split("\n"))
 
 
-def _redact_url_space(match: re.Match[str]) -> str:
-    if "://" in match["pw"]:  # the "@" belongs to a later URL
-        return match.group(0)
-    return f"{match['head']}{MASK}"
+def _redact_url_line(line: str) -> str:
+    """Mask URL passwords in one line, taking the URLs from last to first.
+
+    A password ends at the last "@" of the whitespace-free stretch it starts
+    in (a raw "@", "#", "?" or "/" in it does not end it). When that stretch
+    holds no "@", the password holds whitespace and ends at the last "@" on the
+    line; unless what follows "host:" is a port (``scheme://db:5432/x ... a@b``
+    has no password). It never reaches into the next URL that has a password
+    of its own, except when it holds that URL: a raw "x://" in a password
+    looks like a URL; glued to it, or with no "@" before it, it is one password.
+    """
+    starts = list(_SCHEME_RE.finditer(line))
+    if not starts:
+        return line
+    spans: list[tuple[int, int]] = []  # (first, end) of each password, right to left
+    limit = len(line)  # where the next URL with a password begins
+    for m in reversed(starts):
+        user = _USER_RE.match(line, m.end())
+        if user is None:
+            continue
+        first = user.end()
+        token_end = _STRETCH_RE.match(line, first, limit).end()  # type: ignore[union-attr]
+        glued = bool(spans) and token_end == limit
+        at = -1 if glued else line.rfind("@", first, token_end)
+        if at < 0 and not glued:
+            if _PORT_RE.match(line, first):
+                continue  # "host:port", no password
+            at = line.rfind("@", first, limit)  # whitespace in the password
+            if at < 0 and not spans:
+                continue  # no "@" at all: no password
+        if at < 0:  # the next "URL" is part of this password: join them
+            spans[-1] = (first, spans[-1][1])
+        else:
+            spans.append((first, at))
+        limit = m.start()
+    for first, end in spans:  # right to left: earlier offsets stay valid
+        line = f"{line[:first]}{MASK}{line[end:]}"
+    return line
+
+
+def _redact_host_echo(match: re.Match[str]) -> str:
+    host = match["host"]
+    return f"{match['head']}{MASK}{host[host.rfind('@') :]}"
 
 
 def _redact_name_echo(match: re.Match[str]) -> str:
@@ -232,15 +303,17 @@ def _mask_value(match: re.Match[str]) -> str:
 
 
 def _redact(text: str) -> str:
-    text = _URL_SPACE_RE.sub(_redact_url_space, text)
-    text = _URL_RE.sub(_redact_url, text)
-    text = _LIBPQ_NAME_ECHO_RE.sub(_redact_name_echo, text)
-    text = _LIBPQ_VALUE_ECHO_RE.sub(_redact_value_echo, text)
-    text = _INT_LITERAL_RE.sub(lambda m: f"{m['head']}'{MASK}'", text)
+    # Named secrets first: a URL password with whitespace reaches to the last
+    # "@" on its line, which must not be one inside another secret's value.
     text = _QUERY_RE.sub(lambda m: f"{m['key']}={MASK}", text)
     text = _KV_RE.sub(_mask_value, text)
     text = _MAP_RE.sub(_mask_value, text)
     text = _COLON_RE.sub(_mask_value, text)
+    text = _redact_urls(text)
+    text = _HOST_ECHO_RE.sub(_redact_host_echo, text)
+    text = _LIBPQ_NAME_ECHO_RE.sub(_redact_name_echo, text)
+    text = _LIBPQ_VALUE_ECHO_RE.sub(_redact_value_echo, text)
+    text = _PY_ECHO_RE.sub(lambda m: f"{m['head']}'{MASK}'", text)
     text = _SA_PARAMS_RE.sub(f"[parameters: {MASK}]", text)
     text = _KEY_DETAIL_RE.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", text)
     text = _FAILING_ROW_RE.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", text)

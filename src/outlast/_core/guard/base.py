@@ -44,6 +44,7 @@ from .events import (
     RetryGaveUp,
     RetryScheduled,
     emit,
+    emit_all,
     log_event,
     process_listeners,
 )
@@ -416,7 +417,13 @@ class GuardBase:
         if token > 0:
             with self._lock:
                 self._counters.transition("half_open")
-            self._emit([BreakerHalfOpen(guard=self.name, op=run.op, at=self._clock.time())])
+            try:
+                self._emit([BreakerHalfOpen(guard=self.name, op=run.op, at=self._clock.time())])
+            except BaseException:
+                # A listener let KeyboardInterrupt/SystemExit through: the work will
+                # not run, so its probe slot goes back now, not after probe_timeout.
+                self._release(token)
+                raise
         return token
 
     def _release(self, token: int) -> None:
@@ -618,9 +625,4 @@ class GuardBase:
         self._fast = fast
 
     def _emit(self, events: list[Event]) -> None:
-        listeners = self._listeners
-        shared = process_listeners()
-        for event in events:
-            emit(listeners, event)
-            if shared:
-                emit(shared, event)
+        emit_all((*self._listeners, *process_listeners()), events)

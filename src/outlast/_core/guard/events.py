@@ -1,8 +1,10 @@
 """Events a Guard reports, their dispatch, and the default logging listener.
 
 Listeners are plain callables ``fn(event) -> None``. They run in the thread
-(or task) that caused the event, outside every lock; one that raises is
-logged and skipped, never breaking the guarded call.
+(or task) that caused the event, outside every lock, after the Guard's
+bookkeeping is complete; one that raises is logged and skipped, never
+breaking the guarded call. Only ``KeyboardInterrupt`` and ``SystemExit``
+pass through a listener, once every listener had the event.
 
 `log_event` (installed on every Guard by default) writes to
 ``logging.getLogger("outlast")`` with the tags operators already grep for::
@@ -41,6 +43,7 @@ __all__ = [
     "RetryScheduled",
     "add_process_listener",
     "emit",
+    "emit_all",
     "log_event",
     "process_listeners",
     "remove_process_listener",
@@ -167,12 +170,29 @@ def process_listeners() -> tuple[Listener, ...]:
     return _process_listeners
 
 
+#: What a listener may raise through the Guard: the process is being asked to end.
+_EXITS = (KeyboardInterrupt, SystemExit)
+
+
 def emit(listeners: Iterable[Listener], event: Event) -> None:
-    """Deliver `event` to every listener; a failing listener is logged and skipped."""
+    """Deliver `event` to every listener; a failing listener is logged and skipped.
+
+    A listener is synchronous, so whatever it raises is its own failure --
+    an ``Exception``, or a ``CancelledError`` or ``GeneratorExit`` it let
+    escape (a task's cancellation arrives at an ``await``, never inside a
+    plain call). Only ``KeyboardInterrupt`` and ``SystemExit`` go through:
+    the remaining listeners still get the event, then the first of them is
+    raised. Callers deliver events after their bookkeeping is complete, so
+    the breaker is never left half-updated by it.
+    """
+    held: BaseException | None = None
     for listener in listeners:
         try:
             listener(event)
-        except Exception:
+        except _EXITS as exc:
+            if held is None:
+                held = exc
+        except BaseException:
             logger.exception(
                 "[LISTENER_ERROR] guard=%s listener=%s failed on %s",
                 event.guard,
@@ -180,6 +200,22 @@ def emit(listeners: Iterable[Listener], event: Event) -> None:
                 type(event).__name__,
                 extra={"outlast_event": "listener_error", "guard": event.guard},
             )
+    if held is not None:
+        raise held
+
+
+def emit_all(listeners: Iterable[Listener], events: Iterable[Event]) -> None:
+    """`emit` each event in turn; an exit (`KeyboardInterrupt`, `SystemExit`) is raised last."""
+    held: BaseException | None = None
+    listeners = tuple(listeners)
+    for event in events:
+        try:
+            emit(listeners, event)
+        except _EXITS as exc:
+            if held is None:
+                held = exc
+    if held is not None:
+        raise held
 
 
 def _s(value: float) -> str:

@@ -13,7 +13,9 @@ One tick calls the function. A database fault (classified by the Guard, or by
 once, reports every failure to the Guard, backs off with the Guard's policy, and
 on the first good tick logs ``[DB_RECOVERED] ... downtime=...`` once and goes back
 to its period. Any other exception is logged (``[LOOP_ERROR]``) and the loop goes
-on. `_Ticker` holds that logic for both the sync and the async loop.
+on -- also a CancelledError that a tick let out without the loop's own task
+being cancelled (it awaited a future something else cancelled). `_Ticker`
+holds that logic for both the sync and the async loop.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from outlast._core.timing.clock import waits_disabled
 from outlast._core.timing.durations import seconds
 
 from .record import beat, describe_error
-from .tasks import AsyncSupervisor, AsyncTaskContext, _stopped_within
+from .tasks import AsyncSupervisor, AsyncTaskContext, _stopped_within, cancel_requested
 from .threads import Supervisor, ThreadTaskContext
 
 __all__ = ["AsyncLoop", "Loop", "loop"]
@@ -112,7 +114,7 @@ class _Ticker:
             self._attempts = 0
         return self._until_next_tick()
 
-    def failed(self, exc: Exception) -> float:
+    def failed(self, exc: BaseException) -> float:
         """After a tick raised: classify, report, log; return the wait before the next one."""
         loop = self._loop
         if isinstance(exc, DatabaseUnavailable):  # the function used the Guard itself
@@ -140,7 +142,7 @@ class _Ticker:
         )
         return self._until_next_tick()
 
-    def _outage(self, exc: Exception, fault: Fault | None, *, retry_after: float) -> float:
+    def _outage(self, exc: BaseException, fault: Fault | None, *, retry_after: float) -> float:
         loop = self._loop
         self._attempts += 1
         # Probe on the backoff schedule, not the period: a loop that ticks every
@@ -228,7 +230,9 @@ class Loop(_LoopBase[Callable[[], R]], Generic[R]):
             if delay is None:
                 try:
                     self._fn()
-                except Exception as exc:
+                except (Exception, asyncio.CancelledError) as exc:
+                    # A thread is never cancelled: a CancelledError from the tick
+                    # (an event loop it ran) is that tick's error, like any other.
                     delay = ticker.failed(exc)
                 else:
                     delay = ticker.succeeded()
@@ -272,6 +276,12 @@ class AsyncLoop(_LoopBase[Callable[[], Awaitable[R]]], Generic[R]):
             if delay is None:
                 try:
                     await self._fn()
+                except asyncio.CancelledError as exc:
+                    if cancel_requested():
+                        raise  # the loop's own task is being stopped
+                    # The tick awaited something that someone else cancelled:
+                    # that tick failed; the loop goes on.
+                    delay = ticker.failed(exc)
                 except Exception as exc:
                     delay = ticker.failed(exc)
                 else:

@@ -3,7 +3,10 @@
 Same records, decisions, logs and reports (`_supervise_core`); here each task is
 one `asyncio.Task` named after it for its whole life (a restart awaits the
 function again inside the same Task), and `stop()` cancels what did not finish
-within its timeout — unlike a thread, a Task can be cancelled.
+within its timeout — unlike a thread, a Task can be cancelled. Only a
+cancellation of the Task itself stops it: a CancelledError that escapes the
+function without one (it awaited a future something else cancelled) is a
+crash, logged and restarted like any other.
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ logger = logging.getLogger("outlast")
 
 #: How long cancelled tasks get to unwind once `stop()`'s timeout has passed.
 _CANCEL_GRACE = 1.0
+
+
+def cancel_requested() -> bool:
+    """Was the current Task itself asked to stop (``task.cancel()``), not merely handed
+    a CancelledError by something it awaited?
+
+    ``Task.cancelling()`` counts the cancellation requests still pending on the
+    Task (Python 3.11+): the supervisor's `stop()`, ``asyncio.run`` shutting
+    down, or anyone holding the Task. A future that someone else cancelled
+    raises CancelledError in whoever awaits it without touching that count.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 async def _stopped_within(event: asyncio.Event, delay: float) -> bool:
@@ -134,10 +150,15 @@ class AsyncSupervisor(SupervisorBase):
             error: BaseException | None = None
             try:
                 await fn(ctx)
-            except asyncio.CancelledError:
-                with self._lock:
-                    record.state = "stopped"
-                raise
+            except asyncio.CancelledError as exc:
+                if cancel_requested():
+                    with self._lock:
+                        record.state = "stopped"
+                    raise
+                # Nobody cancelled this Task: `fn` awaited something that someone
+                # else cancelled (a shared future, a task of its own) and let the
+                # CancelledError out. That is a crash, not a request to stop.
+                error = exc
             except Exception as exc:
                 error = exc
             except BaseException as exc:  # SystemExit, KeyboardInterrupt: propagate

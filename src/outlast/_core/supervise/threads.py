@@ -9,6 +9,7 @@ thread against a single deadline and reports those that did not finish.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -128,7 +129,9 @@ class Supervisor(SupervisorBase):
             error: BaseException | None = None
             try:
                 fn(ctx)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                # A thread is never cancelled: a CancelledError out of `fn` (from an
+                # event loop it ran, a future it waited on) is a crash like any other.
                 error = exc
             except BaseException as exc:  # SystemExit & co. end this task, never restart it
                 error = exc

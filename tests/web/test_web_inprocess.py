@@ -119,7 +119,7 @@ async def fastapi_app(pg_proxy: Any, pg_database: Any) -> Any:
     from fastapi import FastAPI
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from outlast.starlette import install, no_db
+    from outlast.starlette import db_route, install, no_db
 
     engine = create_async_engine(
         pg_proxy.url(pg_database.name), connect_args={"connect_timeout": 2}
@@ -147,8 +147,23 @@ async def fastapi_app(pg_proxy: Any, pg_database: Any) -> Any:
 
     @app.get("/slow")
     async def slow() -> Any:
-        await asyncio.sleep(30)  # a database call that never answers
+        async def never_answers() -> None:
+            await asyncio.sleep(30)
+
+        await web.acall(never_answers)  # a database call that never answers
         return {}
+
+    @app.get("/slow-elsewhere")
+    async def slow_elsewhere() -> Any:
+        await asyncio.sleep(1.5)  # another service, not the database: not cut short
+        return {"ok": True}
+
+    @app.get("/marked")
+    @db_route
+    async def marked() -> Any:
+        calls.append("marked")
+        async with engine.connect() as conn:
+            return {"n": (await conn.exec_driver_sql("SELECT 1")).scalar()}
 
     @app.get("/ping")
     @no_db
@@ -185,6 +200,14 @@ async def test_fastapi_request_budget_turns_a_hang_into_a_503(fastapi_app: Any) 
     assert took < 3.0  # budget is 1 s
 
 
+async def test_fastapi_a_slow_route_that_never_reaches_the_database_is_not_cut(
+    fastapi_app: Any,
+) -> None:
+    async with _client(fastapi_app) as client:
+        response = await client.get("/slow-elsewhere")  # 1.5 s, the budget is 1 s
+    assert response.status_code == 200
+
+
 async def test_fastapi_open_breaker_answers_without_running_the_route(
     fastapi_app: Any, pg_proxy: Any
 ) -> None:
@@ -194,9 +217,18 @@ async def test_fastapi_open_breaker_answers_without_running_the_route(
             assert (await client.get("/leads")).status_code == 503
             assert (await client.get("/leads")).status_code == 503
             ran = len(fastapi_app.state.calls)
+            connections = pg_proxy.stats()["total_connections"]
             response = await client.get("/leads")
             assert response.status_code == 503 and "retry-after" in response.headers
-            assert len(fastapi_app.state.calls) == ran  # guard.check() answered first
+            # Admitted on first use: the route ran, and web.acall answered for the
+            # breaker before anything reached the database.
+            assert len(fastapi_app.state.calls) == ran + 1
+            assert pg_proxy.stats()["total_connections"] == connections
+            # A route marked db_route is admitted before it runs.
+            ran = len(fastapi_app.state.calls)
+            marked = await client.get("/marked")
+            assert marked.status_code == 503 and "retry-after" in marked.headers
+            assert len(fastapi_app.state.calls) == ran
             assert (await client.get("/ping")).status_code == 200
             db = await client.get("/health/db")
             assert db.status_code == 503

@@ -36,6 +36,8 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "ping": (_ping, _ping),
     "db_routes": ("marked", "marked"),
     "exempt": (["/api/ping", "/static"], ("/api/ping", "/static")),
+    "admission": ("before_view", "before_view"),
+    "answer_margin": (timedelta(milliseconds=100), 0.1),
     "health_timeout": (0.5, 0.5),
     "ready": (_ready, _ready),
     "attempt_reserve": (timedelta(milliseconds=250), 0.25),

@@ -21,9 +21,11 @@
 - ``before/after_cursor_execute``: a client-side deadline per statement
   (server ``statement_timeout`` + grace, or the web request's remaining
   budget when that is less) that shuts the socket down when the server cannot
-  answer at all; the dialect's ``do_commit`` / ``do_rollback`` get the same
-  deadline (no cursor event covers them, and a COMMIT on a frozen link would
-  otherwise wait for the link to thaw, past any budget);
+  answer at all;
+- the dialect's ``do_commit`` / ``do_rollback`` (`outlast.sqlalchemy._commit`):
+  the same deadline, a lost COMMIT resolved with ``pg_xact_status()`` (an
+  ordinary ``session.commit()`` never turns "maybe applied" into "not
+  applied"), and a ROLLBACK on a dead link that stays quiet;
 - ``handle_error``: report every fault to the Guard and mark restart-class
   faults (57P01/02/03, 25006, lost or refused connections) as disconnects, so
   SQLAlchemy drops every pooled connection instead of handing out stale ones.
@@ -34,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -64,7 +66,8 @@ from outlast._core.connections.socket_deadline import (
     socket_deadline,
     transport_socket,
 )
-from outlast._core.connections.statements import budget_ran_out, statement_bound, statement_limit
+from outlast._core.connections.statements import budget_ran_out, statement_limit
+from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
 
@@ -304,9 +307,11 @@ class _Hooks:
         context: Any,
         executemany: bool,
     ) -> None:
+        info = conn.info.get(_KEY)
+        if isinstance(info, _ConnInfo):
+            info.tx.saw(statement)
         if context is None:
             return
-        info = conn.info.get(_KEY)
         limit = statement_limit(self.preset)
         if limit.timeout is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
             context.outlast_deadline = socket_deadline.arm(info.fileno, limit.timeout)
@@ -341,12 +346,22 @@ class _Hooks:
 
 
 class _ConnInfo:
-    __slots__ = ("expires", "fileno", "fresh")
+    __slots__ = ("expires", "fileno", "fresh", "tx")
 
     def __init__(self, *, fileno: int | None, expires: float) -> None:
         self.fileno = fileno
         self.expires = expires
         self.fresh = True
+        self.tx = TransactionInfo()  # what the current transaction did
+
+
+def _transaction_info(dbapi_connection: Any) -> TransactionInfo | None:
+    try:
+        info = dbapi_connection.info
+    except Exception:  # an ad-hoc proxy without a pool entry (NotImplementedError)
+        return None
+    conn_info = info.get(_KEY) if isinstance(info, dict) else None
+    return conn_info.tx if isinstance(conn_info, _ConnInfo) else None
 
 
 def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | None) -> None:
@@ -389,32 +404,12 @@ def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | 
     pool._creator = creator
 
 
-def _bounded_transaction_ends(engine: Engine, preset: Hardening) -> None:
-    """Put COMMIT and ROLLBACK under the statement deadline.
-
-    They go through the dialect, not a cursor, so the execute events never
-    see them. Each engine has its own dialect instance, so wrapping its
-    methods touches no other engine.
-    """
-    dialect = engine.dialect
-
-    def bounded(end: Callable[[PoolProxiedConnection], None]) -> Any:
-        def call(dbapi_connection: PoolProxiedConnection) -> None:
-            fileno = connection_fileno(dbapi_connection)
-            with statement_bound(fileno, preset):
-                end(dbapi_connection)
-
-        return call
-
-    dialect.do_commit = bounded(dialect.do_commit)  # type: ignore[method-assign]
-    dialect.do_rollback = bounded(dialect.do_rollback)  # type: ignore[method-assign]
-
-
 def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
     hooks = _Hooks(guard, preset, driver)
     _ENGINES[engine] = hooks
     _retrying_creator(engine, preset, guard)
-    _bounded_transaction_ends(engine, preset)
+    # COMMIT and ROLLBACK: bounded, a lost COMMIT resolved, a dead link's ROLLBACK quiet.
+    TransactionEnds(engine, guard, preset, _transaction_info).install()
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)
     event.listen(engine.pool, "checkout", hooks.on_checkout)

@@ -23,19 +23,24 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from outlast._core.faults.errors import ConfigurationError
 from outlast._core.timing.durations import Seconds
 from outlast._core.timing.durations import seconds as as_seconds
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "MAX_ANSWER_MARGIN",
     "CommitWatch",
     "RequestBudget",
     "RequestState",
     "budget_remaining",
     "commit_outcome_pending",
+    "default_answer_margin",
 ]
 
 DEFAULT_BUDGET: Final = 5.0
+#: The most of a budget kept back for sending the answer (`default_answer_margin`).
+MAX_ANSWER_MARGIN: Final = 0.2
 
 
 @dataclass(slots=True)
@@ -101,18 +106,44 @@ class CommitWatch:
             state.unresolved_commits -= 1
 
 
+def default_answer_margin(budget: float) -> float:
+    """The part of a budget kept for answering: 0.2 s, or a fifth of a budget under 1 s."""
+    return min(MAX_ANSWER_MARGIN, budget / 5)
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class RequestBudget:
-    """The longest a database-backed request may run (a timeout: seconds or a timedelta)."""
+    """The longest a database-backed request may run (a timeout: seconds or a timedelta).
+
+    The contract: a request is *answered* within `seconds` of its arrival.
+    The work -- queries, retries, resolving a lost COMMIT -- gets `seconds`
+    minus `margin`; the margin is what building and sending the 503 needs
+    once the work has been cut short (a socket shut down, a task cancelled,
+    a thread on a loaded machine scheduled late). So `budget_remaining()`
+    counts down to ``arrival + seconds - margin``.
+    """
 
     seconds: float
+    margin: float
 
-    def __init__(self, seconds: Seconds = DEFAULT_BUDGET) -> None:
-        object.__setattr__(self, "seconds", as_seconds(seconds, "budget", allow_zero=False))
+    def __init__(self, seconds: Seconds = DEFAULT_BUDGET, *, margin: Seconds | None = None) -> None:
+        total = as_seconds(seconds, "budget", allow_zero=False)
+        kept = default_answer_margin(total) if margin is None else as_seconds(margin, "margin")
+        if kept >= total:
+            raise ConfigurationError(
+                f"answer_margin ({kept:g}s) must be shorter than the budget ({total:g}s)"
+            )
+        object.__setattr__(self, "seconds", total)
+        object.__setattr__(self, "margin", kept)
+
+    @property
+    def work(self) -> float:
+        """Seconds the work of a request may take: `seconds` minus `margin`."""
+        return self.seconds - self.margin
 
     def start(self) -> contextvars.Token[RequestState | None]:
         """Start the clock for the current request (in this context)."""
-        return _current.set(RequestState(time.monotonic() + self.seconds))
+        return _current.set(RequestState(time.monotonic() + self.seconds - self.margin))
 
     @staticmethod
     def finish(token: contextvars.Token[RequestState | None]) -> None:

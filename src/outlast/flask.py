@@ -125,6 +125,9 @@ class Outlast(WebBase):
         app.add_url_rule(paths["live"], "outlast_health_live", self._live, methods=["GET"])
         app.add_url_rule(paths["ready"], "outlast_health_ready", self._ready, methods=["GET"])
         app.add_url_rule(paths["db"], "outlast_health_db", self._db, methods=["GET"])
+        if "sqlalchemy" in app.extensions or self.engine is not None or self.session is not None:
+            with app.app_context():
+                self._harden(final=False)  # and again on the first request
 
     # -- hooks ------------------------------------------------------------------
 
@@ -134,7 +137,7 @@ class Outlast(WebBase):
         if admission == NOT_ADMITTED:
             return
         if not self._hardened:
-            self._harden()
+            self._harden(final=True)
         g._outlast_budget = self.budget.start()
         first_use = FirstUse(self.guard, _route()).enter()
         g._outlast_first_use = first_use
@@ -164,18 +167,19 @@ class Outlast(WebBase):
         if token is not None:
             RequestBudget.finish(token)
 
-    def _harden(self) -> None:
-        """Harden the engines behind the app's sessions with the Guard (once, lazily).
+    def _harden(self, *, final: bool) -> None:
+        """Harden the engines behind the app's sessions with the Guard (once each).
 
-        Flask-SQLAlchemy makes its engines on first use, inside the app
-        context, so this runs on the first request that may use the database.
+        Runs when the extension is installed and on the first request that
+        may use the database (`final`): Flask-SQLAlchemy may be set up after
+        this extension, and its engines exist only inside an app context.
         """
         sources = [self.engine, self.session]
         ext = self._app.extensions.get("sqlalchemy") if self._app is not None else None
         if ext is not None:
             try:
                 sources.extend(ext.engines.values())
-            except Exception:  # pragma: no cover - not inside an app context
+            except Exception:  # not inside an app context (yet)
                 return
         sources = [s for s in sources if s is not None]
         if sources:
@@ -183,7 +187,7 @@ class Outlast(WebBase):
 
             for source in sources:
                 harden(source, self.guard)
-        self._hardened = True
+        self._hardened = final
 
     def _sessions(self) -> list[Any]:
         sessions = [self.session]

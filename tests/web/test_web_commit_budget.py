@@ -39,8 +39,8 @@ OUTCOME_UNKNOWN = {
     "error": "OUTCOME_UNKNOWN",
 }
 SLACK = 1.0
-TABLES = {"fastapi": "lead_writes", "flask": "leads", "django": "leads"}
-KEY = {"fastapi": "lead_id", "flask": "id", "django": "id"}
+TABLES = {"fastapi": "lead_writes", "flask": "lead_writes", "django": "leads"}
+KEY = {"fastapi": "lead_id", "flask": "lead_id", "django": "id"}
 SLOW_NAME = "slow-commit"
 SLOW_COMMIT = 1.2  # seconds; below the examples' statement_timeout (1.5 s)
 

@@ -81,6 +81,7 @@ def test_flask_and_django_resolve_a_lost_commit_and_answer_201(
     with pg_proxy.fault("cut_after", **CUT_COMMIT):
         answers = [svc.post_lead(i)[0] for i in ids]
     assert [a.status_code for a in answers] == [201] * 3, [a.text for a in answers]
+    table, key = ("leads", "id") if framework == "django" else ("lead_writes", "lead_id")
     with psycopg.connect(pg_server.dsn(web_database), autocommit=True) as conn:
-        rows = conn.execute("SELECT id FROM leads WHERE id = ANY(%s)", (ids,)).fetchall()
+        rows = conn.execute(f"SELECT {key} FROM {table} WHERE {key} = ANY(%s)", (ids,)).fetchall()
     assert sorted(r[0] for r in rows) == ids

@@ -81,7 +81,9 @@ def _first_200(svc: Service, cleared: float, timeout: float = 30.0) -> float:
             answered.append(time.monotonic())
             done.set()
 
-    client = httpx.Client(base_url=f"http://127.0.0.1:{svc.port}", timeout=BUDGET + SLACK)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{svc.port}", timeout=BUDGET + SLACK, headers=svc.headers
+    )
     with client, ThreadPoolExecutor(max_workers=32) as pool:
         tick = cleared
         while not done.is_set():
@@ -97,7 +99,9 @@ class _Load:
     """Background database traffic (``GET /api/leads`` in a loop) while in the block."""
 
     def __init__(self, svc: Service) -> None:
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{svc.port}", timeout=BUDGET * 2)
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{svc.port}", timeout=BUDGET * 2, headers=svc.headers
+        )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 

@@ -33,9 +33,11 @@ dependency's session, Flask-SQLAlchemy's ``db.session``), ``engine.begin()``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
@@ -46,7 +48,7 @@ from outlast._core.connections.socket_deadline import connection_fileno
 from outlast._core.connections.statements import statement_bound
 from outlast._core.faults.errors import DatabaseUnavailable
 from outlast._core.faults.fault import FaultKind
-from outlast._core.timing.budget import CommitWatch, budget_remaining
+from outlast._core.timing.budget import CommitWatch, budget_remaining, note_committed_write
 from outlast._core.transactions.adapters import MARKER_SQL
 from outlast._core.transactions.lost_commit import UNKNOWN_AT_COMMIT, resolve_lost_commit
 from outlast._core.transactions.machine import _ask
@@ -54,7 +56,7 @@ from outlast._core.transactions.machine import _ask
 if TYPE_CHECKING:
     from outlast._core.transactions.machine import _Ask
 
-__all__ = ["TransactionEnds", "TransactionInfo"]
+__all__ = ["TransactionEnds", "TransactionInfo", "resolved_elsewhere"]
 
 logger = logging.getLogger("outlast")
 
@@ -64,6 +66,23 @@ _ASSIGN_SQL = "SELECT pg_current_xact_id()::text"
 _READ_ONLY = re.compile(
     r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*(?:select|show|values|table)\b", re.I | re.S
 )
+#: Set while ``Guard.transaction`` commits: it reads the marker and resolves a
+#: lost COMMIT itself (and may re-run the work), so the hook only bounds it.
+_RESOLVED_ELSEWHERE: ContextVar[bool] = ContextVar(
+    "outlast_commit_resolved_elsewhere", default=False
+)
+
+
+@contextlib.contextmanager
+def resolved_elsewhere() -> Iterator[None]:
+    """``with resolved_elsewhere(): handle.commit()`` -- the caller resolves a lost COMMIT."""
+    token = _RESOLVED_ELSEWHERE.set(True)
+    try:
+        yield
+    finally:
+        _RESOLVED_ELSEWHERE.reset(token)
+
+
 _DEAD_LINK = frozenset({FaultKind.UNAVAILABLE, FaultKind.COMMIT_UNKNOWN, FaultKind.TIMEOUT})
 
 
@@ -145,8 +164,9 @@ class TransactionEnds:
     def do_commit(self, dbapi_connection: PoolProxiedConnection) -> None:
         info = self.info_of(dbapi_connection)
         fileno = connection_fileno(dbapi_connection)
-        if info is None or not info.statements:
-            # Nothing ran in this transaction: a lost COMMIT loses nothing.
+        if info is None or not info.statements or _RESOLVED_ELSEWHERE.get():
+            # Nothing ran in this transaction (a lost COMMIT loses nothing), or
+            # Guard.transaction runs it and resolves its COMMIT itself.
             if info is not None:
                 info.ended()
             with statement_bound(fileno, self.preset):
@@ -171,6 +191,8 @@ class TransactionEnds:
         except BaseException:
             raise  # cancelled with the COMMIT in flight: the request stays marked
         watch.settled()
+        if xid is not None:
+            note_committed_write()  # a later failure of the request is not "not applied"
 
     def _lost(
         self,
@@ -208,6 +230,7 @@ class TransactionEnds:
         watch.settled()
         if committed:
             # Applied: the commit succeeded. The connection it ran on is dead.
+            note_committed_write()
             _retire(dbapi_connection, info)
             logger.info(
                 "[COMMIT_RESOLVED] xid=%s status=committed after the COMMIT reply was lost",

@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import weakref
 from collections.abc import Mapping
@@ -67,6 +68,7 @@ from outlast._core.connections.socket_deadline import (
     transport_socket,
 )
 from outlast._core.connections.statements import budget_ran_out, statement_limit
+from outlast._core.timing.budget import budget_remaining
 from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
@@ -196,11 +198,13 @@ def install(
 ) -> Engine | AsyncEngine:
     """Harden an engine the application built itself; returns it.
 
-    Connect arguments cannot be changed after the fact, so this installs the
-    listeners only (session ``SET`` after connect, checkout ping with a
-    deadline, jittered lifetime, statement deadline, fault reporting and
-    whole-pool invalidation). For ``connect_timeout`` and keepalives, build the
-    engine with `create_engine` or pass them in ``connect_args``.
+    Installs the listeners (session ``SET`` after connect, checkout ping with
+    a deadline, jittered lifetime, statement deadline, COMMIT resolution,
+    fault reporting and whole-pool invalidation) and adds the preset's
+    connect arguments (``connect_timeout``, keepalives, ``tcp_user_timeout``;
+    asyncpg's ``timeout`` and ``command_timeout``) to each new connection,
+    where the engine's own URL and ``connect_args`` do not set them.
+    Connections the pool already holds are adopted at their next checkout.
     """
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if sync_engine in _ENGINES:
@@ -209,8 +213,12 @@ def install(
     hardening = preset_for(sync_engine.url.host, preset)
     # Startup options already in the engine's URL keep their settings; SET
     # after connect carries ours (we cannot add startup options afterwards).
-    _connect_args(sync_engine.url, driver, hardening, {})
-    _install(sync_engine, guard, replace(hardening, startup_options=False), driver)
+    hardening = replace(hardening, startup_options=False)
+    # Timeouts and keepalives go in at each connect (the do_connect event may
+    # add connect arguments), under the engine's own: a blackholed link must
+    # not hold a request in libpq's connect, which has no timeout by default.
+    defaults, _ = _connect_args(sync_engine.url, driver, hardening, {})
+    _install(sync_engine, guard, hardening, driver, connect_defaults=defaults)
     return engine
 
 
@@ -224,17 +232,27 @@ def hardening_of(engine: Engine | AsyncEngine) -> Hardening | None:
 class _Hooks:
     """The listeners of one engine; a plain object so the engine keeps it alive."""
 
-    def __init__(self, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
+    def __init__(
+        self,
+        guard: FaultReporter | None,
+        preset: Hardening,
+        driver: str,
+        connect_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         self.guard = guard
         self.preset = preset
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
+        self.connect_defaults = dict(connect_defaults or {})
 
     # -- pool events -----------------------------------------------------------
 
     def before_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if self.guard is not None:
             self.guard.check()
+        for key, value in self.connect_defaults.items():
+            cparams.setdefault(key, value)
+        _connect_within_budget(self.driver, cparams)
 
     def on_connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         if self.driver == _ASYNCPG:
@@ -266,7 +284,15 @@ class _Hooks:
     ) -> None:
         info = record.info.get(_KEY)
         if not isinstance(info, _ConnInfo):
-            return
+            # Made before outlast was installed on this engine (an app that
+            # connected at start-up, Flask-SQLAlchemy hardened on its first
+            # request): adopt it; it is pinged below like any other.
+            info = _ConnInfo(
+                fileno=connection_fileno(dbapi_connection),
+                expires=time.monotonic() + jittered_lifetime(self.preset),
+            )
+            info.fresh = False
+            record.info[_KEY] = info
         if self.guard is not None:
             # The breaker is open: fail fast instead of pinging a dead server.
             self.guard.check()
@@ -345,6 +371,26 @@ class _Hooks:
             context.is_disconnect = True
 
 
+def _connect_within_budget(driver: str, cparams: dict[str, Any]) -> None:
+    """A connect inside a web request waits no longer than the rest of its budget."""
+    remaining = budget_remaining()
+    if remaining is None:
+        return
+    if driver == _ASYNCPG:
+        current = cparams.get("timeout")
+        if current is None or float(current) > remaining:
+            cparams["timeout"] = max(remaining, 0.1)
+        return
+    # libpq counts whole seconds, and anything under 2 as 2.
+    limit = max(2, math.ceil(remaining))
+    current = cparams.get("connect_timeout")
+    try:
+        if current is None or int(current) <= 0 or int(current) > limit:
+            cparams["connect_timeout"] = limit
+    except (TypeError, ValueError):  # a malformed value of the caller's: libpq will say so
+        pass
+
+
 class _ConnInfo:
     __slots__ = ("expires", "fileno", "fresh", "tx")
 
@@ -404,8 +450,15 @@ def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | 
     pool._creator = creator
 
 
-def _install(engine: Engine, guard: FaultReporter | None, preset: Hardening, driver: str) -> None:
-    hooks = _Hooks(guard, preset, driver)
+def _install(
+    engine: Engine,
+    guard: FaultReporter | None,
+    preset: Hardening,
+    driver: str,
+    *,
+    connect_defaults: Mapping[str, Any] | None = None,
+) -> None:
+    hooks = _Hooks(guard, preset, driver, connect_defaults)
     _ENGINES[engine] = hooks
     _retrying_creator(engine, preset, guard)
     # COMMIT and ROLLBACK: bounded, a lost COMMIT resolved, a dead link's ROLLBACK quiet.

@@ -23,6 +23,7 @@ from outlast._core.transactions.adapters import (
     register_adapter,
     status_sql,
 )
+from outlast.sqlalchemy._commit import resolved_elsewhere
 
 __all__ = [
     "AsyncEngineAdapter",
@@ -56,7 +57,8 @@ class EngineAdapter:
         return _pair(handle.execute(_MARKER).one())
 
     def commit(self, handle: Any) -> None:
-        handle.commit()
+        with resolved_elsewhere():
+            handle.commit()
 
     def rollback(self, handle: Any) -> None:
         handle.rollback()
@@ -90,7 +92,8 @@ class SessionAdapter:
         return _pair(handle.execute(_MARKER).one())
 
     def commit(self, handle: Any) -> None:
-        handle.commit()
+        with resolved_elsewhere():
+            handle.commit()
 
     def rollback(self, handle: Any) -> None:
         handle.rollback()
@@ -124,7 +127,8 @@ class AsyncEngineAdapter:
         return _pair((await handle.execute(_MARKER)).one())
 
     async def commit(self, handle: Any) -> None:
-        await handle.commit()
+        with resolved_elsewhere():
+            await handle.commit()
 
     async def rollback(self, handle: Any) -> None:
         await handle.rollback()
@@ -159,7 +163,8 @@ class AsyncSessionAdapter:
         return _pair((await handle.execute(_MARKER)).one())
 
     async def commit(self, handle: Any) -> None:
-        await handle.commit()
+        with resolved_elsewhere():
+            await handle.commit()
 
     async def rollback(self, handle: Any) -> None:
         await handle.rollback()

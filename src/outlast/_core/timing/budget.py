@@ -36,6 +36,7 @@ __all__ = [
     "budget_remaining",
     "commit_outcome_pending",
     "default_answer_margin",
+    "note_committed_write",
 ]
 
 DEFAULT_BUDGET: Final = 5.0
@@ -49,6 +50,7 @@ class RequestState:
 
     deadline: float
     unresolved_commits: int = 0
+    committed_writes: int = 0
 
 
 _current: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
@@ -69,12 +71,22 @@ def budget_remaining() -> float | None:
 
 
 def commit_outcome_pending() -> bool:
-    """True while a COMMIT of the current request is in flight or unresolved.
+    """True when a failure of the current request must not be called "not applied".
 
-    A failure of the request then means "the write may have been applied".
+    That is while a COMMIT of the request is in flight or unresolved, and
+    after one of its transactions that wrote something committed (a read
+    after the COMMIT -- ``session.refresh()`` -- that fails does not undo
+    the write): the write may have been, or was, applied.
     """
     state = _current.get()
-    return state is not None and state.unresolved_commits > 0
+    return state is not None and (state.unresolved_commits > 0 or state.committed_writes > 0)
+
+
+def note_committed_write() -> None:
+    """A transaction of the current request that wrote something committed (no-op outside)."""
+    state = _current.get()
+    if state is not None:
+        state.committed_writes += 1
 
 
 class CommitWatch:

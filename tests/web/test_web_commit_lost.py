@@ -48,6 +48,7 @@ def test_with_outlast_a_lost_commit_is_resolved_not_replayed(
     row_ids = [a.json()["row_id"] for a in answers]
     assert len(set(row_ids)) == 5
     assert _stored(svc, ids) == Counter(dict.fromkeys(ids, 1))  # applied once, none doubled
+    assert "Traceback" not in svc.log(), svc.log()[-3000:]
 
 
 def test_without_outlast_a_lost_commit_is_a_500_for_an_applied_write(
@@ -85,3 +86,4 @@ def test_flask_and_django_resolve_a_lost_commit_and_answer_201(
     with psycopg.connect(pg_server.dsn(web_database), autocommit=True) as conn:
         rows = conn.execute(f"SELECT {key} FROM {table} WHERE {key} = ANY(%s)", (ids,)).fetchall()
     assert sorted(r[0] for r in rows) == ids
+    assert "Traceback" not in svc.log(), svc.log()[-3000:]

@@ -46,7 +46,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from outlast._core.connections.hardening import FaultReporter, Hardening
 from outlast._core.connections.socket_deadline import connection_fileno
 from outlast._core.connections.statements import statement_bound
-from outlast._core.faults.errors import DatabaseUnavailable
+from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
 from outlast._core.faults.fault import FaultKind
 from outlast._core.timing.budget import CommitWatch, budget_remaining, note_committed_write
 from outlast._core.transactions.adapters import MARKER_SQL
@@ -83,6 +83,9 @@ def resolved_elsewhere() -> Iterator[None]:
         _RESOLVED_ELSEWHERE.reset(token)
 
 
+#: Below this much budget left, a lost COMMIT is not asked about (the question
+#: itself may take that long): the answer would come after the budget.
+_MIN_QUESTION = 0.25
 _DEAD_LINK = frozenset({FaultKind.UNAVAILABLE, FaultKind.COMMIT_UNKNOWN, FaultKind.TIMEOUT})
 
 
@@ -215,6 +218,15 @@ class TransactionEnds:
         timeout = budget_remaining()
         if timeout is None:
             timeout = _retry_timeout(guard)
+        elif timeout < _MIN_QUESTION:
+            # The request's budget is spent (its deadline is what cut the
+            # COMMIT short): asking now would answer after the budget.
+            raise CommitOutcomeUnknown(
+                f"COMMIT outcome unknown for transaction {xid}: the request's budget ran out"
+                f" with the COMMIT in flight; check pg_xact_status('{xid}') later",
+                xid=xid,
+                fault=fault,
+            ) from exc
         # Raises CommitOutcomeUnknown when nobody can tell in time (the request
         # stays marked: its 503 says OUTCOME_UNKNOWN whatever ends it).
         committed = resolve_lost_commit(

@@ -24,12 +24,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from conftest import Service
+from conftest import Server, Service, spawn, wait_until_up
+
+from outlast.testing._postgres import free_port
+
+APPS = Path(__file__).resolve().parent / "probe_apps"
 
 ORIGIN = "https://app.example.com"  # what the FastAPI example's CORS allows
 NO_DB = {
@@ -101,3 +106,44 @@ def test_a_commit_that_never_reached_the_server_is_a_503_not_applied(
     assert row == (0,)  # ...because it was not applied
     assert svc.post_lead(f"{lead}-again")[0].status_code == 201
     assert "Traceback" not in svc.log(), svc.log()[-3000:]
+
+
+@pytest.mark.parametrize("fault", ["freeze", "terminate"])
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_async_sessions_answer_within_the_budget_and_close_quietly(
+    driver: str, fault: str, pg_proxy: Any, web_database: str, tmp_path: Path
+) -> None:
+    """``AsyncSession`` per request (``outlast.starlette.session``) on a plain async engine."""
+    budget = 2.0
+    port = free_port()
+    env = {"DATABASE_URL": pg_proxy.url(web_database, driver=driver), "OUTLAST_BUDGET": str(budget)}
+    log = tmp_path / f"async-{driver}-{fault}.log"
+    proc = spawn("fastapi", port, env, log, app_dir=APPS, apps={"fastapi": "async_sessions:app"})
+    svc = Server("fastapi", port, proc, log)
+    try:
+        wait_until_up(svc)
+        lead = f"async-{driver}-{fault}-{uuid.uuid4().hex[:8]}"
+        assert svc.client.post("/api/leads", json={"id": lead, "name": "x"}).status_code == 201
+        if fault == "terminate":
+            pg_proxy.add_fault("reject_login", preset="starting_up")
+        pg_proxy.add_fault(fault)
+        try:
+            for i in range(3):
+                start = time.monotonic()
+                response = svc.client.post("/api/leads", json={"id": f"{lead}-{i}", "name": "x"})
+                took = time.monotonic() - start
+                assert response.status_code == 503, response.text
+                assert took <= budget + 1.0, took
+                assert svc.client.get("/api/ping").status_code == 200
+        finally:
+            pg_proxy.clear()
+        deadline = time.monotonic() + 15
+        while (
+            svc.client.post("/api/leads", json={"id": f"{lead}-after", "name": "x"}).status_code
+            != 201
+        ):
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.1)
+        assert "Traceback" not in svc.log(), svc.log()[-3000:]
+    finally:
+        svc.stop()

@@ -38,7 +38,6 @@ import math
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import sqlalchemy
@@ -211,14 +210,15 @@ def install(
         raise outlast.ConfigurationError("outlast is already installed on this engine")
     driver = _driver(sync_engine.url)
     hardening = preset_for(sync_engine.url.host, preset)
-    # Startup options already in the engine's URL keep their settings; SET
-    # after connect carries ours (we cannot add startup options afterwards).
-    hardening = replace(hardening, startup_options=False)
-    # Timeouts and keepalives go in at each connect (the do_connect event may
-    # add connect arguments), under the engine's own: a blackholed link must
-    # not hold a request in libpq's connect, which has no timeout by default.
-    defaults, _ = _connect_args(sync_engine.url, driver, hardening, {})
-    _install(sync_engine, guard, hardening, driver, connect_defaults=defaults)
+    # Checked now (a pooler preset refuses startup options in the URL): the
+    # same merge then runs at each connect, through the do_connect event that
+    # may change the connect arguments. The engine's own values win; the
+    # timeouts and keepalives go in (a blackholed link must not hold a request
+    # in libpq's connect, which has no timeout by default), and the server
+    # settings travel as startup options, where the preset allows them, so a
+    # new connection needs no SET and no COMMIT of its own.
+    _connect_args(sync_engine.url, driver, hardening, {})
+    _install(sync_engine, guard, hardening, driver, merge_connect=True)
     return engine
 
 
@@ -237,21 +237,25 @@ class _Hooks:
         guard: FaultReporter | None,
         preset: Hardening,
         driver: str,
-        connect_defaults: Mapping[str, Any] | None = None,
+        merge_connect: bool = False,
     ) -> None:
         self.guard = guard
         self.preset = preset
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
-        self.connect_defaults = dict(connect_defaults or {})
+        self.merge_connect = merge_connect
 
     # -- pool events -----------------------------------------------------------
 
     def before_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if self.guard is not None:
             self.guard.check()
-        for key, value in self.connect_defaults.items():
-            cparams.setdefault(key, value)
+        if self.merge_connect:  # installed on an engine the application built
+            if self.driver == _ASYNCPG:
+                merged, _ = asyncpg_connect_kwargs(self.preset, cparams)
+            else:
+                merged, _ = libpq_connect_kwargs(self.preset, {}, cparams)
+            cparams.update(merged)
         _connect_within_budget(self.driver, cparams)
 
     def on_connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
@@ -456,9 +460,9 @@ def _install(
     preset: Hardening,
     driver: str,
     *,
-    connect_defaults: Mapping[str, Any] | None = None,
+    merge_connect: bool = False,
 ) -> None:
-    hooks = _Hooks(guard, preset, driver, connect_defaults)
+    hooks = _Hooks(guard, preset, driver, merge_connect)
     _ENGINES[engine] = hooks
     _retrying_creator(engine, preset, guard)
     # COMMIT and ROLLBACK: bounded, a lost COMMIT resolved, a dead link's ROLLBACK quiet.

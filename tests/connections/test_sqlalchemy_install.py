@@ -23,9 +23,7 @@ import outlast
 from outlast.sqlalchemy import hardening_of, install
 
 
-def test_a_plain_engine_gets_the_presets_connect_arguments(
-    pg_proxy: Any, pg_database: Any
-) -> None:
+def test_a_plain_engine_gets_the_presets_connect_arguments(pg_proxy: Any, pg_database: Any) -> None:
     engine = sqlalchemy.create_engine(
         pg_proxy.url(pg_database.name), connect_args={"application_name": "mine"}
     )
@@ -67,9 +65,7 @@ def test_a_new_connection_on_a_blackholed_link_gives_up_in_seconds(
         engine.dispose()
 
 
-async def test_an_asyncpg_engine_gets_its_server_settings(
-    pg_proxy: Any, pg_database: Any
-) -> None:
+async def test_an_asyncpg_engine_gets_its_server_settings(pg_proxy: Any, pg_database: Any) -> None:
     engine = create_async_engine(pg_proxy.url(pg_database.name, driver="asyncpg"))
     install(engine, outlast.Guard("install", listeners=()))
     try:

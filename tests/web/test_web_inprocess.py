@@ -235,3 +235,50 @@ async def test_fastapi_open_breaker_answers_without_running_the_route(
             assert db.headers["content-type"].startswith("application/health+json")
             ready = await client.get("/health/ready")
             assert ready.status_code == 200 and ready.json()["status"] == "warn"
+
+
+async def test_fastapi_an_autocommit_write_whose_answer_was_lost_is_outcome_unknown(
+    pg_proxy: Any, pg_database: Any
+) -> None:
+    """A write outside any transaction has no COMMIT to resolve: its lost answer is unknown."""
+    from fastapi import FastAPI
+
+    import outlast.sqlalchemy
+    from outlast.starlette import install
+
+    guard = _fast_guard("autocommit")
+    engine = outlast.sqlalchemy.create_engine(
+        pg_proxy.url(pg_database.name), guard=guard, isolation_level="AUTOCOMMIT"
+    )
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS ac_writes (id text)"))
+    app = FastAPI()
+    install(app, guard=guard, budget=5.0)
+
+    @app.post("/write/{key}")
+    def write(key: str) -> Any:
+        with engine.connect() as conn:
+            conn.execute(text("INSERT INTO ac_writes (id) VALUES (:k)"), {"k": key})
+        return {"ok": True}
+
+    @app.get("/read")
+    def read() -> Any:
+        with engine.connect() as conn:
+            return {"n": conn.execute(text("SELECT count(*) FROM ac_writes")).scalar()}
+
+    try:
+        async with _client(app) as client:
+            assert (await client.post("/write/warm")).status_code == 200
+            with pg_proxy.fault("cut_after", pattern="INSERT INTO ac_writes", count=1):
+                lost = await client.post("/write/lost")
+            assert lost.status_code == 503
+            assert lost.json()["error"] == "OUTCOME_UNKNOWN"  # it was in fact applied
+            with pg_proxy.fault("cut_after", pattern="SELECT count", count=1):
+                read_lost = await client.get("/read")
+            assert read_lost.status_code == 503
+            assert read_lost.json()["error"] == "SERVICE_UNAVAILABLE"  # a read changes nothing
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM ac_writes WHERE id = 'lost'"))
+            assert stored.scalar() == 1
+    finally:
+        engine.dispose()

@@ -48,7 +48,12 @@ from outlast._core.connections.socket_deadline import connection_fileno
 from outlast._core.connections.statements import statement_bound
 from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
 from outlast._core.faults.fault import FaultKind
-from outlast._core.timing.budget import CommitWatch, budget_remaining, note_committed_write
+from outlast._core.timing.budget import (
+    CommitWatch,
+    budget_remaining,
+    note_committed_write,
+    note_outcome_unknown,
+)
 from outlast._core.transactions.adapters import MARKER_SQL
 from outlast._core.transactions.lost_commit import UNKNOWN_AT_COMMIT, resolve_lost_commit
 from outlast._core.transactions.machine import _ask
@@ -56,7 +61,7 @@ from outlast._core.transactions.machine import _ask
 if TYPE_CHECKING:
     from outlast._core.transactions.machine import _Ask
 
-__all__ = ["TransactionEnds", "TransactionInfo", "resolved_elsewhere"]
+__all__ = ["TransactionEnds", "TransactionInfo", "autocommit_write_lost", "resolved_elsewhere"]
 
 logger = logging.getLogger("outlast")
 
@@ -285,6 +290,31 @@ class TransactionEnds:
 
             self._resolver = Guard("commit", listeners=())
         return self._resolver
+
+
+def autocommit_write_lost(
+    conn: Any, statement: str, error: BaseException, guard: FaultReporter | None
+) -> None:
+    """A write sent outside any transaction lost its answer: its outcome is unknown.
+
+    In autocommit mode (``isolation_level="AUTOCOMMIT"``) each statement
+    commits by itself, and no transaction id is read before it: when the
+    connection dies or a deadline fires after a write statement was sent,
+    nobody can tell whether it was applied. The current request is marked, so
+    its 503 says ``OUTCOME_UNKNOWN`` rather than "not applied".
+    """
+    if _READ_ONLY.match(statement):
+        return
+    try:
+        raw = conn.connection.dbapi_connection
+        autocommit = bool(getattr(raw, "autocommit", False))
+    except Exception:  # an invalidated or closed connection: nothing to tell
+        return
+    if not autocommit:
+        return
+    fault = guard.classify(error) if guard is not None else _classify(error)
+    if fault is not None and fault.kind in _DEAD_LINK and fault.phase != "connect":
+        note_outcome_unknown()
 
 
 def _marker(dbapi_connection: PoolProxiedConnection, info: TransactionInfo) -> tuple[Any, Any]:

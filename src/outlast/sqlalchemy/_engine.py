@@ -68,7 +68,7 @@ from outlast._core.connections.socket_deadline import (
 )
 from outlast._core.connections.statements import budget_ran_out, statement_limit
 from outlast._core.timing.budget import budget_remaining
-from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo
+from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo, autocommit_write_lost
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
 
@@ -371,6 +371,8 @@ class _Hooks:
             if socket_deadline.disarm(token) and getattr(execution, "outlast_by_budget", False):
                 budget_ran_out(error)
         op = "connect" if conn is None else "execute"
+        if conn is not None and context.statement is not None:
+            autocommit_write_lost(conn, context.statement, error, self.guard)
         if report_fault(self.guard, error, op) and not context.is_disconnect:
             context.is_disconnect = True
 

@@ -37,6 +37,7 @@ __all__ = [
     "commit_outcome_pending",
     "default_answer_margin",
     "note_committed_write",
+    "note_outcome_unknown",
 ]
 
 DEFAULT_BUDGET: Final = 5.0
@@ -80,6 +81,15 @@ def commit_outcome_pending() -> bool:
     """
     state = _current.get()
     return state is not None and (state.unresolved_commits > 0 or state.committed_writes > 0)
+
+
+def note_outcome_unknown() -> None:
+    """A write of the current request may have been applied, unknown to anyone (no-op outside).
+
+    For a write sent outside any transaction (autocommit) whose answer was
+    lost: there is no COMMIT to resolve.
+    """
+    note_committed_write()
 
 
 def note_committed_write() -> None:

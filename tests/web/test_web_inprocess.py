@@ -282,3 +282,67 @@ async def test_fastapi_an_autocommit_write_whose_answer_was_lost_is_outcome_unkn
             assert stored.scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_flask_psycopg_pools_admit_a_request_at_its_first_statement(
+    pg_proxy: Any, pg_database: Any
+) -> None:
+    """An idle psycopg pool connection is handed out without asking the breaker:
+    the request is admitted at its first statement (psycopg 3) or at the
+    checkout (outlast's psycopg2 pool)."""
+    from flask import Flask
+
+    import outlast.psycopg
+    import outlast.psycopg2
+    from outlast.flask import Outlast
+
+    guard = _fast_guard("pools")
+    pool = outlast.psycopg.ConnectionPool(
+        pg_proxy.dsn(pg_database.name), guard=guard, min_size=1, open=True
+    )
+    pool2 = outlast.psycopg2.ConnectionPool(pg_proxy.dsn(pg_database.name), guard=guard)
+    app = Flask("pools")
+    Outlast(app, guard=guard, budget=5.0)
+    ran: list[str] = []
+
+    @app.get("/v3")
+    def v3() -> Any:
+        ran.append("v3")
+        with pool.connection() as conn:
+            return {"n": conn.execute("SELECT 1").fetchone()[0]}  # type: ignore[index]
+
+    @app.get("/v2")
+    def v2() -> Any:
+        ran.append("v2")
+        with pool2.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return {"n": cur.fetchone()[0]}  # type: ignore[index]
+
+    @app.get("/ping")
+    def ping() -> Any:
+        return {"ok": True}
+
+    try:
+        client = app.test_client()
+        assert client.get("/v3").status_code == 200 and client.get("/v2").status_code == 200
+        for _ in range(3):
+            guard.record_failure(_refused_error())
+        assert guard.breaker_state == "open"
+        connections = pg_proxy.stats()["total_connections"]
+        for path in ("/v3", "/v2"):
+            response = client.get(path)
+            assert response.status_code == 503, response.text
+        assert ran.count("v3") == 2 and ran.count("v2") == 2  # they ran, and were refused
+        assert pg_proxy.stats()["total_connections"] == connections  # nothing new opened
+        assert client.get("/ping").status_code == 200
+    finally:
+        pool.close()
+        pool2.close()
+
+
+def _refused_error() -> Exception:
+    import psycopg
+
+    return psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused'
+    )

@@ -38,7 +38,7 @@ from typing import Protocol
 from outlast._core.faults.errors import DatabaseUnavailable
 from outlast._core.faults.fault import Fault
 
-__all__ = ["CURRENT", "FirstUse", "mark_reached"]
+__all__ = ["CURRENT", "FirstUse", "mark_reached", "reaching"]
 
 
 class Admission(Protocol):
@@ -184,3 +184,19 @@ def mark_reached() -> None:
     current = CURRENT.get()
     if current is not None:
         current.reached = True
+
+
+class _Checks(Protocol):
+    def check(self) -> None: ...
+
+
+def reaching(guard: _Checks | None) -> None:
+    """A statement is about to go out: inside a request admitted on first use, admit it now.
+
+    For connections that are handed out without asking the breaker (an idle
+    connection of a pool that checks nothing on checkout): the first
+    statement is where the request reaches for the database. Outside such a
+    request (a pool's own maintenance, a background job) it does nothing.
+    """
+    if guard is not None and CURRENT.get() is not None:
+        guard.check()

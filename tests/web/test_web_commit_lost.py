@@ -1,12 +1,12 @@
-"""The reference FastAPI service when COMMIT replies are lost (real service, proxy, Postgres).
+"""The example services when COMMIT replies are lost (real service, proxy, Postgres).
 
 The proxy lets every COMMIT through, waits for the server's answer (the row
-is committed) and closes the connection instead of passing it on. With
-outlast each write is a `Guard.atransaction`: the lost COMMIT is resolved
-with ``pg_xact_status()``, so the client gets its 201 and the row exists
-exactly once (the table's ``lead_id`` is not unique: a blind replay would
-show as two rows). Without outlast the client gets a 500 for a write that
-was in fact applied.
+is committed) and closes the connection instead of passing it on. The
+FastAPI and Flask examples write with an ordinary ``session.commit()`` on a
+hardened engine: the lost COMMIT is resolved with ``pg_xact_status()``, so
+the client gets its 201 and the row exists exactly once (the table's
+``lead_id`` is not unique: a blind replay would show as two rows). Without
+outlast the client gets a 500 for a write that was in fact applied.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_flask_and_django_resolve_a_lost_commit_and_answer_201(
     pg_server: Any,
     web_database: str,
 ) -> None:
-    """``web.transaction`` (Flask) and ``runtime().transaction`` (Django) resolve it too."""
+    """Flask's ``db.session.commit()`` and Django's ``runtime().transaction`` resolve it too."""
     svc = service_factory(framework)
     base = f"cut-{framework}-{uuid.uuid4().hex[:8]}"
     assert svc.post_lead(f"{base}-warm")[0].status_code == 201

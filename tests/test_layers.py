@@ -32,8 +32,15 @@ INTEGRATIONS: dict[str, frozenset[str]] = {
     "outlast.asyncpg": frozenset({"asyncpg"}),
     "outlast.django": frozenset({"django", "asgiref"}),
     "outlast.flask": frozenset({"flask", "werkzeug"}),
+    # The lock session is psycopg 3; the runners drive Alembic and Django when asked.
+    "outlast.migrate": frozenset({"psycopg", "alembic", "sqlalchemy", "django"}),
+    "outlast.otel": frozenset({"opentelemetry"}),
+    # /metrics is served by the framework the app already runs (imported lazily).
+    "outlast.prometheus": frozenset({"prometheus_client", "starlette", "django"}),
     "outlast.psycopg": frozenset({"psycopg", "psycopg_pool"}),
     "outlast.psycopg2": frozenset({"psycopg2"}),
+    # Standard library only: it connects through outlast.psycopg or outlast.psycopg2.
+    "outlast.replication": frozenset(),
     "outlast.sqlalchemy": frozenset({"sqlalchemy"}),
     "outlast.starlette": frozenset({"starlette"}),
     "outlast.supervise": frozenset(),
@@ -143,6 +150,7 @@ CORE_TIERS = {
     "transactions": 2,
     "web": 3,
     "supervise": 3,
+    "telemetry": 4,
 }
 
 

@@ -1,71 +1,72 @@
-"""Settings for the Django example (everything from the environment)."""
+"""Settings for the Django REST framework example (everything from the environment)."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+
+import dj_database_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import BUDGET, DATABASE_URL, ENABLED
 
-_url = urlsplit(DATABASE_URL)
-
 SECRET_KEY = "example-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "django_app.urls"
-INSTALLED_APPS = ["django_app"]
+WSGI_APPLICATION = "django_app.wsgi.application"
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_app",
+]
 USE_TZ = True
+TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-_options: dict[str, object] = {}
-if ENABLED:
-    # Hardened connections: a dead or frozen link fails in seconds, not minutes.
-    _options = {
-        "connect_timeout": 2,
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 3,
-        "keepalives_count": 3,
-        "tcp_user_timeout": 3000,
-        "options": "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=10000",
-    }
-
+# DATABASE_URL may carry a driver (postgresql+psycopg://...), as for SQLAlchemy.
+_url = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", DATABASE_URL)
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(_url.path.lstrip("/")) or "postgres",
-        "USER": unquote(_url.username or "postgres"),
-        "PASSWORD": unquote(_url.password or ""),
-        "HOST": _url.hostname or "127.0.0.1",
-        "PORT": str(_url.port or 5432),
-        # Persistent connections (the usual production setting). Django's
-        # CONN_HEALTH_CHECKS stays off (its default): a health check on a dead
-        # link plus a reconnect would cost more than one attempt.
-        "CONN_MAX_AGE": int(os.environ.get("DJANGO_CONN_MAX_AGE", "60")),
-        "OPTIONS": _options,
-    }
+    # Persistent connections, one transaction per request: how many DRF apps run.
+    "default": dj_database_url.parse(
+        _url, conn_max_age=int(os.environ.get("DJANGO_CONN_MAX_AGE", "60"))
+    )
+}
+DATABASES["default"]["ATOMIC_REQUESTS"] = os.environ.get("DJANGO_ATOMIC_REQUESTS", "1") == "1"
+
+MIDDLEWARE = [
+    "django.middleware.common.CommonMiddleware",
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
 
-MIDDLEWARE: list[str] = []
-if ENABLED:
-    MIDDLEWARE = ["outlast.django.OutlastMiddleware"]
+if ENABLED:  # outlast: these lines are the whole integration
+    from outlast.django import harden_database
+
+    harden_database(DATABASES["default"])  # timeouts and keepalives, merged into OPTIONS
+    MIDDLEWARE.insert(0, "outlast.django.OutlastMiddleware")
     OUTLAST = {
-        "GUARD": "django_app.db.guard",
         "BUDGET": BUDGET,
-        "EXEMPT": ["/api/ping"],
-        # Kept back from the budget for the last attempt of a transaction (a
-        # 2 s connect plus a 1.5 s statement, at most half the budget), so no
-        # retry starts that could not finish in time.
-        "ATTEMPT_RESERVE": min(2.0 + 1.5, BUDGET / 2),
+        "EXEMPT": ["/api/ping/", "api-root"],  # no database behind these
     }
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"outlast": {"handlers": ["console"], "level": "INFO"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "outlast": {"handlers": ["console"], "level": os.environ.get("OUTLAST_LOG_LEVEL", "INFO")}
+    },
 }

@@ -23,10 +23,12 @@ from outlast._core.faults.fault import Fault, FaultKind
 from outlast._core.faults.redact import redact
 from outlast._core.guard.backoff import Backoff, Retry
 from outlast._core.guard.breaker import Breaker
+from outlast._core.guard.counters import GuardCounters
 from outlast._core.guard.events import (
     BreakerClosed,
     BreakerHalfOpen,
     BreakerOpened,
+    CommitResolved,
     DatabaseDown,
     DatabaseRecovered,
     Event,
@@ -51,6 +53,7 @@ __all__ = [
     "BreakerOpened",
     "Clock",
     "CommitOutcomeUnknown",
+    "CommitResolved",
     "ConfigurationError",
     "DatabaseDown",
     "DatabaseNotReady",
@@ -61,6 +64,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "Guard",
+    "GuardCounters",
     "Hardening",
     "OutlastError",
     "RequestBudgetExceeded",

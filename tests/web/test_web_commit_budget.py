@@ -60,33 +60,38 @@ def direct_dsn(pg_server: Any, web_database: str) -> str:
     return str(pg_server.dsn(web_database))
 
 
-@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])  # Django: test_django_drf.py
 def test_a_lost_commit_whose_resolution_is_refused_is_outcome_unknown(
     framework: str, service_factory: Callable[..., Service], pg_proxy: Any, direct_dsn: str
 ) -> None:
     svc = service_factory(framework)
-    lead = f"refused-{framework}-{uuid.uuid4().hex[:8]}"
-    assert svc.post_lead(f"{lead}-warm")[0].status_code == 201
-    # FastAPI ends a request's dependencies (the session's close, which gives
-    # the connection back to the pool) after the response went out: let it
-    # land, or the next request opens a connection and meets the refused
-    # login before anything is written (an honest SERVICE_UNAVAILABLE).
-    time.sleep(0.3)
-    pg_proxy.add_fault("cut_after", pattern=r"^\s*COMMIT\b", wait_reply=True)
-    pg_proxy.add_fault("reject_login", preset="starting_up")
-    try:
-        response, took = svc.post_lead(lead)
-    finally:
-        pg_proxy.clear()
-    stored = _count(direct_dsn, framework, lead)
-    print(
-        f"\n{framework}: {response.status_code} {response.json()} in {took:.3f}s, stored {stored}"
-    )
-    assert response.status_code == 503, response.text
-    assert response.json() == OUTCOME_UNKNOWN, svc.log()[-3000:]
-    assert int(response.headers["retry-after"]) >= 1
-    assert took <= BUDGET + SLACK
-    assert stored == 1  # it was applied: "unknown" was honest
+    # A threaded server (gunicorn gthread) may hand the write to a thread whose
+    # connection is not open yet: then the refused login strikes before COMMIT,
+    # nothing is stored and "unavailable" is the honest answer, but the lost
+    # COMMIT was not exercised. Try again (bounded) until it was.
+    for _ in range(6):
+        lead = f"refused-{framework}-{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + 15  # a previous try may have opened the breaker
+        while svc.post_lead(f"{lead}-warm-{time.monotonic()}")[0].status_code != 201:
+            assert time.monotonic() < deadline, "the service never recovered"
+            time.sleep(0.2)
+        pg_proxy.add_fault("cut_after", pattern=r"^\s*COMMIT\b", wait_reply=True)
+        pg_proxy.add_fault("reject_login", preset="starting_up")
+        try:
+            response, took = svc.post_lead(lead)
+        finally:
+            pg_proxy.clear()
+        print(f"\n{framework}: {response.status_code} {response.json()} in {took:.3f}s")
+        assert response.status_code == 503, response.text
+        assert int(response.headers["retry-after"]) >= 1
+        assert took <= BUDGET + SLACK
+        if _count(direct_dsn, framework, lead) == 0:
+            assert response.json()["error"] == "SERVICE_UNAVAILABLE"  # not applied, and said so
+            continue
+        assert response.json() == OUTCOME_UNKNOWN  # it was applied: "unknown" was honest
+        break
+    else:
+        pytest.fail("the COMMIT was never reached in 6 tries")
 
 
 @pytest.fixture
@@ -131,7 +136,7 @@ def _wait_for_commits(dsn: str, *, busy: bool, timeout: float = 5.0) -> None:
             time.sleep(0.005)
 
 
-@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])  # Django: test_django_drf.py
 def test_a_budget_that_runs_out_during_commit_is_outcome_unknown(
     framework: str,
     service_factory: Callable[..., Service],

@@ -31,7 +31,7 @@ RESTART = pytest.param("restart", marks=[pytest.mark.slow, pytest.mark.destructi
 
 
 @pytest.mark.parametrize("scenario", ["down", "neon_endpoint_disabled", "terminate", RESTART])
-@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])  # Django: test_django_drf.py
 def test_without_outlast_a_refused_database_gives_500s(
     framework: str,
     scenario: str,
@@ -61,7 +61,7 @@ def test_without_outlast_a_refused_database_gives_500s(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])  # Django: test_django_drf.py
 def test_without_outlast_a_blackholed_database_hangs_requests(
     framework: str, service_factory: Callable[..., Service], pg_proxy: Any
 ) -> None:

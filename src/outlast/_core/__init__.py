@@ -8,14 +8,15 @@ the lower ones never import the higher ones:
 
 - `faults`: the fault model -- `Fault`, `classify()`, SQLSTATEs, driver message
   texts, the exception tree and redaction of secrets;
-- `timing`: clocks, durations and the request budget (a *timeout* is a
-  duration, a *deadline* an instant);
+- `timing`: clocks, durations, the request budget and operation durations (a
+  *timeout* is a duration, a *deadline* an instant);
 - `guard`: the Guard -- retry policy, circuit breaker, state, events, admission;
 - `transactions`: whole-transaction retries and lost-COMMIT resolution;
 - `connections`: DSNs, hardening presets, connect retries, socket deadlines and
   the start-up wait;
 - `web`: the framework-neutral half of the web integrations and health;
-- `supervise`: supervised threads and tasks, and `outlast.loop`.
+- `supervise`: supervised threads and tasks, and `outlast.loop`;
+- `telemetry`: one snapshot of all of the above for the metrics exporters.
 
 The public names are re-exported from `outlast` (and `outlast.supervise`);
 nothing here is imported by users directly.

@@ -58,12 +58,14 @@ from outlast._core.connections.hardening import (
     report_fault,
     session_setup_sql,
 )
+from outlast._core.connections.pools import PoolStats, register_pool
 from outlast._core.connections.socket_deadline import (
     connection_fileno,
     socket_deadline,
     transport_socket,
 )
 from outlast._core.faults.errors import ConfigurationError
+from outlast._core.timing.operations import OPERATIONS, error_kind
 
 __all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "create_pool"]
 
@@ -234,10 +236,15 @@ def create_pool(
         if report_fault(guard, error, op):
             expire()
 
+    guard_name = getattr(guard, "name", None)
+
     def on_query(record: Any) -> None:
         error = getattr(record, "exception", None)
         if error is not None:
             report(error, "execute")
+        if OPERATIONS.enabled:
+            kind = "" if error is None else error_kind(error)
+            OPERATIONS.observe(guard_name, "asyncpg", float(record.elapsed), kind)
 
     def retire(ref: weakref.ref[HardenedConnection]) -> None:
         conn = ref()
@@ -321,4 +328,15 @@ def create_pool(
         **params,
     )
     pool_ref.append(pool)
+    register_pool(pool, driver="asyncpg", guard=guard, reader=_stats, closed=_closed)
     return pool
+
+
+def _closed(pool: asyncpg.Pool) -> bool:
+    return bool(pool.is_closing())
+
+
+def _stats(pool: asyncpg.Pool) -> PoolStats:
+    """asyncpg's figures (it counts neither waiting requests nor timeouts)."""
+    size, idle = pool.get_size(), pool.get_idle_size()
+    return PoolStats(idle=idle, used=max(size - idle, 0), max=pool.get_max_size())

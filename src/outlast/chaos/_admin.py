@@ -10,6 +10,7 @@ Routes::
     GET    /proxies/{name}/faults          [fault, ...]
     POST   /proxies/{name}/faults          {"type", "duration"?, "toxicity"?, "params"?} -> 201
     DELETE /proxies/{name}/faults          remove all its faults -> 204
+    GET    /proxies/{name}/faults/{id}     one fault, also recently ended: "hits", "active"
     DELETE /proxies/{name}/faults/{id}     remove one fault -> 204
     GET    /proxies/{name}/logins          [login, ...] (recent StartupMessage parameters)
     DELETE /proxies/{name}/logins          forget them -> 204
@@ -285,7 +286,12 @@ class AdminServer:
                 await self._blocking(proxy.clear)
                 return 204, None
             return 201, await self._add_fault(proxy, _json_object(body))
-        _allow(method, "DELETE")
+        _allow(method, "GET", "DELETE")
+        if method == "GET":
+            try:
+                return 200, await self._blocking(lambda: proxy.fault_info(parts[3]))
+            except KeyError:
+                raise HTTPError(404, f"no fault {parts[3]!r} on {proxy.name}") from None
         try:
             await self._blocking(lambda: proxy.remove_fault(parts[3]))
         except KeyError:

@@ -91,6 +91,12 @@ class AdminClient:
         result = self._request("POST", f"/proxies/{self._name(proxy)}/faults", body)
         return str(result["id"])
 
+    def fault_info(self, proxy: str, fault_id: str) -> dict[str, Any]:
+        """One fault (active or recently ended) with ``hits``: what it acted on so far."""
+        path = f"/proxies/{self._name(proxy)}/faults/{self._name(fault_id)}"
+        result: dict[str, Any] = self._request("GET", path)
+        return result
+
     def remove_fault(self, proxy: str, fault_id: str) -> None:
         self._request("DELETE", f"/proxies/{self._name(proxy)}/faults/{self._name(fault_id)}")
 

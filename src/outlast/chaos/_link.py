@@ -50,6 +50,8 @@ class Proxy(Protocol):
 
     def cut_fired(self, spec: FaultSpec) -> bool: ...
 
+    def fault_hit(self, spec: FaultSpec) -> None: ...
+
 
 __all__ = ["Link"]
 
@@ -422,6 +424,7 @@ class Link(Delivery):
                 continue
             if packet.kind == "startup":
                 e = self.rejecting.login_error
+                self.proxy.fault_hit(self.rejecting)
                 self._logged_in(packet.parameters, e.code)
                 self.client.write(
                     error_response(e.severity, e.code, e.message, detail=e.detail, hint=e.hint)

@@ -9,6 +9,7 @@ proxy's), and the admin API (which runs on yet another thread).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -33,6 +34,8 @@ _LINK_FAULTS = frozenset(
     {"blackhole", "freeze", "latency", "bandwidth", "slow_close", "limit_data", "cut_after"}
 )
 _CALL_TIMEOUT = 30.0
+#: How many ended faults keep their hit counts for `fault_info`.
+_KEEP_ENDED = 256
 _ids = itertools.count(1)
 logger = logging.getLogger("outlast.chaos")
 
@@ -87,6 +90,11 @@ class Proxy:
         self._faults: dict[str, FaultSpec] = {}
         self._fault_timers: dict[str, asyncio.TimerHandle] = {}
         self._cut_counts: dict[str, int] = {}
+        # What each fault did (connections or messages it acted on), also for
+        # the last _KEEP_ENDED faults that ended: a drill tells a scenario whose
+        # fault never fired from one that passed.
+        self._hits: dict[str, int] = {}
+        self._ended: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._fault_ids = itertools.count(1)
         self._total = 0
         self._closed_bytes = [0, 0]
@@ -296,14 +304,17 @@ class Proxy:
             if spec.kind in ("terminate",) or not _chosen(spec):
                 continue
             if spec.kind in ("down", "reset"):
+                self.fault_hit(spec)
                 abort_with_rst(link.client)
                 link.close()
                 return
             if spec.kind == "reject_login":
-                if link.rejecting is None:
+                if link.rejecting is None:  # counted when the login is rejected
                     link.rejecting = spec
                     link.loop.call_later(self.connect_timeout * 6, link.close)
             elif spec.kind in _LINK_FAULTS:
+                if spec.kind != "cut_after":  # counted when a message matches
+                    self.fault_hit(spec)
                 link.faults[spec.id] = spec
         link.refresh()
 
@@ -322,9 +333,17 @@ class Proxy:
         used = self._cut_counts.get(spec.id, 0) + 1
         self._cut_counts[spec.id] = used
         count = spec.params["count"]
+        fired = count is None or used <= count
+        if fired:
+            self.fault_hit(spec)
         if count is not None and used >= count:
             self._remove(spec.id)
-        return count is None or used <= count
+        return fired
+
+    def fault_hit(self, spec: FaultSpec) -> None:
+        """Count one connection or message a fault acted on."""
+        if spec.id in self._hits:
+            self._hits[spec.id] += 1
 
     # ----------------------------------------------------------- calls into the loop
 
@@ -376,6 +395,7 @@ class Proxy:
         fault_id = f"{spec.kind}-{next(self._fault_ids)}"
         spec = FaultSpec(fault_id, spec.kind, spec.params, spec.toxicity, spec.duration)
         self._faults[fault_id] = spec
+        self._hits[fault_id] = 0
         if spec.duration is not None:
             self._fault_timers[fault_id] = self.loop.call_later(
                 spec.duration, self._remove, fault_id
@@ -385,6 +405,10 @@ class Proxy:
         for link in list(self._links.values()):
             if link.closed or not _chosen(spec):
                 continue
+            if spec.kind in ("down", "reset", "terminate") or (
+                spec.kind in _LINK_FAULTS and spec.kind != "cut_after"
+            ):
+                self.fault_hit(spec)
             if spec.kind == "down":
                 link.close()
             elif spec.kind == "reset":
@@ -408,6 +432,9 @@ class Proxy:
         if timer is not None:
             timer.cancel()
         self._cut_counts.pop(fault_id, None)
+        self._ended[fault_id] = {**spec.as_dict(), "hits": self._hits.pop(fault_id, 0)}
+        while len(self._ended) > _KEEP_ENDED:
+            self._ended.popitem(last=False)
         if spec.kind == "down" and not any(
             f.kind == "down" and f.toxicity >= 1.0 for f in self._faults.values()
         ):
@@ -426,8 +453,32 @@ class Proxy:
             self._remove(fault_id)
 
     def faults(self) -> list[dict[str, Any]]:
-        """The active faults, oldest first."""
-        return self._call(lambda: [f.as_dict() for f in self._faults.values()])
+        """The active faults, oldest first, each with its ``hits`` so far."""
+        return self._call(self._active_faults)
+
+    def _active_faults(self) -> list[dict[str, Any]]:
+        return [{**f.as_dict(), "hits": self._hits.get(f.id, 0)} for f in self._faults.values()]
+
+    def fault_info(self, fault_id: str) -> dict[str, Any]:
+        """One fault, active or among the recently ended, with ``hits`` and ``active``.
+
+        ``hits`` counts the connections or messages it acted on: connections
+        dropped, reset, terminated, blackholed, frozen, slowed...; logins
+        rejected; messages cut. A ``down`` fault's count misses the connections
+        refused while the port was closed (the kernel refuses them). Raises
+        `KeyError` for a fault it does not know (or no longer remembers).
+        """
+
+        def run() -> dict[str, Any]:
+            spec = self._faults.get(fault_id)
+            if spec is not None:
+                return {**spec.as_dict(), "hits": self._hits.get(fault_id, 0), "active": True}
+            ended = self._ended.get(fault_id)
+            if ended is None:
+                raise KeyError(fault_id)
+            return {**ended, "active": False}
+
+        return self._call(run)
 
     @contextlib.contextmanager
     def fault(
@@ -484,7 +535,7 @@ class Proxy:
                 "total_connections": self._total,
                 "bytes_up": self._closed_bytes[0] + sum(x.bytes_up for x in live),
                 "bytes_down": self._closed_bytes[1] + sum(x.bytes_down for x in live),
-                "faults": [f.as_dict() for f in self._faults.values()],
+                "faults": self._active_faults(),
             }
             if connections:
                 out["links"] = [x.info() for x in live]

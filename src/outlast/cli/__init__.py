@@ -61,6 +61,34 @@ COMMANDS: tuple[Command, ...] = (
         "service with outlast passes every check.",
     ),
     Command(
+        "migrate",
+        "outlast.migrate._cli",
+        run="run_command",
+        help="run migrations exactly once across many containers (Alembic, Django, SQL files)",
+        description="Bring the schema to its target exactly once, whatever number of "
+        "processes start together: a session advisory lock on a dedicated direct connection "
+        "(or a lease row behind PgBouncer), an 'already at head?' check without locks, a "
+        "client-side deadline. Exit codes: 0 at the target, 1 the wait ran out (the lock's "
+        "holder is named), 2 a usage or configuration error, 3 a migration failed.",
+    ),
+    Command(
+        "alerts",
+        "outlast.cli.alerts",
+        help="print the Prometheus alert rules for services that use outlast",
+        description="Print outlast's alert rules (database down, breaker flapping, retry "
+        "storm, pool exhausted, background task dead or stalled, COMMIT outcomes unknown, "
+        "slow recovery) as a Prometheus rule file: outlast alerts --prometheus > rules.yml",
+    ),
+    Command(
+        "slots",
+        "outlast.replication._cli",
+        help="check replication slots (WAL retention, time to loss) or a CDC offset",
+        description="Report every replication slot's retained WAL, wal_status, time to loss "
+        "and inactivity against thresholds, or (--offset) whether a change-data-capture "
+        "consumer may resume from its stored LSN. Exit 0 ok, 1 warn, 2 critical/lost/unsafe, "
+        "3 could not check.",
+    ),
+    Command(
         "wait",
         "outlast.cli.wait",
         help="wait until PostgreSQL accepts sessions (exit 0), with backoff",

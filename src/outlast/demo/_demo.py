@@ -122,6 +122,8 @@ def _comparison(results: list[object]) -> Table:
             s = next((x for x in r.scenarios if x.name == n), None)
             if s is None:
                 cells.append(Text("-"))
+            elif s.exercised is False:
+                cells.append(Text("- not exercised (its fault never fired)", style="yellow"))
             elif s.passed:
                 extra = f" (recovered in {s.recovery:.1f}s)" if s.recovery is not None else ""
                 cells.append(Text("✓ pass" + extra, style="green"))
@@ -135,12 +137,8 @@ def _comparison(results: list[object]) -> Table:
 def run_demo(args: argparse.Namespace) -> int:
     from outlast.chaos import AdminServer, Proxy
     from outlast.drill import DrillConfig, DrillRun, Route, resolve, write_report
-    from outlast.drill._cli import (
-        DETAILS_MIN_WIDTH,
-        AdminInjector,
-        run_with_progress,
-        scorecard_table,
-    )
+    from outlast.drill._cli import AdminInjector
+    from outlast.drill._console import DETAILS_MIN_WIDTH, run_with_progress, scorecard_table
     from outlast.testing import EmbeddedPostgres
 
     console = Console(stderr=True)

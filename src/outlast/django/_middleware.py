@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections
@@ -18,13 +19,33 @@ from outlast._core.faults.errors import (
     DatabaseUnavailable,
     RequestBudgetExceeded,
 )
+from outlast._core.guard.breaker import Breaker
+from outlast._core.guard.guard import Guard
 from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.health import HealthAnswer
 from outlast._core.web.mapping import Mapped, record_success
-from outlast._core.web.options import OPTION_NAMES
+from outlast._core.web.options import _MARK, OPTION_NAMES
+from outlast.django._commit import MARGIN, guard_commits, note_statement_failure
+from outlast.django._connect import guard_connects
+from outlast.django._routes import (
+    ExemptRules,
+    current_flags,
+    end_request,
+    mark_of,
+    release_atomic,
+    route_label,
+    start_request,
+    unknown_names,
+    walk_urlconf,
+)
+from outlast.django._transaction import alias_of, require_postgresql
 
-__all__ = ["OutlastMiddleware", "Runtime", "runtime"]
+__all__ = ["OutlastMiddleware", "Runtime", "default_guard", "runtime"]
+
+logger = logging.getLogger("outlast")
+
+T = TypeVar("T")
 
 # settings.OUTLAST: the web options in capitals, plus the database alias.
 _KEYS = frozenset({name.upper() for name in OPTION_NAMES} | {"DATABASE"})
@@ -34,6 +55,17 @@ _OBJECTS = frozenset({"GUARD", "SUPERVISOR", "SESSION", "ENGINE", "PING", "READY
 
 def _load(value: Any) -> Any:
     return import_string(value) if isinstance(value, str) else value
+
+
+def default_guard(name: str) -> Guard:
+    """The Guard the middleware makes when ``OUTLAST`` names none.
+
+    A breaker for web requests: it opens after 3 straight failures, for 0.5 s
+    and never longer, so once the database is back the next request (the
+    probe) finds it within about half a second, even after a long outage (the
+    Guard's general default lets the open period grow to 5 s).
+    """
+    return Guard(name, breaker=Breaker(failure_threshold=3, open_for=0.5, max_open_for=0.5))
 
 
 class Runtime(WebBase):
@@ -46,6 +78,10 @@ class Runtime(WebBase):
         alias = options.get("DATABASE", "default")
         if not isinstance(alias, str):
             raise ConfigurationError(f"OUTLAST DATABASE must be a database alias, not {alias!r}")
+        # EXEMPT takes exact paths, path patterns, route patterns and URL names
+        # here (`ExemptRules`): the middleware matches it, not the core's
+        # prefix rule (``config.exempt`` only keeps the entries as given).
+        self.exempt = ExemptRules(options.get("EXEMPT", ()))
         web: dict[str, Any] = {
             key.lower(): _load(value) if key in _OBJECTS else value
             for key, value in options.items()
@@ -53,16 +89,13 @@ class Runtime(WebBase):
         }
         super().__init__(**web)
         if self._guard is None:
-            from outlast._core.guard.guard import Guard
-
-            self.guard = Guard(alias)
+            self.guard = default_guard(alias)
         self.alias: str = alias
         if self.ping is None:
             self.ping = self._ping
+        self._checked_urlconfs: set[str] = set()
 
     def _ping(self) -> None:
-        from django.db import connections
-
         # A connection of its own: the probe runs in a helper thread, and
         # Django connections are per thread; close it so none is left behind.
         conn = connections.create_connection(self.alias)
@@ -72,9 +105,96 @@ class Runtime(WebBase):
         finally:
             conn.close()
 
+    def is_db_route(self, request: HttpRequest, view: object) -> bool:
+        """Whether the request, served by `view`, is admitted as a database request.
 
-#: Seconds kept back so the 503 goes out before the budget ends.
-_MARGIN = 0.2
+        Marks come first (`no_db` / `db_route` on the view or its class), then
+        ``DB_ROUTES``, then the health endpoints and ``EXEMPT``.
+        """
+        path = request.path_info
+        if self.config.is_health_path(path):
+            return False
+        mark = mark_of(view, _MARK)
+        if mark is not None:
+            return mark
+        if self.config.db_routes == "marked":
+            return False
+        return not self.exempt.matches(path, getattr(request, "resolver_match", None))
+
+    def check_urlconf(self, request: HttpRequest) -> None:
+        """Once per URLconf: warn about EXEMPT names that match no URL pattern."""
+        urlconf = getattr(request, "urlconf", None) or getattr(settings, "ROOT_URLCONF", "")
+        key = str(urlconf)
+        if key in self._checked_urlconfs or not self.exempt.names:
+            return
+        self._checked_urlconfs.add(key)
+        try:
+            missing = unknown_names(self.exempt, list(walk_urlconf(urlconf)))
+        except Exception:  # an URLconf that cannot be walked: nothing to say
+            logger.debug("could not walk the URLconf", exc_info=True)
+            return
+        for name in missing:
+            logger.warning(
+                "[CONFIG] OUTLAST EXEMPT entry %r matches no route pattern or URL name",
+                name,
+                extra={"outlast_exempt": name},
+            )
+
+    def transaction(self, source: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(connection, ...)`` as one transaction within the rest of the request budget.
+
+        Outside ``atomic()``: ``guard.transaction`` (the whole function re-run
+        after a fault before COMMIT, a lost COMMIT resolved with
+        ``pg_xact_status()``). Inside one -- ``ATOMIC_REQUESTS``, Django's
+        ``TestCase``, your own ``transaction.atomic()`` -- the enclosing block
+        owns the transaction: `fn` runs once, in a savepoint, and the enclosing
+        COMMIT is the one guarded (in a request, by the middleware). PostgreSQL
+        only: anything else is a `ConfigurationError` at once.
+        """
+        from django.db import transaction
+
+        alias = alias_of(source)
+        conn = connections[alias]
+        require_postgresql(conn, "runtime().transaction()")
+        if conn.in_atomic_block:
+            kwargs.pop("timeout", None)
+            kwargs.pop("op", None)
+            with transaction.atomic(using=alias):
+                return fn(conn, *args, **kwargs)
+        return super().transaction(source, fn, *args, **kwargs)
+
+    def within_budget(
+        self,
+        execute: Callable[..., Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        """The query hook: bound each query by the budget; note writes whose fate is unknown.
+
+        The server's ``statement_timeout`` cannot help when the link itself is
+        dead (a frozen proxy or NAT that still acknowledges packets): a socket
+        deadline shuts the connection's socket down when the budget runs out,
+        so the query fails with "connection lost" (a 503) instead of hanging
+        the worker.
+        """
+        wrapper = context.get("connection")
+        try:
+            result = _bounded_query(execute, sql, params, many, context)
+        except Exception as exc:
+            flags = current_flags()
+            if flags is not None and self.guard.classify(exc) is not None:
+                flags.faulted = True
+            if wrapper is not None:
+                note_statement_failure(wrapper, sql, exc, self.guard)
+            raise
+        flags = current_flags()
+        if flags is not None:
+            flags.answered = True  # the database answered: evidence that it is up
+        return result
+
+
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 
@@ -105,30 +225,23 @@ def _arm_open_connections(seconds: float) -> list[int]:
         raw = getattr(conn, "connection", None)
         fileno = connection_fileno(raw) if raw is not None else None
         if fileno is not None:
-            tokens.append(socket_deadline.arm(fileno, max(seconds - _MARGIN, 0.05)))
+            tokens.append(socket_deadline.arm(fileno, max(seconds - MARGIN, 0.05)))
     return tokens
 
 
-def _within_budget(
+def _bounded_query(
     execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
 ) -> Any:
-    """Bound each query of a database view by the rest of the request budget.
-
-    The server's ``statement_timeout`` cannot help when the link itself is dead
-    (a frozen proxy or NAT that still acknowledges packets): a socket deadline
-    shuts the connection's socket down when the budget runs out, so the query
-    fails with "connection lost" (a 503) instead of hanging the worker.
-    """
     remaining = budget_remaining()
     if remaining is None:
         return execute(sql, params, many, context)
-    if remaining <= _MARGIN:
+    if remaining <= MARGIN:
         raise RequestBudgetExceeded("request budget exhausted before a query")
     wrapper = context.get("connection")
     fileno = connection_fileno(getattr(wrapper, "connection", None))
     if fileno is None:
         return execute(sql, params, many, context)
-    token = socket_deadline.arm(fileno, remaining - _MARGIN)
+    token = socket_deadline.arm(fileno, remaining - MARGIN)
     try:
         return execute(sql, params, many, context)
     finally:
@@ -136,9 +249,10 @@ def _within_budget(
 
 
 def _route(request: HttpRequest) -> str:
+    """``METHOD /route/pattern/`` for logs and the Guard (the path when nothing resolved)."""
     match = getattr(request, "resolver_match", None)
-    route = getattr(match, "route", None) if match is not None else None
-    return f"{request.method} /{route}" if route else f"{request.method} {request.path}"
+    label = route_label(getattr(match, "route", None)) if match is not None else None
+    return f"{request.method} /{label}" if label else f"{request.method} {request.path}"
 
 
 def response(answer: Mapped | HealthAnswer) -> HttpResponse:
@@ -149,20 +263,37 @@ def response(answer: Mapped | HealthAnswer) -> HttpResponse:
     return result
 
 
+def _healthy(request: HttpRequest, response: HttpResponse | None, answered: bool) -> bool:
+    """A database request that ended well *and* heard from the database.
+
+    Only an answer from the server is evidence that the database is up: a
+    401 from an authentication check that never queried, or a view that
+    touched nothing, says nothing about it.
+    """
+    return (
+        answered
+        and response is not None
+        and getattr(request, "_outlast_clean", False)
+        and response.status_code < 500
+    )
+
+
 def _release(
-    request: HttpRequest, response: HttpResponse | None, escaped: BaseException | None
+    request: HttpRequest,
+    response: HttpResponse | None,
+    escaped: BaseException | None,
+    healthy: bool,
 ) -> None:
     """End the request's admission: the probe's verdict, and its slot freed."""
     admission = request.__dict__.pop("_outlast_admission", None)
     if admission is None:
         return
     error = getattr(request, "_outlast_error", None) or escaped
-    healthy = (
-        response is not None
-        and getattr(request, "_outlast_clean", False)
-        and response.status_code < 500
-    )
     admission.release(error, verdict=error is not None or healthy)
+
+
+def _atomic_requests() -> bool:
+    return any(connections[alias].settings_dict.get("ATOMIC_REQUESTS") for alias in connections)
 
 
 class OutlastMiddleware:
@@ -176,13 +307,21 @@ class OutlastMiddleware:
         self.rt = runtime()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        """Serve one request with every query bounded by the rest of the budget."""
+        """Serve one request: queries bounded by the budget, COMMITs guarded."""
+        rt = self.rt
         response: HttpResponse | None = None
         escaped: BaseException | None = None
+        flags, flags_token = start_request()
+        armed: list[int] = []  # socket deadlines of connections opened by this request
         try:
             with contextlib.ExitStack() as stack:
                 for alias in connections:
-                    stack.enter_context(connections[alias].execute_wrapper(_within_budget))
+                    conn = connections[alias]
+                    stack.enter_context(conn.execute_wrapper(rt.within_budget))
+                    stack.enter_context(
+                        guard_commits(conn, lambda: rt.guard, lambda: _route(request))
+                    )
+                    stack.enter_context(guard_connects(conn, lambda: flags.faulted, armed))
                 response = self.get_response(request)
         except BaseException as exc:
             escaped = exc
@@ -191,14 +330,16 @@ class OutlastMiddleware:
             # process_view admitted the request; whatever happened since (a
             # fault, a bug in the view, another middleware raising), the probe
             # slot is freed here, in the thread and context that took it.
-            _release(request, response, escaped)
+            healthy = _healthy(request, response, flags.answered)
+            _release(request, response, escaped, healthy)
             token = getattr(request, "_outlast_budget", None)
             if token is not None:
                 RequestBudget.finish(token)
-            for armed in getattr(request, "_outlast_deadlines", ()):
-                socket_deadline.disarm(armed)
-        if getattr(request, "_outlast_clean", False) and response.status_code < 500:
-            record_success(self.rt.guard, _route(request))
+            for token in (*getattr(request, "_outlast_deadlines", ()), *armed):
+                socket_deadline.disarm(token)
+            end_request(flags_token)
+        if healthy:
+            record_success(rt.guard, _route(request))
         return response
 
     def process_view(
@@ -210,7 +351,12 @@ class OutlastMiddleware:
     ) -> HttpResponse | None:
         """Before a database view: start the budget; an open breaker answers 503 at once."""
         rt = self.rt
-        if not rt.config.is_db_route(request.path_info, view_func):
+        rt.check_urlconf(request)
+        if not rt.is_db_route(request, view_func):
+            if _atomic_requests():
+                # ATOMIC_REQUESTS would connect before the view runs: not for
+                # a view that needs no database (this request only).
+                release_atomic(view_func)
             return None
         request._outlast_budget = rt.budget.start()
         request._outlast_deadlines = _arm_open_connections(rt.config.budget)

@@ -16,8 +16,11 @@ thread, that alias) belongs to the transaction: autocommit is turned off for
 the attempt and COMMIT is sent by outlast, which reads the transaction's id
 first so that a lost COMMIT is resolved with ``pg_xact_status()`` and never
 sent twice. ``transaction.atomic()`` blocks inside ``fn`` become savepoints.
-It cannot run inside ``atomic()`` or with ``ATOMIC_REQUESTS``: the retried
-unit must be outlast's own transaction.
+``guard.transaction`` itself cannot run inside ``atomic()`` (the retried unit
+must be its own transaction); ``runtime().transaction`` can: there it runs
+``fn`` once in a savepoint of the enclosing block, whose COMMIT the
+middleware guards (`outlast.django._commit`). PostgreSQL only: on SQLite or
+any other backend both raise `ConfigurationError` at once.
 
 Inside a request the Django middleware bounds the ORM's queries by the
 request budget; this adapter bounds the rest the same way: COMMIT (which
@@ -35,7 +38,6 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.connection import ConnectionProxy
 
-from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
 from outlast._core.faults.errors import ConfigurationError
 from outlast._core.timing.budget import budget_remaining
 from outlast._core.transactions.adapters import (
@@ -45,18 +47,34 @@ from outlast._core.transactions.adapters import (
     status_sql,
 )
 from outlast._core.web.calls import budget_exceeded
+from outlast.django._commit import MARGIN, bounded
 
-__all__ = ["DjangoAdapter"]
+__all__ = ["DjangoAdapter", "alias_of", "require_postgresql"]
 
 _STATUS = status_sql("%s")
-#: Seconds kept back so the 503 goes out before the budget ends (as the middleware).
-_MARGIN = 0.2
 
 
-def _alias(source: Any) -> str:
+def alias_of(source: Any) -> str:
+    """The database alias of ``django.db.connection`` or ``connections[alias]``."""
     if isinstance(source, ConnectionProxy):
         return str(source._alias)
-    return str(source.alias)
+    if isinstance(source, BaseDatabaseWrapper):
+        return str(source.alias)
+    raise TypeError(
+        "pass django.db.connection or django.db.connections[alias],"
+        f" not a {type(source).__qualname__}"
+    )
+
+
+def require_postgresql(conn: Any, what: str) -> None:
+    """Raise `ConfigurationError` unless `conn` is a PostgreSQL connection."""
+    vendor = getattr(conn, "vendor", None)
+    if vendor != "postgresql":
+        raise ConfigurationError(
+            f"{what} needs PostgreSQL, but the database {conn.alias!r} is {vendor}:"
+            " outlast resolves a lost COMMIT with PostgreSQL's pg_xact_status(). Use"
+            " transaction.atomic() there (or run these tests on PostgreSQL)"
+        )
 
 
 def _is_django_connection(source: object) -> bool:
@@ -67,15 +85,17 @@ class DjangoAdapter:
     """``fn(connection)`` with this thread's Django connection in a transaction."""
 
     def __init__(self, source: Any) -> None:
-        self.alias = _alias(source)
+        self.alias = alias_of(source)
+        require_postgresql(connections[self.alias], "Guard.transaction() on a Django connection")
 
     def open(self) -> Any:
         conn = connections[self.alias]  # this thread's, resolved per attempt
         if conn.in_atomic_block:
             raise ConfigurationError(
                 "Guard.transaction() on a Django connection cannot run inside"
-                " transaction.atomic() or with ATOMIC_REQUESTS: the transaction it"
-                " retries must be its own"
+                " transaction.atomic() (ATOMIC_REQUESTS, TestCase): the transaction it"
+                " retries must be its own. Use outlast.django.runtime().transaction(),"
+                " which runs fn in a savepoint of the enclosing block there"
             )
         conn.ensure_connection()
         return conn
@@ -91,17 +111,10 @@ class DjangoAdapter:
         return row[0], row[1]
 
     def commit(self, handle: Any) -> None:
-        remaining = budget_remaining()
-        fileno = connection_fileno(handle.connection) if remaining is not None else None
-        if remaining is None or fileno is None:
-            handle.commit()
-            return
-        # Django sends COMMIT outside its execute_wrapper hooks: bound it here.
-        token = socket_deadline.arm(fileno, max(remaining - _MARGIN, 0.05))
-        try:
-            handle.commit()
-        finally:
-            socket_deadline.disarm(token)
+        # Django's own commit (not the middleware's guard on this connection:
+        # the transaction machine resolves this COMMIT itself), bounded by the
+        # budget, since Django sends COMMIT outside its execute_wrapper hooks.
+        bounded(handle, lambda: type(handle).commit(handle))
 
     def rollback(self, handle: Any) -> None:
         handle.rollback()
@@ -116,7 +129,7 @@ class DjangoAdapter:
         remaining = budget_remaining()
         if remaining is None:
             return self._ask(xid)
-        limit = min(timeout, remaining - _MARGIN)
+        limit = min(timeout, remaining - MARGIN)
         if limit <= 0:
             raise budget_exceeded(None)
         answer: list[StatusReply | BaseException] = []

@@ -6,26 +6,62 @@ flows, keep a ledger of every write, and judge the result.
     outlast drill --url http://127.0.0.1:8000 --proxy-admin http://127.0.0.1:8474 \\
         --scenarios down,blackhole,terminate --budget 5 --duration 8 --report report.html
 
-Tool layer: needs the ``demo`` extra (httpx, rich).
+Tool layer: needs the ``drill`` extra (``pip install 'outlast[drill]'``: httpx,
+rich). The names below are imported on first use, so the command's options
+(and ``outlast --help``) work without it.
 """
 
 from __future__ import annotations
 
-from outlast.drill._checks import CHECK_TITLES, Check, ScenarioResult, evaluate
-from outlast.drill._ledger import Ledger, LedgerResult, extract_ids, write_outcome
-from outlast.drill._report import render_html, write_report
-from outlast.drill._runner import DrillConfig, DrillResult, DrillRun, run_drill
-from outlast.drill._scenarios import (
-    BUILTIN_SCENARIOS,
-    FaultWindow,
-    Injector,
-    Scenario,
-    Step,
-    builtin,
-    load_scenarios,
-    resolve,
-)
-from outlast.drill._traffic import RequestRecord, Route, Traffic, background_status
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from outlast.drill._checks import CHECK_TITLES, Check, ScenarioResult, evaluate
+    from outlast.drill._ledger import Ledger, LedgerResult, extract_ids, write_outcome
+    from outlast.drill._report import render_html, write_report
+    from outlast.drill._route import Route
+    from outlast.drill._runner import DrillConfig, DrillResult, DrillRun, run_drill
+    from outlast.drill._scenarios import (
+        BUILTIN_SCENARIOS,
+        FaultWindow,
+        Injector,
+        Scenario,
+        Step,
+        builtin,
+        load_scenarios,
+        resolve,
+    )
+    from outlast.drill._traffic import RequestRecord, Traffic, background_status
+
+_EXPORTS = {
+    "BUILTIN_SCENARIOS": "_scenarios",
+    "CHECK_TITLES": "_checks",
+    "Check": "_checks",
+    "DrillConfig": "_runner",
+    "DrillResult": "_runner",
+    "DrillRun": "_runner",
+    "FaultWindow": "_scenarios",
+    "Injector": "_scenarios",
+    "Ledger": "_ledger",
+    "LedgerResult": "_ledger",
+    "RequestRecord": "_traffic",
+    "Route": "_route",
+    "Scenario": "_scenarios",
+    "ScenarioResult": "_checks",
+    "Step": "_scenarios",
+    "Traffic": "_traffic",
+    "background_status": "_traffic",
+    "builtin": "_scenarios",
+    "evaluate": "_checks",
+    "extract_ids": "_ledger",
+    "load_scenarios": "_scenarios",
+    "render_html": "_report",
+    "resolve": "_scenarios",
+    "run_drill": "_runner",
+    "write_outcome": "_ledger",
+    "write_report": "_report",
+}
 
 __all__ = [
     "BUILTIN_SCENARIOS",
@@ -55,3 +91,16 @@ __all__ = [
     "write_outcome",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'outlast.drill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"outlast.drill.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -58,10 +58,31 @@ class ScenarioResult:
     recovered_at: float | None = None
     ledger: LedgerResult | None = None
     error: str | None = None
+    #: Did its faults fire? False: the proxy saw none of them act (a commit_lost
+    #: against a service that never sends COMMIT), so nothing was tested.
+    exercised: bool | None = None
 
     @property
     def passed(self) -> bool:
-        return self.error is None and all(c.passed is not False for c in self.checks)
+        return (
+            self.error is None
+            and self.exercised is not False
+            and all(c.passed is not False for c in self.checks)
+        )
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail``, ``error`` or ``not exercised`` (never a pass)."""
+        if self.error is not None:
+            return "error"
+        if self.exercised is False:
+            return "not exercised"
+        return "pass" if self.passed else "fail"
+
+    @property
+    def not_exercised_detail(self) -> str:
+        faults = ", ".join(sorted({w.fault for w in self.windows}))
+        return f"the proxy saw its fault ({faults}) act on nothing: no check of it was made"
 
     @property
     def fault_start(self) -> float:
@@ -78,10 +99,17 @@ class ScenarioResult:
         return {
             "name": self.name,
             "passed": self.passed,
+            "verdict": self.verdict,
+            "exercised": self.exercised,
             "start": round(self.start, 3),
             "end": round(self.end, 3),
             "fault_windows": [
-                {"fault": w.fault, "start": round(w.start, 3), "end": round(w.end, 3)}
+                {
+                    "fault": w.fault,
+                    "start": round(w.start, 3),
+                    "end": round(w.end, 3),
+                    "hits": w.hits,
+                }
                 for w in self.windows
             ],
             "requests": sum(self.outcomes.values()),
@@ -205,6 +233,8 @@ def evaluate(
             parts = [f"{lg.acknowledged} ok, {lg.failed} failed, {lg.unknown} unknown"]
             if lg.unknown:
                 parts.append(f"{lg.unknown_present} of the unknown present")
+            if lg.unchecked:
+                parts.append(f"{lg.unchecked} could not be looked up")
             for label, items in (
                 ("LOST", lg.lost),
                 ("DOUBLED", lg.duplicated),

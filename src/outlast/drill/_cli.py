@@ -1,39 +1,37 @@
-"""``outlast drill``: the command line, the live progress view and the scorecard."""
+"""``outlast drill``: its options, and the command (terminal views in `_console`).
+
+Importing this module needs only the standard library, so ``outlast --help``
+works without the drill's extra; running the drill needs ``httpx`` and
+``rich`` (``pip install 'outlast[drill]'``) and says so when they are missing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
-from outlast.drill._checks import CHECK_TITLES
-from outlast.drill._report import write_report
-from outlast.drill._runner import DrillConfig, DrillResult, DrillRun
+from outlast.drill._api import Auth, JsonTemplate, parse_header, read_text_arg
+from outlast.drill._route import Route
 from outlast.drill._scenarios import BUILTIN_SCENARIOS, Injector, load_scenarios, resolve
-from outlast.drill._traffic import Route
+
+if TYPE_CHECKING:
+    from outlast.drill._runner import DrillConfig
 
 __all__ = [
     "DEFAULT_SCENARIOS",
+    "EXTRA_HINT",
     "AdminInjector",
     "add_arguments",
-    "progress_view",
+    "config_from_args",
     "run_command",
-    "run_with_progress",
-    "scorecard_table",
 ]
 
 DEFAULT_SCENARIOS = "down,blackhole,reset,freeze,terminate,neon_endpoint_disabled,flapping"
+EXTRA_HINT = "pip install 'outlast[drill]'"
 
 
 class AdminInjector:
@@ -64,6 +62,11 @@ class AdminInjector:
     def clear(self) -> None:
         self.client.clear(self.proxy)
 
+    def hits(self, fault_id: str) -> int | None:
+        """What the fault acted on (connections, logins, messages), also once it ended."""
+        value = self.client.fault_info(self.proxy, fault_id).get("hits")
+        return value if isinstance(value, int) else None
+
 
 def _route(text: str | None) -> Route | None:
     if text is None or text.strip().lower() in {"", "none", "off"}:
@@ -83,8 +86,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--readback",
         default=None,
-        help="route that lists writes afterwards; {ids} is replaced by comma-separated ids "
-        "(default: the read route with ?ids={ids})",
+        help="route that lists writes afterwards, followed through its pages; {ids} is "
+        "replaced by comma-separated ids (default: the read route with ?ids={ids}, or none "
+        "with --read-one)",
+    )
+    api = p.add_argument_group("a real API: credentials, bodies, ids")
+    api.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="sent with every request (repeatable), e.g. 'Authorization: Bearer ...'",
+    )
+    api.add_argument(
+        "--token-command",
+        metavar="CMD",
+        help="run once before the drill; its output is the token (see --auth-header)",
+    )
+    api.add_argument(
+        "--login",
+        metavar="'METHOD /path'",
+        help="a login request made once before the drill, e.g. 'POST /api/auth/token/'",
+    )
+    api.add_argument("--login-body", metavar="JSON", help="the login request's JSON body, or @file")
+    api.add_argument(
+        "--login-token",
+        metavar="FIELD",
+        help="where the login answer holds the token, a dotted path "
+        "(default: token, access_token, access, key or id_token)",
+    )
+    api.add_argument(
+        "--auth-header",
+        default="Authorization: Bearer {token}",
+        metavar="'NAME: ...{token}'",
+        help="how the token is sent (default 'Authorization: Bearer {token}'; "
+        "Django REST framework's TokenAuthentication: 'Authorization: Token {token}')",
+    )
+    api.add_argument(
+        "--write-body",
+        metavar="JSON",
+        help="the JSON each write sends, or @file; {id} in its strings becomes the write's "
+        'unique id (default: {"id": "{id}", "name": "drill {id}", "email": ...})',
+    )
+    api.add_argument(
+        "--write-id",
+        metavar="FIELD",
+        help="where a write's answer holds the service's own id (dotted path, e.g. 'id'), "
+        "for --read-one",
+    )
+    api.add_argument(
+        "--read-one",
+        metavar="'GET /path/{id}'",
+        help="reads one write back by its id (the service's, with --write-id; else the drill's)",
     )
     p.add_argument(
         "--scenarios",
@@ -102,7 +155,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, help="write an HTML report to this file")
 
 
+def _auth(args: argparse.Namespace) -> Auth | None:
+    header = str(args.auth_header)
+    if args.token_command:
+        if args.login:
+            raise ValueError("give --token-command or --login, not both")
+        return Auth.from_command_line(args.token_command, header=header)
+    if args.login:
+        login = Route.parse(args.login)
+        body: Any = None
+        if args.login_body:
+            try:
+                body = json.loads(read_text_arg(args.login_body, "--login-body"))
+            except json.JSONDecodeError:
+                raise ValueError("--login-body is not JSON") from None  # never echo it
+        return Auth(
+            login_method=login.method,
+            login_path=login.path,
+            login_body=body,
+            login_token=args.login_token,
+            header=header,
+        )
+    if args.login_body or args.login_token:
+        raise ValueError("--login-body and --login-token need --login")
+    return None
+
+
 def config_from_args(args: argparse.Namespace) -> DrillConfig:
+    from outlast.drill._runner import DrillConfig
+
     custom = load_scenarios(args.scenario_file) if args.scenario_file else {}
     names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
     if not names:
@@ -116,6 +197,11 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
     if not 0 < args.budget <= 120 or not 0 < args.duration <= 600:
         raise ValueError("--budget must be in (0, 120] and --duration in (0, 600]")
     health = None if str(args.health).lower() in {"none", "off", ""} else args.health
+    read_one = _route(args.read_one)
+    if read_one is not None and "{id}" not in read_one.path:
+        raise ValueError("--read-one needs {id} in its path, e.g. 'GET /api/leads/{id}/'")
+    if args.write_id and read_one is None:
+        raise ValueError("--write-id is for --read-one: give both")
     return DrillConfig(
         url=args.url,
         scenarios=resolve(names, duration=args.duration, budget=args.budget, custom=custom),
@@ -129,96 +215,12 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
         warmup=args.warmup,
         max_recovery=args.max_recovery,
         label=args.label or args.url,
+        headers=dict(parse_header(h) for h in args.header),
+        auth=_auth(args),
+        write_body=JsonTemplate.parse(args.write_body) if args.write_body else None,
+        write_id=args.write_id,
+        read_one=read_one,
     )
-
-
-def _mark(passed: bool | None) -> Text:
-    if passed is None:
-        return Text("-", style="dim")
-    return Text("✓", style="bold green") if passed else Text("✗", style="bold red")
-
-
-# Below this width the failed checks' details wrap into unreadable columns;
-# the HTML report and --json always carry them.
-DETAILS_MIN_WIDTH = 140
-
-
-def scorecard_table(result: DrillResult, *, details: bool = True) -> Table:
-    """The scorecard: a row per scenario, a column per check (details under failures)."""
-    verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
-    table = Table(title=f"{result.label}  {verdict}", title_justify="left", show_lines=details)
-    table.add_column("scenario", style="bold")
-    short = {
-        "no_500": "no 500",
-        "retry_after": "Retry-After",
-        "budget": "budget",
-        "ping": "no-db",
-        "live": "live",
-        "background": "loop",
-        "recovery": "recovery",
-        "writes": "writes",
-        "settled": "settled",
-    }
-    for name in CHECK_TITLES:
-        table.add_column(short[name], justify="center")
-    for s in result.scenarios:
-        cells: list[Text | str] = []
-        for name in CHECK_TITLES:
-            c = s.check(name)
-            mark = _mark(None if c is None else c.passed)
-            if name == "recovery" and s.recovery is not None:
-                mark.append(f" {s.recovery:.1f}s")
-            if details and c is not None and c.passed is False and c.detail:
-                mark.append("\n" + c.detail[:40], style="dim")
-            cells.append(mark)
-        label = s.name if s.error is None else f"{s.name}\n[red]{s.error[:60]}[/]"
-        table.add_row(label, *cells)
-    if result.error:
-        table.caption = f"[red]{result.error}[/]"
-    elif result.ledger is not None:
-        lg = result.ledger
-        table.caption = (
-            f"writes: {lg.acknowledged} acknowledged, {lg.failed} failed, {lg.unknown} unknown "
-            f"({lg.unknown_told} reported so by the service, {lg.unknown_present} present); "
-            f"lost {len(lg.lost)}, doubled {len(lg.duplicated)}"
-        )
-    return table
-
-
-def progress_view(runs: Sequence[DrillRun]) -> Group:
-    rows: list[Table] = []
-    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
-    for col in ("service", "scenario", "phase", "t", "req", "2xx", "503", "5xx", "timeout", "conn"):
-        table.add_column(col)
-    for run in runs:
-        recs = run.records
-        now = run.clock()
-        recent = Counter(r.outcome for r in recs if r.start >= now - 3.0)
-        table.add_row(
-            run.config.label,
-            run.scenario,
-            run.phase,
-            f"{now:.0f}s",
-            str(len(recs)),
-            f"[green]{recent.get('ok', 0)}[/]",
-            f"[yellow]{recent.get('503', 0)}[/]",
-            f"[red]{recent.get('5xx', 0)}[/]",
-            f"[magenta]{recent.get('timeout', 0)}[/]",
-            str(recent.get("refused", 0) + recent.get("reset", 0) + recent.get("error", 0)),
-        )
-    rows.append(table)
-    return Group(Text("outage drill (last 3 s of traffic)", style="bold"), *rows)
-
-
-async def run_with_progress(runs: Sequence[DrillRun], console: Console) -> list[DrillResult]:
-    tasks = [asyncio.create_task(r.run()) for r in runs]
-    if not console.is_terminal:
-        return list(await asyncio.gather(*tasks))
-    with Live(progress_view(runs), console=console, refresh_per_second=4, transient=True) as live:
-        while not all(t.done() for t in tasks):
-            await asyncio.wait(tasks, timeout=0.25)
-            live.update(progress_view(runs))
-    return [t.result() for t in tasks]
 
 
 def _restart_callback(command: str | None) -> Any:
@@ -233,6 +235,20 @@ def _restart_callback(command: str | None) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    try:
+        import asyncio
+
+        from rich.console import Console
+
+        from outlast.drill._console import DETAILS_MIN_WIDTH, run_with_progress, scorecard_table
+        from outlast.drill._report import write_report
+        from outlast.drill._runner import DrillRun
+    except ModuleNotFoundError as exc:
+        print(
+            f"outlast drill: {exc.name} is missing; the drill needs its extra: {EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 2
     console = Console(stderr=True)
     try:
         config = config_from_args(args)
@@ -240,10 +256,10 @@ def run_command(args: argparse.Namespace) -> int:
             AdminInjector(args.proxy_admin, args.proxy) if args.proxy_admin else None
         )
     except (ValueError, OSError) as exc:
-        console.print(f"[red]outlast drill: {exc}[/]")
+        console.print(f"[red]outlast drill: {exc}[/]", markup=True, highlight=False)
         return 2
     except Exception as exc:  # the admin API answered with an error
-        console.print(f"[red]outlast drill: {exc}[/]")
+        console.print(f"[red]outlast drill: {exc}[/]", highlight=False)
         return 2
     run = DrillRun(config, injector, restart=_restart_callback(args.restart_command))
     [result] = asyncio.run(run_with_progress([run], console))

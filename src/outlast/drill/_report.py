@@ -33,7 +33,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px}
 .meta{color:#52606d;margin-bottom:14px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
 color:#fff;vertical-align:middle;margin-left:6px}
-.pass{background:#2f9e5b}.fail{background:#d64545}
+.pass{background:#2f9e5b}.fail{background:#d64545}.skip{background:#b7791f}
 table{border-collapse:collapse;margin:8px 0 4px;font-size:13px}
 th,td{border:1px solid #d9e2ec;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f0f4f8;font-weight:600}
@@ -156,13 +156,15 @@ def _scorecard(result: DrillResult) -> str:
     head = "".join(f"<th>{_e(CHECK_TITLES[n])}</th>" for n in _CHECK_ORDER)
     rows = []
     for s in result.scenarios:
-        verdict = (
-            '<span class="badge pass">pass</span>'
-            if s.passed
-            else '<span class="badge fail">fail</span>'
-        )
+        if s.passed:
+            verdict = '<span class="badge pass">pass</span>'
+        elif s.verdict == "not exercised":
+            verdict = '<span class="badge skip">not exercised</span>'
+        else:
+            verdict = '<span class="badge fail">fail</span>'
         first = "-" if s.first_503 is None else f"{s.first_503:.1f} s"
-        err = f'<span class="detail">{_e(s.error)}</span>' if s.error else ""
+        note = s.error or (s.not_exercised_detail if s.exercised is False else None)
+        err = f'<span class="detail">{_e(note)}</span>' if note else ""
         rows.append(
             f"<tr><td><b>{_e(s.name)}</b>{err}</td><td>{verdict}</td>"
             f"<td>{sum(s.outcomes.values())}</td><td>{first}</td>"
@@ -189,6 +191,8 @@ def _summary(results: Sequence[DrillResult]) -> str:
             found = next((x for x in r.scenarios if x.name == n), None)
             if found is None:
                 cells.append('<td class="na">-</td>')
+            elif found.exercised is False:
+                cells.append('<td class="na">not exercised (its fault never fired)</td>')
             else:
                 failed = [c.title for c in found.checks if c.passed is False]
                 cls = "ok" if found.passed else "bad"
@@ -220,11 +224,13 @@ def render_html(results: Sequence[DrillResult], *, title: str = "outlast outage 
     if len(results) > 1:
         parts.append(_summary(results))
     for r in results:
-        badge = (
-            '<span class="badge pass">PASS</span>'
-            if r.passed
-            else '<span class="badge fail">FAIL</span>'
-        )
+        if r.passed:
+            badge = '<span class="badge pass">PASS</span>'
+        elif r.not_exercised_only:
+            badge = '<span class="badge skip">NOT A PASS: some scenarios not exercised</span>'
+        else:
+            badge = '<span class="badge fail">FAIL</span>'
+
         parts.append(f'<section class="service"><h2>{_e(r.label)} {badge}</h2>')
         lg = r.ledger
         meta = f"{_e(r.url)} · {len(r.records)} requests in {r.duration:.0f} s"

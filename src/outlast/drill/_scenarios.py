@@ -31,6 +31,7 @@ __all__ = [
     "Scenario",
     "Step",
     "builtin",
+    "exercised",
     "load_scenarios",
     "play",
     "resolve",
@@ -41,7 +42,13 @@ _PULSE = 0.5  # how long a one-shot fault (terminate) stays armed
 
 
 class Injector(Protocol):
-    """What the drill needs from a chaos proxy (`outlast.chaos.AdminClient` fits)."""
+    """What the drill needs from a chaos proxy.
+
+    An injector may also have ``hits(fault_id) -> int | None`` (how many
+    connections or messages the fault acted on, also once it ended; see
+    `outlast.chaos.Proxy.fault_info`): with it the drill tells a scenario whose
+    fault never fired ("not exercised") from one that passed.
+    """
 
     def add_fault(
         self, kind: str, duration: float | None = None, toxicity: float = 1.0, **params: Any
@@ -74,12 +81,43 @@ class Scenario:
 
 @dataclass
 class FaultWindow:
-    """When a fault was actually armed (seconds since the drill began)."""
+    """When a fault was actually armed (seconds since the drill began), and what it hit.
+
+    `hits`: connections or messages the proxy says the fault acted on (None:
+    unknown, e.g. an injector that cannot tell, or a restart).
+    """
 
     scenario: str
     fault: str
     start: float
     end: float
+    fault_id: str | None = None
+    hits: int | None = None
+
+
+#: Faults that can act without the proxy seeing it: ``down`` closes the port,
+#: and the kernel refuses new connections (no hit is counted for those).
+_UNSEEN_HITS = frozenset({"down", RESTART})
+
+
+def exercised(windows: list[FaultWindow]) -> bool | None:
+    """Whether the faults did anything: True, False (none fired), None (cannot tell)."""
+    if any(w.hits for w in windows) or any(w.fault == RESTART for w in windows):
+        return True
+    if windows and all(w.hits == 0 and w.fault not in _UNSEEN_HITS for w in windows):
+        return False
+    return None
+
+
+async def _hits(injector: Injector | None, fault_id: str | None) -> int | None:
+    ask = getattr(injector, "hits", None)
+    if ask is None or fault_id is None:
+        return None
+    try:
+        value = await asyncio.to_thread(ask, fault_id)
+    except Exception:  # an older proxy, or it forgot the fault: cannot tell
+        return None
+    return value if isinstance(value, int) else None
 
 
 BUILTIN_SCENARIOS = (
@@ -231,6 +269,7 @@ async def play(
                 except Exception:  # already expired on the proxy
                     pass
             win.end = clock()
+            win.hits = await _hits(injector, fid)
 
     for step in sorted(scenario.steps, key=lambda s: s.at):
         await remove_due(step.at)
@@ -254,7 +293,7 @@ async def play(
         fid = await asyncio.to_thread(
             injector.add_fault, step.fault, safety, step.toxicity, **dict(step.params)
         )
-        win = FaultWindow(scenario.name, step.fault, clock(), clock())
+        win = FaultWindow(scenario.name, step.fault, clock(), clock(), fault_id=fid)
         windows.append(win)
         pending.append((step.at + step.duration, fid, win))
     await remove_due(float("inf"))

@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from outlast.drill._api import dig
 from outlast.drill._ledger import Ledger
+from outlast.drill._route import Route
 
 __all__ = [
     "OUTCOMES",
@@ -45,32 +47,6 @@ ERROR = "error"
 OUTCOMES = (OK, UNAVAILABLE, SERVER_ERROR, CLIENT_ERROR, TIMEOUT, REFUSED, RESET, ERROR)
 
 KINDS = ("read", "write", "ping", "live")
-
-
-@dataclass(frozen=True)
-class Route:
-    """``METHOD /path`` (the method defaults to GET)."""
-
-    method: str
-    path: str
-
-    @classmethod
-    def parse(cls, text: str) -> Route:
-        parts = text.strip().split()
-        if len(parts) == 1:
-            method, path = "GET", parts[0]
-        elif len(parts) == 2:
-            method, path = parts[0].upper(), parts[1]
-        else:
-            raise ValueError(f"a route is 'METHOD /path', not {text!r}")
-        if not path.startswith("/"):
-            raise ValueError(f"a route's path starts with '/', not {path!r}")
-        if method not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}:
-            raise ValueError(f"unknown HTTP method {method!r} in {text!r}")
-        return cls(method, path)
-
-    def __str__(self) -> str:
-        return f"{self.method} {self.path}"
 
 
 @dataclass
@@ -208,6 +184,8 @@ class Traffic:
         health_path: str | None = "/health/ready",
         health_interval: float = 0.5,
         write_body: Callable[[str], Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        write_id: str | None = None,
     ) -> None:
         host = urlsplit(base_url).hostname
         if host not in {"127.0.0.1", "localhost", "::1"}:
@@ -227,6 +205,9 @@ class Traffic:
         self.health_path = health_path
         self.health_interval = health_interval
         self.write_body = write_body or default_write_body
+        # Sent with every request (credentials); never recorded or reported.
+        self.headers = dict(headers or {})
+        self.write_id = write_id  # where a write's answer holds the service's own id
         self.records: list[RequestRecord] = []
         self.health: list[HealthSample] = []
         self.health_supported: bool | None = None
@@ -248,6 +229,7 @@ class Traffic:
                 self._clients[kind] = await stack.enter_async_context(
                     httpx.AsyncClient(
                         base_url=self.base_url,
+                        headers=self.headers,
                         timeout=httpx.Timeout(self.timeout),
                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
                         trust_env=False,
@@ -326,9 +308,20 @@ class Traffic:
                 problem=rec.problem,
                 outcome_unknown=rec.outcome_unknown,
                 at=start,
+                service_id=self._service_id(resp) if rec.outcome == OK else None,
             )
         self.records.append(rec)
         return rec
+
+    def _service_id(self, resp: httpx.Response) -> str | None:
+        """The service's own id of a write, from its answer (``write_id`` path)."""
+        if self.write_id is None:
+            return None
+        try:
+            value = dig(resp.json(), self.write_id)
+        except ValueError:
+            return None
+        return None if value is None or isinstance(value, dict | list) else str(value)
 
     async def _health_poller(self, deadline: float) -> None:
         client = self._clients.get("health")

@@ -52,6 +52,7 @@ from outlast._core.connections.hardening import (
     report_fault,
     session_setup_sql,
 )
+from outlast._core.connections.pools import PoolStats, register_pool
 from outlast._core.connections.socket_deadline import socket_deadline
 from outlast._core.connections.statements import statement_bound
 from outlast._core.guard.first_use import reaching
@@ -98,11 +99,12 @@ def connect_kwargs(
 class _Hooks:
     """What a hardened connection needs: its preset, its Guard and, in a pool, the pool."""
 
-    __slots__ = ("guard", "pool", "preset")
+    __slots__ = ("guard", "pool", "preset", "timed")
 
     def __init__(self, preset: Hardening, guard: FaultReporter | None) -> None:
         self.preset = preset
         self.guard = guard
+        self.timed = (getattr(guard, "name", None), "psycopg")  # operation-duration labels
         self.pool: weakref.ref[_Pool] | None = None  # set once the pool exists
 
     def failed(self, error: BaseException, op: str) -> _Pool | None:
@@ -110,6 +112,20 @@ class _Hooks:
         if not report_fault(self.guard, error, op, unknown_is_restart=op == "ping"):
             return None
         return self.pool() if self.pool is not None else None
+
+
+def _stats(pool: _Pool) -> PoolStats:
+    """psycopg_pool's own figures (``get_stats`` keeps counters only once they moved)."""
+    stats = pool.get_stats()
+    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    return PoolStats(
+        idle=idle,
+        used=max(size - idle, 0),
+        max=stats.get("pool_max"),
+        pending=stats.get("requests_waiting", 0),
+        timeouts=stats.get("requests_errors", 0),
+        wait_seconds=stats.get("requests_wait_ms", 0) / 1000.0,
+    )
 
 
 def _classifier(guard: FaultReporter | None) -> Classifier | None:
@@ -158,7 +174,7 @@ class HardenedConnection(psycopg.Connection[Row]):
         if self._outlast_op == "execute":
             reaching(hooks.guard)  # a web request admitted on first use: here it is
         try:
-            with statement_bound(_socket(self), hooks.preset):
+            with statement_bound(_socket(self), hooks.preset, hooks.timed):
                 return self._wait(gen, interval, timeout)
         except psycopg.Error as error:
             pool = hooks.failed(error, self._outlast_op)
@@ -210,7 +226,7 @@ class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
         if self._outlast_op == "execute":
             reaching(hooks.guard)
         try:
-            with statement_bound(_socket(self), hooks.preset):
+            with statement_bound(_socket(self), hooks.preset, hooks.timed):
                 return await self._wait(gen, interval, timeout)
         except psycopg.Error as error:
             pool = hooks.failed(error, self._outlast_op)
@@ -382,6 +398,7 @@ class _PoolSetup:
 
     def attach(self, pool: _Pool) -> None:
         self.hooks.pool = weakref.ref(pool)
+        register_pool(pool, driver="psycopg", guard=self.hooks.guard, reader=_stats, name=pool.name)
 
     def adopt(self, conn: Any) -> None:
         """A new connection of the pool: give it the pool's hooks."""

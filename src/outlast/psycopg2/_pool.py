@@ -52,6 +52,7 @@ from outlast._core.connections.hardening import (
     report_fault,
     session_setup_sql,
 )
+from outlast._core.connections.pools import PoolStats, register_pool
 from outlast._core.connections.socket_deadline import socket_deadline
 from outlast._core.connections.statements import statement_bound
 from outlast._core.faults.errors import ConfigurationError
@@ -76,13 +77,14 @@ def connect_kwargs(
 class _Hooks:
     """What a hardened connection needs: its preset, its Guard and, in a pool, the pool."""
 
-    __slots__ = ("guard", "pool", "preset")
+    __slots__ = ("guard", "pool", "preset", "timed")
 
     def __init__(
         self, preset: Hardening, guard: FaultReporter | None, pool: ConnectionPool | None
     ) -> None:
         self.preset = preset
         self.guard = guard
+        self.timed = (getattr(guard, "name", None), "psycopg2")  # operation-duration labels
         self.pool = weakref.ref(pool) if pool is not None else None
 
 
@@ -129,7 +131,7 @@ class HardenedConnection(psycopg2.extensions.connection):
             yield
             return
         try:
-            with statement_bound(self.fileno(), hooks.preset):
+            with statement_bound(self.fileno(), hooks.preset, hooks.timed):
                 yield
         except psycopg2.Error as error:
             if report_fault(hooks.guard, error, op):
@@ -266,6 +268,10 @@ def _usable(conn: Connection) -> bool:
     return not conn.closed
 
 
+def _stats(pool: ConnectionPool) -> PoolStats:
+    return pool._stats()
+
+
 class ConnectionPool:
     """A thread-safe psycopg2 pool of at most `max_size` connections.
 
@@ -306,6 +312,10 @@ class ConnectionPool:
         self._used: set[int] = set()  # ids of connections handed out
         self._size = 0  # connections open or being opened
         self._closed = False
+        self._waiting = 0  # getconn calls waiting for a slot now
+        self._timeouts = 0  # getconn calls that gave up (total)
+        self._waited = 0.0  # seconds spent waiting for a slot (total)
+        register_pool(self, driver="psycopg2", guard=guard, reader=_stats)
         for _ in range(min_size):
             self._idle.append(self._new())
             self._size += 1
@@ -430,11 +440,30 @@ class ConnectionPool:
                     return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._timeouts += 1
                     raise PoolTimeout(
                         f"no connection free after {wait:.1f} s "
                         f"(pool of {self.max_size}; all in use)"
                     )
-                self._cond.wait(remaining)
+                self._waiting += 1
+                started = time.monotonic()
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
+                    self._waited += time.monotonic() - started
+
+    def _stats(self) -> PoolStats:
+        with self._cond:
+            idle = len(self._idle)
+            return PoolStats(
+                idle=idle,
+                used=self._size - idle,
+                max=self.max_size,
+                pending=self._waiting,
+                timeouts=self._timeouts,
+                wait_seconds=self._waited,
+            )
 
     def _hand_out(self, conn: Connection) -> Connection:
         with self._cond:

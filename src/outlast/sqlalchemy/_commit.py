@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -54,7 +55,7 @@ from outlast._core.timing.budget import (
     note_committed_write,
     note_outcome_unknown,
 )
-from outlast._core.transactions.adapters import MARKER_SQL
+from outlast._core.transactions.adapters import MARKER_SQL, StatusReply, status_sql
 from outlast._core.transactions.lost_commit import UNKNOWN_AT_COMMIT, resolve_lost_commit
 from outlast._core.transactions.machine import _ask
 
@@ -65,6 +66,7 @@ __all__ = ["TransactionEnds", "TransactionInfo", "autocommit_write_lost", "resol
 
 logger = logging.getLogger("outlast")
 
+_STATUS = text(status_sql(":xid"))
 #: Forces an xid on a transaction whose effect would only get one at COMMIT.
 _ASSIGN_SQL = "SELECT pg_current_xact_id()::text"
 # A statement that only reads (nothing it does waits for COMMIT to take effect).
@@ -127,8 +129,10 @@ class TransactionEnds:
         guard: FaultReporter | None,
         preset: Hardening,
         info_of: Callable[[Any], TransactionInfo | None],
+        timed: tuple[str | None, str] | None = None,
     ) -> None:
         self.engine = engine
+        self.timed = timed  # labels of the operation-duration histogram
         self.guard = guard
         self.preset = preset
         self.info_of = info_of
@@ -153,7 +157,7 @@ class TransactionEnds:
                 return  # the server already ended it; the link is gone
         fileno = connection_fileno(dbapi_connection)
         try:
-            with statement_bound(fileno, self.preset):
+            with statement_bound(fileno, self.preset, self.timed):
                 self._rollback(dbapi_connection)
         except Exception as exc:
             if not self._link_died(exc):
@@ -177,11 +181,11 @@ class TransactionEnds:
             # Guard.transaction runs it and resolves its COMMIT itself.
             if info is not None:
                 info.ended()
-            with statement_bound(fileno, self.preset):
+            with statement_bound(fileno, self.preset, self.timed):
                 self._commit(dbapi_connection)
             return
         try:
-            with statement_bound(fileno, self.preset):
+            with statement_bound(fileno, self.preset, self.timed):
                 xid, started = _marker(dbapi_connection, info)
         except BaseException:
             # COMMIT was never sent: if the link died, the server rolls back.
@@ -191,7 +195,7 @@ class TransactionEnds:
         watch = CommitWatch()
         watch.sent()
         try:
-            with statement_bound(fileno, self.preset):
+            with statement_bound(fileno, self.preset, self.timed):
                 self._commit(dbapi_connection)
         except Exception as exc:
             self._lost(exc, (xid, started), dbapi_connection, info, watch)
@@ -263,16 +267,14 @@ class TransactionEnds:
         ) from exc
 
     def _ask(self, command: _Ask) -> object:
-        from outlast.sqlalchemy._transaction import EngineAdapter
-
-        adapter = EngineAdapter(self.engine)
+        asker = _StatusAsker(self.engine)
         if not self.engine.dialect.is_async:
-            return _ask(adapter, command)  # in a thread, bounded by its timeout
+            return _ask(asker, command)  # in a thread, bounded by its timeout
         # SQLAlchemy's asyncio layer: this runs in its greenlet, where the
         # question must run too; every step of it is bounded by the hardening
         # (connect timeout, ping and statement deadlines).
         try:
-            return adapter.status(command.xid, timeout=command.timeout)
+            return asker.status(command.xid, timeout=command.timeout)
         except Exception as error:
             return error
 
@@ -290,6 +292,19 @@ class TransactionEnds:
 
             self._resolver = Guard("commit", listeners=())
         return self._resolver
+
+
+class _StatusAsker:
+    """Asks ``pg_xact_status()`` on a fresh connection of the engine (what `_ask` calls)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def status(self, xid: str, *, timeout: float) -> StatusReply:
+        with self.engine.connect() as conn:
+            row = conn.execute(_STATUS, {"xid": xid}).one()
+            conn.rollback()
+        return StatusReply(row[0], row[1])
 
 
 def autocommit_write_lost(

@@ -61,6 +61,7 @@ from outlast._core.connections.hardening import (
     report_fault,
     session_setup_sql,
 )
+from outlast._core.connections.pools import PoolStats, register_pool
 from outlast._core.connections.socket_deadline import (
     connection_fileno,
     socket_deadline,
@@ -68,6 +69,7 @@ from outlast._core.connections.socket_deadline import (
 )
 from outlast._core.connections.statements import budget_ran_out, statement_limit
 from outlast._core.timing.budget import budget_remaining
+from outlast._core.timing.operations import OPERATIONS, error_kind
 from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo, autocommit_write_lost
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
@@ -244,6 +246,8 @@ class _Hooks:
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
         self.merge_connect = merge_connect
+        # Labels of the operation-duration histogram (db.client.operation.duration).
+        self.timed = (getattr(guard, "name", None), f"sqlalchemy+{driver}")
 
     # -- pool events -----------------------------------------------------------
 
@@ -342,6 +346,8 @@ class _Hooks:
             info.tx.saw(statement)
         if context is None:
             return
+        if OPERATIONS.enabled:
+            context.outlast_started = time.perf_counter()
         limit = statement_limit(self.preset)
         if limit.timeout is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
             context.outlast_deadline = socket_deadline.arm(info.fileno, limit.timeout)
@@ -360,6 +366,10 @@ class _Hooks:
         if token:
             context.outlast_deadline = 0
             socket_deadline.disarm(token)
+        started = getattr(context, "outlast_started", None)
+        if started is not None:
+            context.outlast_started = None
+            OPERATIONS.observe(*self.timed, time.perf_counter() - started)
 
     def handle_error(self, context: ExceptionContext) -> None:
         conn = context.connection
@@ -370,6 +380,10 @@ class _Hooks:
             execution.outlast_deadline = 0  # type: ignore[union-attr]
             if socket_deadline.disarm(token) and getattr(execution, "outlast_by_budget", False):
                 budget_ran_out(error)
+        started = getattr(execution, "outlast_started", None)
+        if started is not None:
+            execution.outlast_started = None  # type: ignore[union-attr]
+            OPERATIONS.observe(*self.timed, time.perf_counter() - started, error_kind(error))
         op = "connect" if conn is None else "execute"
         if conn is not None and context.statement is not None:
             autocommit_write_lost(conn, context.statement, error, self.guard)
@@ -456,6 +470,17 @@ def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | 
     pool._creator = creator
 
 
+def _stats(engine: Engine) -> PoolStats:
+    """A QueuePool's figures (SQLAlchemy counts neither waiting requests nor timeouts)."""
+    pool: Any = engine.pool
+    used = int(pool.checkedout())
+    idle = int(pool.checkedin())
+    size = getattr(pool, "size", None)
+    overflow = getattr(pool, "_max_overflow", 0)
+    limit = size() + max(overflow, 0) if callable(size) and overflow >= 0 else None
+    return PoolStats(idle=idle, used=used, max=limit)
+
+
 def _install(
     engine: Engine,
     guard: FaultReporter | None,
@@ -466,9 +491,10 @@ def _install(
 ) -> None:
     hooks = _Hooks(guard, preset, driver, merge_connect)
     _ENGINES[engine] = hooks
+    register_pool(engine, driver=f"sqlalchemy+{driver}", guard=guard, reader=_stats)
     _retrying_creator(engine, preset, guard)
     # COMMIT and ROLLBACK: bounded, a lost COMMIT resolved, a dead link's ROLLBACK quiet.
-    TransactionEnds(engine, guard, preset, _transaction_info).install()
+    TransactionEnds(engine, guard, preset, _transaction_info, hooks.timed).install()
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)
     event.listen(engine.pool, "checkout", hooks.on_checkout)

@@ -18,6 +18,7 @@ connection, the answer is a 503 for the request.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 from outlast._core.faults.classify import attach_fault
 from outlast._core.faults.fault import Fault, FaultKind
 from outlast._core.timing.budget import budget_remaining
+from outlast._core.timing.operations import OPERATIONS, error_kind
 
 from .socket_deadline import socket_deadline
 
@@ -73,17 +75,28 @@ def budget_ran_out(exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def statement_bound(fileno: int | None, preset: Hardening) -> Iterator[StatementLimit]:
-    """``with statement_bound(fd, preset): exchange()`` -- see the module docstring."""
+def statement_bound(
+    fileno: int | None, preset: Hardening, timed: tuple[str | None, str] | None = None
+) -> Iterator[StatementLimit]:
+    """``with statement_bound(fd, preset): exchange()`` -- see the module docstring.
+
+    `timed` (the Guard's name and the driver) also records the exchange as one
+    operation in `OPERATIONS`, when an exporter turned timing on.
+    """
     limit = statement_limit(preset)
-    if fileno is None or limit.timeout is None:
-        yield limit
-        return
-    token = socket_deadline.arm(fileno, limit.timeout)
+    started = time.perf_counter() if timed is not None and OPERATIONS.enabled else None
+    token = (
+        0 if fileno is None or limit.timeout is None else socket_deadline.arm(fileno, limit.timeout)
+    )
     try:
         yield limit
     except BaseException as exc:
-        if socket_deadline.disarm(token) and limit.by_budget:
+        if token and socket_deadline.disarm(token) and limit.by_budget:
             budget_ran_out(exc)
+        if started is not None and timed is not None:
+            OPERATIONS.observe(*timed, time.perf_counter() - started, error_kind(exc))
         raise
-    socket_deadline.disarm(token)
+    if token:
+        socket_deadline.disarm(token)
+    if started is not None and timed is not None:
+        OPERATIONS.observe(*timed, time.perf_counter() - started)

@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
@@ -29,10 +30,13 @@ from outlast._core.timing.durations import Seconds, seconds
 
 from .backoff import Retry
 from .breaker import CLOSED, OPEN, REJECT, Breaker, BreakerCore
+from .counters import Counters, GuardCounters
 from .events import (
     BreakerClosed,
     BreakerHalfOpen,
     BreakerOpened,
+    CallRejected,
+    CommitResolved,
     DatabaseDown,
     DatabaseRecovered,
     Event,
@@ -41,12 +45,14 @@ from .events import (
     RetryScheduled,
     emit,
     log_event,
+    process_listeners,
 )
 from .first_use import CURRENT as FIRST_USE
 from .state import DatabaseState, StateTracker
 
 __all__ = [
     "ADMITTED",
+    "LIVE_GUARDS",
     "OPEN_MESSAGE",
     "Classifier",
     "GuardBase",
@@ -101,6 +107,9 @@ def counted_by(exc: BaseException, guard: object) -> bool:
     return False
 
 
+LIVE_GUARDS: weakref.WeakSet[GuardBase] = weakref.WeakSet()
+"""Every Guard alive in this process (the metrics exporters report on them)."""
+
 _UNAVAILABLE_KINDS = frozenset({FaultKind.UNAVAILABLE, FaultKind.READ_ONLY})
 
 
@@ -154,6 +163,7 @@ class GuardBase:
         "_classifier",
         "_clock",
         "_core",
+        "_counters",
         "_fast",
         "_first_opened",
         "_listeners",
@@ -199,11 +209,13 @@ class GuardBase:
         self._core = BreakerCore(self.breaker)
         self._tracker = StateTracker()
         self._fast = True
-        self._calls = 0
+        self._calls = 0  # fast-path calls (also the breaker window's baseline)
+        self._counters = Counters()
         self._mark_calls = 0
         self._mark_time = self._clock.monotonic()
         self._reject_until = -1.0
         self._first_opened = 0.0
+        LIVE_GUARDS.add(self)
 
     def __repr__(self) -> str:
         return f"<outlast.Guard {self.name!r} breaker={self.breaker_state}>"
@@ -293,6 +305,17 @@ class GuardBase:
         with self._lock:
             return self._core.retry_after(now)
 
+    def counters(self) -> GuardCounters:
+        """What this Guard counted since it was created (see `GuardCounters`): metrics read it."""
+        with self._lock:
+            return self._counters.snapshot(self._calls)
+
+    def record_commit_outcome(self, outcome: str, *, op: str | None = None) -> None:
+        """Count (and tell listeners) a lost COMMIT's fate: committed, aborted or unknown."""
+        with self._lock:
+            self._counters.commit(outcome)
+        self._emit([CommitResolved(guard=self.name, op=op, at=self._clock.time(), outcome=outcome)])
+
     def add_listener(self, listener: Listener) -> None:
         """Also deliver events to `listener` (called outside every lock)."""
         with self._lock:
@@ -367,10 +390,19 @@ class GuardBase:
     def _rejection(
         self, retry_after: float, cause: BaseException | None = None
     ) -> DatabaseUnavailable:
+        self._counters.rejected += 1
+        if process_listeners():
+            self._tell_rejected(retry_after)
         error = fast_unavailable(OPEN_MESSAGE, retry_after, self._tracker.last_fault, self.name)
         if cause is not None:
             error.__cause__ = cause
         return error
+
+    def _tell_rejected(self, retry_after: float) -> None:
+        event = CallRejected(
+            guard=self.name, op=None, at=self._clock.time(), retry_after=retry_after
+        )
+        emit(process_listeners(), event)
 
     def _admit(self, run: Run) -> int:
         """0 to proceed, a probe token to proceed as the probe; raises when open."""
@@ -403,11 +435,12 @@ class GuardBase:
             token = self._core.admit(now)
             if token == REJECT:
                 retry_after = self._core.retry_after(now)
-            listeners = self._listeners
         if token == REJECT:
             raise self._rejection(retry_after, run.last_exc)
         if token > 0:
-            emit(listeners, BreakerHalfOpen(guard=self.name, op=run.op, at=self._clock.time()))
+            with self._lock:
+                self._counters.transition("half_open")
+            self._emit([BreakerHalfOpen(guard=self.name, op=run.op, at=self._clock.time())])
         return token
 
     def _release(self, token: int) -> None:
@@ -415,12 +448,14 @@ class GuardBase:
             with self._lock:
                 self._core.release(token)
 
-    def _succeeded(self, op: str | None, token: int) -> None:
-        if token == 0 and self._fast:
+    def _succeeded(self, op: str | None, token: int, retried: bool = False) -> None:
+        if token == 0 and self._fast and not retried:
             return
         events: list[Event] = []
         now, wall = self._clock.monotonic(), self._clock.time()
         with self._lock:
+            if retried:
+                self._counters.succeeded_after_retry += 1
             self._success_locked(op, now, wall, events)
             self._core.release(token)
             self._refresh_locked(now)
@@ -461,6 +496,13 @@ class GuardBase:
                 if delay is None:
                     why = "attempts" if run.failed >= self.retry.attempts else "deadline"
             retry_after = self._core.retry_after(now) or self.breaker.open_for
+            counters = self._counters
+            if delay is not None:
+                counters.retries += 1
+            elif run.failed > 1:
+                counters.failed_after_retry += 1
+            else:
+                counters.failed_without_retry += 1
             self._refresh_locked(now)
         if delay is not None:
             events.append(
@@ -505,6 +547,7 @@ class GuardBase:
         self, fault: Fault, op: str | None, now: float, wall: float, events: list[Event]
     ) -> None:
         """Count `fault` by what it says about the database (see `evidence`)."""
+        self._counters.fault(fault)
         verdict = self.evidence(fault)
         if verdict is False:
             self._failure_locked(fault, op, now, wall, events)
@@ -546,6 +589,7 @@ class GuardBase:
             baseline = calls if span <= window else int(calls * window / span)
             self._mark_calls, self._mark_time = self._calls, now
         if core.on_failure(now, baseline):
+            self._counters.transition("open")
             if core.trips == 1:
                 self._first_opened = now
             self._reject_until = core.open_until
@@ -565,6 +609,7 @@ class GuardBase:
         if core.current_state(now) == OPEN:
             return  # admitted before the breaker opened; only a probe may close it
         if core.on_success(now):
+            self._counters.transition("closed")
             events.append(
                 BreakerClosed(guard=self.name, op=op, at=wall, opened_for=now - self._first_opened)
             )
@@ -590,5 +635,8 @@ class GuardBase:
 
     def _emit(self, events: list[Event]) -> None:
         listeners = self._listeners
+        shared = process_listeners()
         for event in events:
             emit(listeners, event)
+            if shared:
+                emit(shared, event)

@@ -31,14 +31,19 @@ __all__ = [
     "BreakerClosed",
     "BreakerHalfOpen",
     "BreakerOpened",
+    "CallRejected",
+    "CommitResolved",
     "DatabaseDown",
     "DatabaseRecovered",
     "Event",
     "Listener",
     "RetryGaveUp",
     "RetryScheduled",
+    "add_process_listener",
     "emit",
     "log_event",
+    "process_listeners",
+    "remove_process_listener",
 ]
 
 logger = logging.getLogger("outlast")
@@ -116,7 +121,50 @@ class BreakerClosed(Event):
     opened_for: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitResolved(Event):
+    """A COMMIT lost its reply and ``pg_xact_status()`` was asked what became of it.
+
+    `outcome` is ``"committed"`` (the result stands, nothing re-run),
+    ``"aborted"`` (nothing was written; the transaction is re-run) or
+    ``"unknown"`` (it could not be settled in time: `CommitOutcomeUnknown`).
+    """
+
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRejected(Event):
+    """The breaker refused a call at once (open, or half-open with its probe busy).
+
+    Delivered only to process listeners (`add_process_listener`): during an
+    outage there is one per request, too many for a log, just right for a trace.
+    """
+
+    retry_after: float
+
+
 Listener = Callable[[Event], object]
+
+_process_listeners: tuple[Listener, ...] = ()
+
+
+def add_process_listener(listener: Listener) -> None:
+    """Also deliver every Guard's events, in this process, to `listener` (exporters use it)."""
+    global _process_listeners
+    if listener not in _process_listeners:
+        _process_listeners = (*_process_listeners, listener)
+
+
+def remove_process_listener(listener: Listener) -> None:
+    """Stop delivering events to a listener added with `add_process_listener`."""
+    global _process_listeners
+    _process_listeners = tuple(x for x in _process_listeners if x is not listener)
+
+
+def process_listeners() -> tuple[Listener, ...]:
+    """The listeners every Guard delivers to, besides its own."""
+    return _process_listeners
 
 
 def emit(listeners: Iterable[Listener], event: Event) -> None:
@@ -224,6 +272,16 @@ def log_event(event: Event) -> None:
             event.guard,
             event.op,
             extra={**base, "outlast_event": "breaker_half_open"},
+        )
+    elif isinstance(event, CommitResolved):
+        unknown = event.outcome == "unknown"
+        logger.log(
+            logging.ERROR if unknown else logging.INFO,
+            "[COMMIT_UNKNOWN] op=%s the outcome of a lost COMMIT could not be settled"
+            if unknown
+            else "[COMMIT_RESOLVED] op=%s outcome=%s",
+            *((event.op,) if unknown else (event.op, event.outcome)),
+            extra={**base, "outlast_event": "commit_resolved", "outcome": event.outcome},
         )
     elif isinstance(event, DatabaseDown):
         logger.debug(

@@ -25,7 +25,7 @@ from .admission import PASS, Admission, admit, admit_now
 from .backoff import Backoff, Retry
 from .base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name, per_call_timeout
 from .breaker import Breaker
-from .events import Listener
+from .events import Listener, process_listeners
 
 __all__ = ["Admission", "Classifier", "Guard"]
 
@@ -140,7 +140,11 @@ class Guard(GuardBase):
         if now < until:
             # Open: fail fast, with no lock, no Run, no extra frame and nothing
             # allocated but the error (built without its keyword __init__).
+            self._counters.rejected += 1
+            if process_listeners():
+                self._tell_rejected(until - now)
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
+        self._counters.slow_calls += 1
         return self._run(Run(op_name(fn, op), idempotent, timeout, start), fn, args, kwargs)
 
     async def acall(
@@ -173,7 +177,11 @@ class Guard(GuardBase):
         now = self._clock.monotonic()
         until = self._reject_until
         if now < until:
+            self._counters.rejected += 1
+            if process_listeners():
+                self._tell_rejected(until - now)
             raise fast_unavailable(OPEN_MESSAGE, until - now, self._tracker.last_fault, self.name)
+        self._counters.slow_calls += 1
         run = Run(op_name(fn, op), idempotent, timeout, start)
         return await self._arun(run, fn, args, kwargs)
 
@@ -245,6 +253,7 @@ class Guard(GuardBase):
                         delay = guard._failed(run, exc, fault, 0)
                     await guard._clock.asleep(delay)
                     return await guard._arun(run, afn, args, kwargs)
+                guard._counters.slow_calls += 1
                 return await guard._arun(Run(name, idempotent, None, None), afn, args, kwargs)
 
             wrapper: Callable[..., Any] = async_wrapper
@@ -263,6 +272,7 @@ class Guard(GuardBase):
                         delay = guard._failed(run, exc, fault, 0)
                     guard._clock.sleep(delay)
                     return guard._run(run, fn, args, kwargs)
+                guard._counters.slow_calls += 1
                 return guard._run(Run(name, idempotent, None, None), fn, args, kwargs)
 
             wrapper = sync_wrapper
@@ -460,7 +470,7 @@ class Guard(GuardBase):
                 self._release(token)
                 raise
             else:
-                self._succeeded(run.op, token)
+                self._succeeded(run.op, token, run.failed > 0)
                 return result
             finally:
                 ADMITTED.reset(admitted)
@@ -488,7 +498,7 @@ class Guard(GuardBase):
                 self._release(token)
                 raise
             else:
-                self._succeeded(run.op, token)
+                self._succeeded(run.op, token, run.failed > 0)
                 return result
             finally:
                 ADMITTED.reset(admitted)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+import weakref
 from typing import Any, Literal, Protocol
 
 from outlast._core.faults.errors import ConfigurationError
@@ -39,7 +40,7 @@ from .record import (
     seconds,
 )
 
-__all__ = ["SupervisorBase"]
+__all__ = ["LIVE_SUPERVISORS", "SupervisorBase"]
 
 
 class _StopFlag(Protocol):
@@ -48,6 +49,10 @@ class _StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
     def set(self) -> None: ...
+
+
+LIVE_SUPERVISORS: weakref.WeakSet[SupervisorBase] = weakref.WeakSet()
+"""Every supervisor alive in this process (the metrics exporters report on them)."""
 
 
 class SupervisorBase:
@@ -82,6 +87,7 @@ class SupervisorBase:
         self._records: dict[str, Record] = {}
         self._escalated = False
         self._init_shell()
+        LIVE_SUPERVISORS.add(self)
 
     def _init_shell(self) -> None:  # pragma: no cover - overridden by both shells
         raise NotImplementedError

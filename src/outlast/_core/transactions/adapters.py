@@ -134,6 +134,8 @@ class GuardLike(Protocol):
 
     def record_success(self, *, op: str | None = None) -> None: ...
 
+    def record_commit_outcome(self, outcome: str, *, op: str | None = None) -> None: ...
+
 
 # --------------------------------------------------------------------------
 # Finding the adapter for a source

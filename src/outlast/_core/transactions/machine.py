@@ -48,7 +48,7 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
 from outlast._core.faults.fault import Fault, FaultKind
@@ -62,7 +62,7 @@ from .adapters import (
     TransactionAdapter,
 )
 
-__all__ = ["arun_transaction", "run_transaction"]
+__all__ = ["arun_transaction", "resolve_commit", "run_transaction"]
 
 T = TypeVar("T")
 # --------------------------------------------------------------------------
@@ -172,17 +172,22 @@ def _decide(
                     # Nothing was written: committed or not, the database is
                     # unchanged, and fn's result stands.
                     return outcome.value
-                resolved = yield from _resolve(
-                    guard,
-                    op,
-                    timeout=timeout,
-                    outcome=outcome,
-                    fault=fault,
-                    exc=exc,
-                    now=now,
-                    rand=rand,
-                    first_failure=first_failure,
-                )
+                try:
+                    resolved = yield from _resolve(
+                        guard,
+                        op,
+                        timeout=timeout,
+                        outcome=outcome,
+                        fault=fault,
+                        exc=exc,
+                        now=now,
+                        rand=rand,
+                        first_failure=first_failure,
+                    )
+                except CommitOutcomeUnknown:
+                    guard.record_commit_outcome("unknown", op=op)
+                    raise
+                guard.record_commit_outcome("committed" if resolved else "aborted", op=op)
                 if resolved:
                     return outcome.value
                 # aborted: nothing was written; fall through to a retry
@@ -377,7 +382,58 @@ def run_transaction(
             reply = _ask(adapter, command)
 
 
-def _ask(adapter: TransactionAdapter, command: _Ask) -> object:
+class _AsksStatus(Protocol):
+    """The part of an adapter that `resolve_commit` needs."""
+
+    def status(self, xid: str, *, timeout: float) -> StatusReply: ...
+
+
+def resolve_commit(
+    guard: GuardLike,
+    adapter: _AsksStatus,
+    *,
+    xid: str,
+    started: str | None,
+    error: Exception,
+    fault: Fault,
+    op: str | None = None,
+    timeout: float | None = None,
+) -> bool:
+    """Resolve one COMMIT lost outside `run_transaction` (an ORM's own commit).
+
+    `xid` and `started` are what `MARKER_SQL` read just before COMMIT; `error`
+    is what COMMIT raised and `fault` its classification (already counted by
+    the caller). Asks ``adapter.status`` exactly as `run_transaction` does:
+    True committed, False aborted (nothing was written), else
+    `CommitOutcomeUnknown` once `timeout` (seconds from now) runs out.
+    """
+    clock = _clock(guard)
+    machine = _resolve(
+        guard,
+        op,
+        timeout=timeout,
+        outcome=_Outcome("commit", error=error, xid=xid, started=started),
+        fault=fault,
+        exc=error,
+        now=clock.monotonic,
+        rand=random.random,
+        first_failure=clock.monotonic(),
+    )
+    reply: object = None
+    while True:
+        try:
+            command = machine.send(reply)
+        except StopIteration as stop:
+            return bool(stop.value)
+        if isinstance(command, _Ask):
+            reply = _ask(adapter, command)
+        else:
+            assert isinstance(command, _Sleep)
+            clock.sleep(command.seconds)
+            reply = None
+
+
+def _ask(adapter: _AsksStatus, command: _Ask) -> object:
     """``adapter.status()``, answered within ``command.timeout`` or `_NoAnswer`.
 
     The question runs in a thread of its own (with this context: the Guard's

@@ -9,9 +9,14 @@ request and wrap an answer in their own response class.
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from outlast._core.guard.events import Event, emit, process_listeners
 from outlast._core.guard.first_use import CURRENT as FIRST_USE
 from outlast._core.timing.budget import RequestBudget
 
@@ -25,15 +30,32 @@ from .health import (
     health_live,
     health_ready,
 )
-from .mapping import Mapped, log_fault, map_exception, record_fault
+from .mapping import Mapped, fault_labels, log_fault, map_exception, record_fault
 from .options import WebConfig, WebOptions
 
 if TYPE_CHECKING:
     from outlast._core.guard.guard import Guard
 
-__all__ = ["WebBase"]
+__all__ = ["LIVE_WEB", "FaultAnswered", "WebBase"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultAnswered(Event):
+    """A web integration answered a database fault (a 503, or a 500 for a bug).
+
+    Delivered to process listeners only (``outlast.otel`` puts it on the
+    request's span); `op` is the route pattern.
+    """
+
+    status: int
+    error: str
+    reason: str
+
+
+LIVE_WEB: weakref.WeakSet[WebBase] = weakref.WeakSet()
+"""Every web integration object alive in this process (for the metrics exporters)."""
 
 
 class WebBase:
@@ -54,6 +76,11 @@ class WebBase:
         self.ping: Callable[[], object] | None = self.config.ping
         self.ready: Callable[[], bool] | None = self.config.ready
         self._probe: SyncProbe | None = None
+        # Answers given for database faults: (status, error, reason) -> count.
+        # The labels come from a bounded vocabulary (see `fault_labels`).
+        self.answers: dict[tuple[int, str, str], int] = {}
+        self._answers_lock = threading.Lock()
+        LIVE_WEB.add(self)
 
     @property
     def guard(self) -> Guard:
@@ -122,6 +149,25 @@ class WebBase:
         if self.config.record_faults:
             record_fault(self._guard, exc, route, mapped.fault)
         log_fault(exc, mapped, route)
+        self.count_answer(exc, mapped, route)
+
+    def count_answer(self, exc: BaseException, mapped: Mapped, route: str = "") -> None:
+        """Count one answer given for a database fault (what ``/metrics`` reports)."""
+        error = (
+            "INTERNAL_ERROR"
+            if mapped.status >= 500 and mapped.status != 503
+            else ("OUTCOME_UNKNOWN" if b"OUTCOME_UNKNOWN" in mapped.body else "SERVICE_UNAVAILABLE")
+        )
+        key = (mapped.status, error, fault_labels(exc, mapped)[1])
+        with self._answers_lock:
+            self.answers[key] = self.answers.get(key, 0) + 1
+        listeners = process_listeners()
+        if listeners:
+            guard = self._guard.name if self._guard is not None else ""
+            answered = FaultAnswered(
+                guard=guard, op=route, at=time.time(), status=key[0], error=error, reason=key[2]
+            )
+            emit(listeners, answered)
 
     # -- health ---------------------------------------------------------------------
 

@@ -156,6 +156,8 @@ def health_ready(
     By default the database being down only makes this ``warn`` (still 200):
     if every pod turned unready, clients would get refused connections
     instead of 503s. ``fail_on_db=True`` turns that into ``fail``/503.
+    When `ready` returns false and has a ``describe()`` method, its text is
+    the ``startup:ready`` check's ``output``.
     """
     checks: dict[str, Any] = {}
     statuses: list[str] = []
@@ -165,9 +167,20 @@ def health_ready(
             started = bool(ready())
         except Exception:
             started = False
-    checks["startup:ready"] = [
-        {"componentType": "system", "status": "pass" if started else "fail", "time": _now_iso()}
-    ]
+    startup: dict[str, Any] = {
+        "componentType": "system",
+        "status": "pass" if started else "fail",
+        "time": _now_iso(),
+    }
+    if not started:
+        # A `ready` object may say why (outlast.migrate: "migrations pending: ...").
+        describe = getattr(ready, "describe", None)
+        if callable(describe):
+            try:
+                startup["output"] = str(describe())
+            except Exception:
+                logger.debug("ready.describe() failed", exc_info=True)
+    checks["startup:ready"] = [startup]
     statuses.append("pass" if started else "fail")
     if guard is not None:
         down = guard.state.down

@@ -50,6 +50,7 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "Mapped",
     "classify_for",
+    "fault_labels",
     "log_fault",
     "map_exception",
     "problem_body",
@@ -203,6 +204,16 @@ def _first_in_a_while(key: tuple[str, str]) -> bool:
         return True
 
 
+def fault_labels(exc: BaseException, mapped: Mapped) -> tuple[str, str]:
+    """``(kind, reason)`` of a mapped fault, for logs and metrics (a bounded vocabulary)."""
+    if isinstance(exc, RequestBudgetExceeded):
+        return "TIMEOUT", "request_budget_exceeded"
+    fault = mapped.fault
+    if fault is None:
+        return "UNAVAILABLE", type(exc).__name__
+    return fault.kind.name, fault.reason
+
+
 def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
     """Log a mapped fault once per exception (no traceback, no SQL, redacted)."""
     if getattr(exc, "_outlast_logged", False):
@@ -212,10 +223,7 @@ def log_fault(exc: BaseException, mapped: Mapped, route: str) -> None:
     except Exception:
         pass
     fault = mapped.fault
-    reason = fault.reason if fault is not None else type(exc).__name__
-    kind = fault.kind.name if fault is not None else "UNAVAILABLE"
-    if isinstance(exc, RequestBudgetExceeded):
-        reason, kind = "request_budget_exceeded", "TIMEOUT"
+    kind, reason = fault_labels(exc, mapped)
     message = redact(fault.message if fault is not None else str(exc))
     if mapped.status == 503:
         retry_after = dict(mapped.headers).get("Retry-After", "1")

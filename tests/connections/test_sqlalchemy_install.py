@@ -74,3 +74,38 @@ async def test_an_asyncpg_engine_gets_its_server_settings(pg_proxy: Any, pg_data
         assert timeout == "30s"
     finally:
         await engine.dispose()
+
+
+def test_a_request_waits_for_a_pooled_connection_no_longer_than_its_budget(
+    pg_database: Any,
+) -> None:
+    from outlast._core.timing.budget import RequestBudget
+    from outlast.sqlalchemy import create_engine
+
+    engine = create_engine(
+        pg_database.url(), guard=outlast.Guard("wait", listeners=()),
+        pool_size=1, max_overflow=0, pool_timeout=30,
+    )  # fmt: skip
+    try:
+        with engine.connect():  # the only connection, held
+            token = RequestBudget(1.0).start()
+            try:
+                start = time.monotonic()
+                with pytest.raises(sqlalchemy.exc.TimeoutError):
+                    with engine.connect():
+                        pass
+                took = time.monotonic() - start
+            finally:
+                RequestBudget.finish(token)
+        print(f"\nthe checkout gave up after {took:.2f}s (pool_timeout 30 s, budget 1 s)")
+        assert took < 10  # the budget (0.8 s of work), not pool_timeout
+        engine.dispose()  # a new pool: bounded too
+        with engine.connect(), pytest.raises(sqlalchemy.exc.TimeoutError):
+            token = RequestBudget(0.5).start()
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                RequestBudget.finish(token)
+    finally:
+        engine.dispose()

@@ -309,6 +309,12 @@ class _Hooks:
             return
         if time.monotonic() >= info.expires:
             raise exc.DisconnectionError("connection reached its max_lifetime")
+        remaining = budget_remaining()
+        if remaining is not None and remaining < self.preset.ping_timeout:
+            # Late in a web request's budget (it waited for the pool): a ping
+            # could outlive the budget. The statements that follow are bounded
+            # by what is left, so a dead connection still fails in time.
+            return
         try:
             self._ping(dbapi_connection, info.fileno)
         except Exception as error:
@@ -481,6 +487,30 @@ def _stats(engine: Engine) -> PoolStats:
     return PoolStats(idle=idle, used=used, max=limit)
 
 
+def _budget_bounded_waits(pool: Any) -> None:
+    """A web request waits for a free pooled connection no longer than its budget.
+
+    SQLAlchemy's ``pool_timeout`` is one number for every checkout; inside a
+    request the rest of its budget is the limit (a request whose budget runs
+    out in the queue gets its 503 in time, not after ``pool_timeout``). The
+    queue's ``get`` is wrapped on the pool instance (``engine.dispose()``
+    makes a new pool: wrapped again then).
+    """
+    queue: Any = getattr(pool, "_pool", None)
+    get = getattr(queue, "get", None)
+    if get is None or getattr(get, "_outlast", False):
+        return
+
+    def bounded_get(block: bool = True, timeout: float | None = None) -> Any:
+        remaining = budget_remaining()
+        if block and remaining is not None:
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return get(block, timeout)
+
+    bounded_get._outlast = True  # type: ignore[attr-defined]
+    queue.get = bounded_get
+
+
 def _install(
     engine: Engine,
     guard: FaultReporter | None,
@@ -492,6 +522,8 @@ def _install(
     hooks = _Hooks(guard, preset, driver, merge_connect)
     _ENGINES[engine] = hooks
     register_pool(engine, driver=f"sqlalchemy+{driver}", guard=guard, reader=_stats)
+    _budget_bounded_waits(engine.pool)
+    event.listen(engine, "engine_disposed", lambda e: _budget_bounded_waits(e.pool))
     _retrying_creator(engine, preset, guard)
     # COMMIT and ROLLBACK: bounded, a lost COMMIT resolved, a dead link's ROLLBACK quiet.
     TransactionEnds(engine, guard, preset, _transaction_info, hooks.timed).install()

@@ -32,6 +32,8 @@ INTEGRATIONS: dict[str, frozenset[str]] = {
     "outlast.asyncpg": frozenset({"asyncpg"}),
     "outlast.django": frozenset({"django", "asgiref"}),
     "outlast.flask": frozenset({"flask", "werkzeug"}),
+    # psycopg 3 for the queue, its pools and its LISTEN connection.
+    "outlast.jobs": frozenset({"psycopg", "psycopg_pool"}),
     # The lock session is psycopg 3; the runners drive Alembic and Django when asked.
     "outlast.migrate": frozenset({"psycopg", "alembic", "sqlalchemy", "django"}),
     "outlast.otel": frozenset({"opentelemetry"}),

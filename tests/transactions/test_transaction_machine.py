@@ -13,6 +13,7 @@ import pytest
 from tx_fakes import AsyncFakeAdapter, Bug, Conflict, FakeAdapter, Lost, make_guard
 
 import outlast
+from outlast._core.guard.base import counted_by
 from outlast._core.transactions.adapters import StatusReply
 from outlast._core.transactions.machine import arun_transaction, run_transaction
 
@@ -250,3 +251,45 @@ def test_breaker_open_fails_fast_without_opening_a_connection() -> None:
     with pytest.raises(outlast.DatabaseUnavailable):
         run_transaction(guard, adapter, lambda conn: 1)
     assert adapter.calls["open"] == 0
+
+
+class _HookedAdapter(FakeAdapter):
+    """A pool's error hook reports the lost COMMIT to the Guard before the machine sees it."""
+
+    guard: outlast.Guard | None = None
+
+    def commit(self, handle: Any) -> None:
+        try:
+            super().commit(handle)
+        except Exception as exc:
+            assert self.guard is not None
+            self.guard.record_failure(exc, op="hook")
+            raise
+
+
+@pytest.mark.parametrize(
+    ("statuses", "outages"),
+    [([COMMITTED], 0), ([ABORTED], 1), ([Lost("down")] * 20, 1)],
+    ids=["committed", "aborted", "unknown"],
+)
+def test_a_lost_commit_is_judged_by_its_outcome_once(statuses: list[Any], outages: int) -> None:
+    """Found committed: a success; aborted or never settled: one failure, not two."""
+
+    def make() -> tuple[FakeAdapter, outlast.Guard, Any]:
+        guard, clock = make_guard(timeout=0.25)
+        fresh = [Lost(*s.args) if isinstance(s, Lost) else s for s in statuses]  # one mark each
+        adapter = _HookedAdapter([("commit", Lost("gone")), None], fresh)
+        adapter.guard = guard
+        return adapter, guard, clock
+
+    for adapter, outcome, _runs in _run_both(make):
+        guard = adapter.guard
+        assert guard is not None
+        assert guard.state.outages == outages
+        if outages and isinstance(outcome, outlast.CommitOutcomeUnknown):
+            # counted with the error itself: a web layer meeting it counts nothing more
+            assert counted_by(outcome, guard)
+            assert guard.state.up is False
+        else:
+            assert outcome == 42
+            assert guard.state.up is True

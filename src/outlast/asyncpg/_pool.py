@@ -64,6 +64,7 @@ from outlast._core.connections.socket_deadline import (
     socket_deadline,
     transport_socket,
 )
+from outlast._core.connections.statements import server_unresponsive
 from outlast._core.faults.errors import ConfigurationError
 from outlast._core.timing.operations import OPERATIONS, error_kind
 
@@ -92,18 +93,61 @@ def connect_kwargs(
     return params, hardening
 
 
+def _own_timeout(conn: object, kwargs: dict[str, Any] | None) -> None:
+    """Mark `conn` when its command_timeout is the preset's (the caller gave none)."""
+    if isinstance(conn, HardenedConnection) and "command_timeout" not in (kwargs or {}):
+        config = getattr(conn, "_config", None)  # asyncpg's ConnectionConfiguration
+        conn._outlast_own_timeout = getattr(config, "command_timeout", None) is not None
+
+
+# The query methods whose ``timeout=None`` means "the connection's
+# command_timeout" (the preset's client statement timeout).
+_QUERY_METHODS = (
+    "execute",
+    "executemany",
+    "fetch",
+    "fetchval",
+    "fetchrow",
+    "fetchmany",
+    "copy_from_table",
+    "copy_from_query",
+    "copy_to_table",
+    "copy_records_to_table",
+)
+
+
+def _bounded_query(name: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: HardenedConnection, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(super(HardenedConnection, self), name)(*args, **kwargs)
+        except TimeoutError as exc:
+            if kwargs.get("timeout") is None and self._outlast_own_timeout:
+                # The preset's command_timeout (statement_timeout + grace)
+                # fired: the server did not even cancel the statement itself.
+                server_unresponsive(exc)
+            raise
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = getattr(asyncpg.Connection, name).__doc__
+    return method
+
+
 class HardenedConnection(asyncpg.Connection):
     """An `asyncpg.Connection` that knows whether its owner closed it.
 
     ``close()`` and ``terminate()`` (called by the application or by the pool
     retiring the connection) mark it; a termination listener that finds no
-    mark knows the server or the network closed it.
+    mark knows the server or the network closed it. Its query methods tell
+    the preset's ``command_timeout`` firing (no ``timeout=`` given: the server
+    is not answering, ``server_unresponsive``) from a ``timeout=`` the caller
+    chose (``client_timeout``: a slow query, no evidence either way).
     """
 
     _outlast_closing = False
     _outlast_pinging = False
     _outlast_in_use = False  # acquired from its pool (between setup and reset)
     _outlast_expires = math.inf  # loop time after which the pool retires it
+    _outlast_own_timeout = False  # command_timeout is the preset's, not the caller's
 
     async def close(self, *, timeout: float | None = None) -> None:
         self._outlast_closing = True
@@ -112,6 +156,11 @@ class HardenedConnection(asyncpg.Connection):
     def terminate(self) -> None:
         self._outlast_closing = True
         super().terminate()
+
+
+for _name in _QUERY_METHODS:
+    if hasattr(asyncpg.Connection, _name):
+        setattr(HardenedConnection, _name, _bounded_query(_name))
 
 
 @functools.cache
@@ -170,6 +219,7 @@ async def connect(
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         report_fault(guard, error, "connect")
         raise
+    _own_timeout(conn, kwargs)
     if guard is not None:
         _watch(conn, lambda error: report_fault(guard, error, "execute"))
         guard.record_success(op="connect")
@@ -209,6 +259,7 @@ def create_pool(
         if key in kwargs
     }
     pool_options["connection_class"] = _hardened_class(pool_options.get("connection_class"))
+    caller = dict(kwargs)
     params, hardening = connect_kwargs(dsn, preset=preset, kwargs=kwargs)
     params.pop("connection_class")  # the pool passes its own to the connect hook
     user_init: Callable[[Any], Awaitable[None]] | None = pool_options.pop("init", None)
@@ -267,6 +318,7 @@ def create_pool(
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             report(error, "connect")
             raise
+        _own_timeout(conn, caller)
         if isinstance(conn, HardenedConnection):
             lifetime = jittered_lifetime(hardening)
             loop = asyncio.get_running_loop()

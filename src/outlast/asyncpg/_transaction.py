@@ -18,6 +18,7 @@ import asyncpg
 from outlast._core.transactions.adapters import (
     MARKER_SQL,
     StatusReply,
+    connection_gone,
     register_adapter,
     status_sql,
 )
@@ -61,6 +62,9 @@ class AsyncpgAdapter:
         if discard:
             handle.conn.terminate()
         await self.pool.release(handle.conn)
+
+    async def lost(self, handle: Any) -> bool:
+        return connection_gone(handle.conn)
 
     async def status(self, xid: str, *, timeout: float) -> StatusReply:
         args = getattr(self.pool, "_connect_args", None)

@@ -3,7 +3,8 @@
 `Proxy` forwards TCP connections to a PostgreSQL server and injects network
 faults (down, reset, blackhole, freeze, latency, bandwidth, slow_close,
 limit_data) and protocol faults (reject_login with a real ``ErrorResponse``,
-terminate with 57P01, cut_after a matching COMMIT). `AdminServer` exposes
+terminate with 57P01, cut_after a matching COMMIT, cut_at any message of a
+session); ``Proxy.recording()`` lists a session's messages. `AdminServer` exposes
 proxies over a Toxiproxy-like JSON API; `AdminClient` talks to it.
 
 This package uses only the standard library (and uvloop when it is installed)

@@ -170,6 +170,40 @@ def _cut_after(params: Mapping[str, Any]) -> dict[str, Any]:
     return {"pattern": pattern, "wait_reply": wait_reply, "forward": forward, "count": count}
 
 
+CUT_HOWS = ("close", "reset", "terminate")
+
+
+def _cut_at(params: Mapping[str, Any]) -> dict[str, Any]:
+    direction = params.get("direction", "upstream")
+    if direction not in ("upstream", "downstream"):
+        raise ValueError(f"direction must be upstream or downstream, not {direction!r}")
+    after = params.get("after")
+    if after is not None:
+        after = _text("after", after)
+        try:
+            re.compile(after, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"after is not a valid regular expression: {exc}") from None
+    skip = int(_number("skip", params.get("skip", 0), integer=True))
+    forward = params.get("forward", True)
+    if not isinstance(forward, bool):
+        raise ValueError("forward must be true or false")
+    how = params.get("how", "close")
+    if how not in CUT_HOWS:
+        raise ValueError(f"how must be one of {', '.join(CUT_HOWS)}, not {how!r}")
+    count = params.get("count")
+    if count is not None:
+        count = int(_number("count", count, minimum=1, integer=True))
+    return {
+        "direction": direction,
+        "after": after,
+        "skip": skip,
+        "forward": forward,
+        "how": how,
+        "count": count,
+    }
+
+
 _Validator = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 # kind -> (validator, allowed parameter names)
@@ -188,6 +222,10 @@ _KINDS: dict[str, tuple[_Validator, frozenset[str]]] = {
     ),
     "terminate": (_none, frozenset()),
     "cut_after": (_cut_after, frozenset({"pattern", "wait_reply", "forward", "count"})),
+    "cut_at": (
+        _cut_at,
+        frozenset({"direction", "after", "skip", "forward", "how", "count"}),
+    ),
 }
 
 FAULT_KINDS: tuple[str, ...] = tuple(_KINDS)

@@ -8,8 +8,10 @@ else (startup, delays, holds, cuts, terminate) goes through the slow path.
 Boundary tracking: unless the proxy was built with ``track=False``, each
 direction keeps a `MessageTracker` that reads only the 5-byte message headers,
 so a ``terminate`` can slip an ErrorResponse in between whole server messages
-and ``cut_after`` can find a client's COMMIT. The untyped startup packets are
-parsed either way, to record the login's parameters (`login`).
+and ``cut_after`` can find a client's COMMIT. ``cut_at`` and recordings have
+the trackers hand over whole messages, in both directions, to the link's
+`MessageWatch`. The untyped startup packets are parsed either way, to record
+the login's parameters (`login`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from outlast.chaos._protocol import (
     query_text,
 )
 from outlast.chaos._sides import C2S, S2C, UpstreamSide, abort_with_rst, nodelay
+from outlast.chaos._watch import MessageWatch, Strike
 
 
 class Proxy(Protocol):
@@ -77,6 +80,7 @@ class Link(Delivery):
         "_queued",
         "_queues",
         "_sent",
+        "_severed",
         "_slow_closing",
         "_startup",
         "_statements",
@@ -97,6 +101,7 @@ class Link(Delivery):
         "tracker_down",
         "tracker_up",
         "upstream",
+        "watch",
     )
 
     def __init__(self, proxy: Proxy, link_id: int, *, track: bool) -> None:
@@ -137,6 +142,8 @@ class Link(Delivery):
         self._cut: FaultSpec | None = None  # set once a cut_after fired
         self._cut_timer: asyncio.TimerHandle | None = None
         self._dropped = False  # blackholed at some point: close when lifted
+        self._severed = False  # struck by cut_at: nothing more goes either way
+        self.watch = MessageWatch()
 
     # ----------------------------------------------------------- lifecycle
 
@@ -217,6 +224,7 @@ class Link(Delivery):
 
     def detach(self, fault_id: str) -> None:
         spec = self.faults.pop(fault_id, None)
+        self.watch.forget(fault_id)
         if spec is None or self.closed:
             return
         if spec.kind == "blackhole" and not self._of("blackhole"):
@@ -236,9 +244,17 @@ class Link(Delivery):
                 self.resume(direction, "hold")
                 if self._queues[direction] and self._timers[direction] is None:
                     self._schedule(direction)
+        up, down = MessageWatch.captures(self.faults.values(), self.watch.record is not None)
         if self._cut is None and self.tracker_up is not None:
-            self.tracker_up.set_capture(bool(self._of("cut_after")))
-        simple = not self.faults and self._cut is None and self.rejecting is None
+            self.tracker_up.set_capture(up or bool(self._of("cut_after")))
+        if self._cut is None and not self._terminate_pending and self.tracker_down is not None:
+            self.tracker_down.set_capture(down)
+        simple = (
+            not self.faults
+            and self._cut is None
+            and self.rejecting is None
+            and self.watch.record is None
+        )
         ready = self.upstream is not None and not self._in_startup
         self.fast_up = simple and ready and not self._queues[C2S]
         self.fast_down = simple and ready and not self._queues[S2C] and not self._terminate_pending
@@ -280,7 +296,7 @@ class Link(Delivery):
     # ----------------------------------------------------------- slow path
 
     def client_data(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._severed:
             return
         if self.rejecting is not None:
             self._reject_feed(data)
@@ -296,7 +312,19 @@ class Link(Delivery):
         else:
             tracker = self.tracker_up
             if tracker is not None:
-                found = self._find_cut(tracker.feed(data)) if self._cut is None else None
+                found = None
+                if self._cut is None:
+                    messages = tracker.feed(data)
+                    texts = [query_text(m, self._statements, self._portals) for m, _ in messages]
+                    strike = self.watch.upstream(messages, texts, self.faults, self.proxy.cut_fired)
+                    if strike is not None:
+                        # A cut_after on an earlier message of this chunk goes first.
+                        found = self._find_cut(messages[: strike.index], texts)
+                        if found is None:
+                            self._strike(C2S, data, strike)
+                            return
+                    else:
+                        found = self._find_cut(messages, texts)
                 if found is not None and not found[0].params["forward"]:
                     # The server must never see the message: forward what came
                     # before it and close both sides (an open transaction rolls
@@ -312,7 +340,7 @@ class Link(Delivery):
         self._send(C2S, data)
 
     def server_data(self, data: bytes) -> None:
-        if self.closed or self._of("blackhole"):
+        if self.closed or self._severed or self._of("blackhole"):
             return
         if self._expect_reply_byte and data:
             self._expect_reply_byte = False
@@ -341,8 +369,44 @@ class Link(Delivery):
                 self.close()
                 return
         elif tracker is not None:
-            tracker.skim(data)
+            if tracker.capturing:
+                messages = tracker.feed(data)
+                strike = self.watch.downstream(messages, self.faults, self.proxy.cut_fired)
+                if strike is not None:
+                    self._strike(S2C, data, strike)
+                    return
+            else:
+                tracker.skim(data)
         self._send(S2C, data)
+
+    def _strike(self, direction: int, data: bytes, strike: Strike) -> None:
+        """``cut_at``: deliver the chunk up to the strike, then end the link as asked.
+
+        ``close``: a FIN to the client (after what was already handed on);
+        ``reset``: an RST; ``terminate``: FATAL 57P01 first, when the server's
+        stream is between two messages there (else a FIN). The server always
+        gets a FIN after the bytes forwarded to it, so it runs what it
+        received and then sees its client gone.
+        """
+        self._severed = True
+        self.fast_up = self.fast_down = False
+        self._send(direction, data[: strike.at])
+        if strike.how == "reset":
+            self.close(rst=True)
+            return
+        if direction == S2C:
+            boundary = strike.boundary
+        else:
+            boundary = self.tracker_down is not None and self.tracker_down.at_boundary
+        if strike.how == "terminate" and boundary:
+            self._finish_with_error()
+            return
+        if self.upstream is not None:
+            self.upstream.close()
+        if self._queues[S2C]:
+            self._close_after_drain = True
+        else:
+            self.close()
 
     def _untrack(self) -> None:
         self.tracker_up = self.tracker_down = None
@@ -379,13 +443,14 @@ class Link(Delivery):
         self.login = login_parameters(parameters)
         self.proxy.login_seen(self, self.login, rejected)
 
-    def _find_cut(self, messages: list[tuple[bytes, int]]) -> tuple[FaultSpec, int, int] | None:
+    def _find_cut(
+        self, messages: list[tuple[bytes, int]], texts: list[str | None]
+    ) -> tuple[FaultSpec, int, int] | None:
         """The cut_after that fires on one of `messages`, with that message's end and length."""
         cuts = self._of("cut_after")
         if not cuts:
             return None
-        for message, end in messages:
-            text = query_text(message, self._statements, self._portals)
+        for (message, end), text in zip(messages, texts, strict=False):
             if text is None:
                 continue
             for spec in cuts:

@@ -202,6 +202,10 @@ class MessageTracker:
     def at_boundary(self) -> bool:
         return not self.broken and self._need == 0 and not self._header
 
+    @property
+    def capturing(self) -> bool:
+        return self._capture
+
     def set_capture(self, on: bool) -> None:
         """Start or stop collecting whole messages (starts at the next message)."""
         self._capture = on

@@ -31,7 +31,16 @@ __all__ = ["Proxy"]
 
 T = TypeVar("T")
 _LINK_FAULTS = frozenset(
-    {"blackhole", "freeze", "latency", "bandwidth", "slow_close", "limit_data", "cut_after"}
+    {
+        "blackhole",
+        "freeze",
+        "latency",
+        "bandwidth",
+        "slow_close",
+        "limit_data",
+        "cut_after",
+        "cut_at",
+    }
 )
 _CALL_TIMEOUT = 30.0
 #: How many ended faults keep their hit counts for `fault_info`.
@@ -99,6 +108,7 @@ class Proxy:
         self._total = 0
         self._closed_bytes = [0, 0]
         self._started_at = 0.0
+        self._recorded: list[Link] | None = None  # links seen while recording
 
     # ----------------------------------------------------------- lifecycle
 
@@ -300,6 +310,9 @@ class Proxy:
     def link_opened(self, link: Link) -> None:
         self._links[link.id] = link
         self._total += 1
+        if self._recorded is not None:
+            link.watch.record = []
+            self._recorded.append(link)
         for spec in list(self._faults.values()):
             if spec.kind in ("terminate",) or not _chosen(spec):
                 continue
@@ -327,7 +340,7 @@ class Proxy:
         self._logins.record(link.id, link.peer(), parameters, rejected)
 
     def cut_fired(self, spec: FaultSpec) -> bool:
-        """Count one cut for a ``cut_after`` fault; False once its count is used up."""
+        """Count one cut of a ``cut_after`` or ``cut_at`` fault; False once its count is used up."""
         if spec.id not in self._faults:
             return False
         used = self._cut_counts.get(spec.id, 0) + 1
@@ -491,6 +504,45 @@ class Proxy:
         finally:
             if self.running:
                 self._call(self._remove, fault_id)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[dict[str, Any]]]:
+        """Record every protocol message of the connections live or opened in the block.
+
+        Yields a list that is filled when the block ends: one dict per
+        connection, ``{"connection": id, "messages": [...]}``, each message
+        ``{"direction": "upstream" | "downstream", "type": "Q", "length": n}``
+        plus ``"sql"`` for a client message that carries or runs SQL (``Q``,
+        ``Parse``, the ``Execute`` of a parsed statement), both directions in the order
+        the proxy handled them (the StartupMessage is not a typed message and
+        is not listed). A test records one clean run, then replays it with one
+        ``cut_at`` fault per position. Needs message tracking (``track=True``).
+        """
+        out: list[dict[str, Any]] = []
+        self._call(self._start_recording)
+        try:
+            yield out
+        finally:
+            if self.running:
+                out.extend(self._call(self._stop_recording))
+
+    def _start_recording(self) -> None:
+        if self._recorded is not None:
+            raise RuntimeError(f"the proxy {self.name} is already recording")
+        self._recorded = []
+        for link in self._links.values():
+            link.watch.record = []
+            self._recorded.append(link)
+            link.refresh()
+
+    def _stop_recording(self) -> list[dict[str, Any]]:
+        links, self._recorded = self._recorded or [], None
+        out = []
+        for link in links:
+            messages, link.watch.record = link.watch.record or [], None
+            link.refresh()
+            out.append({"connection": link.id, "messages": messages})
+        return out
 
     def close_connections(self) -> int:
         """Close every live connection (FIN); returns how many were closed."""

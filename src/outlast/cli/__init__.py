@@ -30,6 +30,7 @@ class Command:
     help: str
     description: str
     run: str = "run"  # the function of `module` that runs it
+    arguments: str = "add_arguments"  # the function of `module` that adds its options
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -80,6 +81,24 @@ COMMANDS: tuple[Command, ...] = (
         "slow recovery) as a Prometheus rule file: outlast alerts --prometheus > rules.yml",
     ),
     Command(
+        "worker",
+        "outlast.jobs._cli",
+        run="run_worker",
+        arguments="add_worker_arguments",
+        help="run the handlers of an outlast.jobs queue",
+        description="Run a durable job worker: claims jobs (per-key limits enforced in the "
+        "claim), heartbeats their leases, rides out database outages, and on SIGTERM finishes "
+        "or releases running jobs. Example: outlast worker app.tasks:jobs --concurrency 8",
+    ),
+    Command(
+        "jobs",
+        "outlast.jobs._cli",
+        run="run_status",
+        arguments="add_status_arguments",
+        help="show a job queue: depth per kind, oldest job, slots per key, dead letters",
+        description="Read-only snapshot of an outlast.jobs queue.",
+    ),
+    Command(
         "slots",
         "outlast.replication._cli",
         help="check replication slots (WAL retention, time to loss) or a CDC offset",
@@ -116,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         module = importlib.import_module(command.module)
         child = sub.add_parser(command.name, help=command.help, description=command.description)
-        module.add_arguments(child)
+        getattr(module, command.arguments)(child)
         child.set_defaults(run=getattr(module, command.run))
     return parser
 

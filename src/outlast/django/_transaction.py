@@ -43,6 +43,7 @@ from outlast._core.timing.budget import budget_remaining
 from outlast._core.transactions.adapters import (
     MARKER_SQL,
     StatusReply,
+    connection_gone,
     register_adapter,
     status_sql,
 )
@@ -119,7 +120,19 @@ class DjangoAdapter:
     def rollback(self, handle: Any) -> None:
         handle.rollback()
 
+    def lost(self, handle: Any) -> bool:
+        return connection_gone(handle.connection)  # None: Django closed it
+
     def close(self, handle: Any, *, discard: bool) -> None:
+        if handle.in_atomic_block or handle.closed_in_transaction:
+            # The connection died inside one of fn's atomic() blocks: Django
+            # keeps its transaction state (in_atomic_block, closed in a
+            # transaction) for an outermost atomic() to clear, and here the
+            # outermost transaction was this attempt's, now over. Left as is,
+            # every later transaction on this thread would be refused.
+            handle.in_atomic_block = False
+            handle.closed_in_transaction = False
+            discard = True
         if discard:
             handle.close()  # the next ensure_connection() starts afresh, autocommit on
         elif not handle.get_autocommit():

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from outlast._core.transactions.adapters import (
     MARKER_SQL,
     StatusReply,
+    connection_gone,
     register_adapter,
     status_sql,
 )
@@ -82,6 +83,9 @@ class PsycopgAdapter:
             handle.close()  # the pool discards a closed connection
         self.pool.putconn(handle)
 
+    def lost(self, handle: Any) -> bool:
+        return connection_gone(handle)
+
     def status(self, xid: str, *, timeout: float) -> StatusReply:
         conn = psycopg.connect(self.conninfo, **_probe_kwargs(self.kwargs, timeout))
         try:
@@ -125,6 +129,9 @@ class AsyncPsycopgAdapter:
         if discard:
             await handle.close()
         await self.pool.putconn(handle)
+
+    async def lost(self, handle: Any) -> bool:
+        return connection_gone(handle)
 
     async def status(self, xid: str, *, timeout: float) -> StatusReply:
         conn = await psycopg.AsyncConnection.connect(

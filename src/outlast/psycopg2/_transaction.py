@@ -18,6 +18,7 @@ from psycopg2.pool import AbstractConnectionPool
 from outlast._core.transactions.adapters import (
     MARKER_SQL,
     StatusReply,
+    connection_gone,
     register_adapter,
     status_sql,
 )
@@ -67,6 +68,9 @@ class Psycopg2Adapter:
 
     def close(self, handle: Any, *, discard: bool) -> None:
         self.pool.putconn(handle, close=discard or bool(handle.closed))
+
+    def lost(self, handle: Any) -> bool:
+        return connection_gone(handle)
 
     def status(self, xid: str, *, timeout: float) -> StatusReply:
         args: tuple[Any, ...] = getattr(self.pool, "_args", ())

@@ -11,9 +11,12 @@ dependency's session, Flask-SQLAlchemy's ``db.session``), ``engine.begin()``,
   past its budget.
 - **A lost COMMIT is resolved, never guessed**: before COMMIT of a
   transaction that ran a statement, one round trip reads its id
-  (``pg_current_xact_id_if_assigned()``; a transaction that may have queued a
-  NOTIFY or ran something other than a query gets one assigned, since its
-  effect would otherwise only get an id at COMMIT). When the COMMIT then
+  (`MARKER_SQL`, which assigns one if needed: a transaction whose only
+  effect is a NOTIFY would otherwise get one only at COMMIT; a transaction
+  that ran nothing but plain queries is asked without assigning one, so its
+  COMMIT stays cheap). The marker is read inside the dialect's COMMIT, after
+  the session's last flush: an ORM session with ``autoflush=False`` has sent
+  its INSERT by then. When the COMMIT then
   fails without an answer from the server (the link died, a deadline fired),
   ``pg_xact_status()`` is asked on a fresh connection within the rest of the
   budget (`outlast._core.transactions.lost_commit`): ``committed`` -- the
@@ -69,6 +72,11 @@ logger = logging.getLogger("outlast")
 _STATUS = text(status_sql(":xid"))
 #: Forces an xid on a transaction whose effect would only get one at COMMIT.
 _ASSIGN_SQL = "SELECT pg_current_xact_id()::text"
+#: For a transaction that ran only plain queries: reads the xid without
+#: assigning one, so a read-only transaction's COMMIT stays free of a WAL record.
+_READ_MARKER_SQL = (
+    "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text"
+)
 # A statement that only reads (nothing it does waits for COMMIT to take effect).
 _READ_ONLY = re.compile(
     r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*(?:select|show|values|table)\b", re.I | re.S
@@ -335,7 +343,11 @@ def autocommit_write_lost(
 def _marker(dbapi_connection: PoolProxiedConnection, info: TransactionInfo) -> tuple[Any, Any]:
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(MARKER_SQL)
+        # Only plain queries ran: an xid exists exactly when one of them wrote
+        # (a function it called), and NULL proves nothing waits for COMMIT.
+        # Otherwise the transaction's marker, which assigns one if needed.
+        read_only = not (info.notify or info.wrote)
+        cursor.execute(_READ_MARKER_SQL if read_only else MARKER_SQL)
         xid, started = _row(cursor.fetchone())
         if xid is None and (info.notify or info.wrote):
             # Nothing assigned an id yet, but the transaction may still change

@@ -67,7 +67,11 @@ from outlast._core.connections.socket_deadline import (
     socket_deadline,
     transport_socket,
 )
-from outlast._core.connections.statements import budget_ran_out, statement_limit
+from outlast._core.connections.statements import (
+    budget_ran_out,
+    server_unresponsive,
+    statement_limit,
+)
 from outlast._core.timing.budget import budget_remaining
 from outlast._core.timing.operations import OPERATIONS, error_kind
 from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo, autocommit_write_lost
@@ -187,7 +191,11 @@ def create_async_engine(
     if driver == "psycopg2":
         raise outlast.ConfigurationError("psycopg2 has no asyncio support: use psycopg or asyncpg")
     engine = _sa_create_async_engine(parsed, **options)
-    _install(engine.sync_engine, guard, hardening, driver)
+    user_args = kwargs.get("connect_args") or {}
+    # asyncpg's command_timeout is the preset's client statement timeout
+    # unless the caller chose their own (then it says nothing about health).
+    own = driver == _ASYNCPG and "command_timeout" not in user_args
+    _install(engine.sync_engine, guard, hardening, driver, own_command_timeout=own)
     return engine
 
 
@@ -239,7 +247,9 @@ class _Hooks:
         guard: FaultReporter | None,
         preset: Hardening,
         driver: str,
+        *,
         merge_connect: bool = False,
+        own_command_timeout: bool = False,
     ) -> None:
         self.guard = guard
         self.preset = preset
@@ -248,6 +258,8 @@ class _Hooks:
         self.merge_connect = merge_connect
         # Labels of the operation-duration histogram (db.client.operation.duration).
         self.timed = (getattr(guard, "name", None), f"sqlalchemy+{driver}")
+        # asyncpg's command_timeout is the preset's client statement timeout.
+        self.own_command_timeout = own_command_timeout
 
     # -- pool events -----------------------------------------------------------
 
@@ -384,8 +396,12 @@ class _Hooks:
         token = getattr(execution, "outlast_deadline", 0)
         if token:
             execution.outlast_deadline = 0  # type: ignore[union-attr]
-            if socket_deadline.disarm(token) and getattr(execution, "outlast_by_budget", False):
-                budget_ran_out(error)
+            by_budget = getattr(execution, "outlast_by_budget", False)
+            if socket_deadline.disarm(token):
+                (budget_ran_out if by_budget else server_unresponsive)(error)
+            elif isinstance(error, TimeoutError) and self.own_command_timeout and not by_budget:
+                # asyncpg's command_timeout (the same preset limit) fired first.
+                server_unresponsive(error)
         started = getattr(execution, "outlast_started", None)
         if started is not None:
             execution.outlast_started = None  # type: ignore[union-attr]
@@ -518,8 +534,15 @@ def _install(
     driver: str,
     *,
     merge_connect: bool = False,
+    own_command_timeout: bool = False,
 ) -> None:
-    hooks = _Hooks(guard, preset, driver, merge_connect)
+    hooks = _Hooks(
+        guard,
+        preset,
+        driver,
+        merge_connect=merge_connect,
+        own_command_timeout=own_command_timeout,
+    )
     _ENGINES[engine] = hooks
     register_pool(engine, driver=f"sqlalchemy+{driver}", guard=guard, reader=_stats)
     _budget_bounded_waits(engine.pool)

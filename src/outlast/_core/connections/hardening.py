@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 from outlast._core.faults.classify import classify
 from outlast._core.faults.errors import ConfigurationError
+from outlast._core.faults.fault import FOREIGN_REASONS, FaultKind
 from outlast._core.timing.durations import seconds
 
 from .dsn import parse_dsn
@@ -432,6 +433,7 @@ _RESTART_REASONS = frozenset(
         "shutting_down",
         "starting_up",
         "read_only_transaction",
+        "server_unresponsive",
     }
 )
 
@@ -442,8 +444,8 @@ def is_restart_fault(fault: Fault | None) -> bool:
     After such a fault no pooled connection can be trusted: pools drop them
     all instead of letting each request discover a stale one.
     """
-    if fault is None:
-        return False
+    if fault is None or fault.kind is FaultKind.PERMANENT or fault.reason in FOREIGN_REASONS:
+        return False  # a bug, a refused login, a remote server's failure: this link is fine
     if fault.sqlstate is not None and (
         fault.sqlstate in RESTART_SQLSTATES or fault.sqlstate.startswith("08")
     ):

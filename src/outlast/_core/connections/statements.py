@@ -13,6 +13,15 @@ connection, yet the database did nothing wrong: the request ran out of time.
 that error, so the Guard, the pools and the web layer see the request's
 timeout, not an outage: no failure is counted, the pool drops only this
 connection, the answer is a 503 for the request.
+
+When the deadline that fires is the *preset's* own client statement timeout,
+the server had ``statement_timeout`` to cancel the statement itself and a
+grace period to say so, and said nothing: it (or the link to it) is not
+answering at all. `statement_bound` attaches ``server_unresponsive``
+(UNAVAILABLE, counted by the breaker) -- the one client-side timeout that is
+evidence of an outage. A timeout the application chose (asyncpg's
+``timeout=``, a short ``command_timeout`` of its own) is not: a slow query
+on a healthy server hits it too (``client_timeout``, no evidence either way).
 """
 
 from __future__ import annotations
@@ -35,8 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUDGET_RAN_OUT",
+    "SERVER_UNRESPONSIVE",
     "StatementLimit",
     "budget_ran_out",
+    "server_unresponsive",
     "statement_bound",
     "statement_limit",
 ]
@@ -50,6 +61,16 @@ BUDGET_RAN_OUT: Final = Fault(
     message="the request's budget ran out while it waited for the database",
 )
 """The fault of an exchange cut short by the request's budget (not the database's)."""
+
+SERVER_UNRESPONSIVE: Final = Fault(
+    kind=FaultKind.UNAVAILABLE,
+    reason="server_unresponsive",
+    sqlstate=None,
+    phase="statement",
+    transient=True,
+    message="no answer within the client statement timeout: the server did not even cancel",
+)
+"""The fault of an exchange that outlived the preset's client statement timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +95,11 @@ def budget_ran_out(exc: BaseException) -> None:
     attach_fault(exc, BUDGET_RAN_OUT)
 
 
+def server_unresponsive(exc: BaseException) -> None:
+    """Say that `exc` came from the preset's client statement timeout: the server is silent."""
+    attach_fault(exc, SERVER_UNRESPONSIVE)
+
+
 @contextlib.contextmanager
 def statement_bound(
     fileno: int | None, preset: Hardening, timed: tuple[str | None, str] | None = None
@@ -91,8 +117,8 @@ def statement_bound(
     try:
         yield limit
     except BaseException as exc:
-        if token and socket_deadline.disarm(token) and limit.by_budget:
-            budget_ran_out(exc)
+        if token and socket_deadline.disarm(token):
+            (budget_ran_out if limit.by_budget else server_unresponsive)(exc)
         if started is not None and timed is not None:
             OPERATIONS.observe(*timed, time.perf_counter() - started, error_kind(exc))
         raise

@@ -11,7 +11,10 @@ Drivers are recognised without importing them (duck typing):
   login-time errors with ``sqlstate=None``; Neon's proxy sends ``XX000``);
   the patterns live in `outlast._core.faults.messages`;
 - the frames of the traceback, to tell "while connecting" from "while running a
-  statement" (the driver's ``connect`` / SQLAlchemy's pool checkout).
+  statement" (the driver's ``connect`` / SQLAlchemy's pool checkout), and the
+  server's own fields, to tell PostgreSQL's ERROR about a connection *it* made
+  (postgres_fdw, dblink: ``remote_unavailable``) from one about ours
+  (`outlast._core.faults.origin`).
 
 SQLAlchemy's ``DBAPIError.orig`` and explicit ``raise ... from`` chains
 (``__cause__``) are followed, with a depth limit and cycle detection. The
@@ -28,11 +31,18 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from types import TracebackType
+from dataclasses import dataclass, replace
 
-from .fault import Fault, FaultKind, Phase
+from .fault import FOREIGN_REASONS, Fault, FaultKind, Phase
 from .messages import CONNECT_WORDING, DSN_PATTERNS, NEON_PATTERNS, TEXT_PATTERNS, match_text
+from .origin import (
+    DRIVER_ROOTS,
+    driver_frames,
+    has_connect_frames,
+    has_driver_frames,
+    has_pool_wait_frames,
+    raised_by_postgres,
+)
 from .redact import summarize
 from .sqlstate import LOGIN_SQLSTATES, lookup_sqlstate
 
@@ -47,12 +57,8 @@ _P = FaultKind.PERMANENT
 _TRANSIENT = frozenset({_U, _C, _R})
 
 _MAX_CHAIN = 16
-_MAX_FRAMES = 256
 _MAX_TEXT = 8192
 
-_DRIVER_ROOTS = frozenset(
-    {"psycopg", "psycopg2", "psycopg_c", "psycopg_binary", "psycopg_pool", "asyncpg", "sqlalchemy"}
-)
 _SQLSTATE_RE = re.compile(r"[0-9A-Z]{5}")
 
 # Reasons that only exist before a statement could have been sent.
@@ -72,8 +78,12 @@ _CONNECT_REASONS = frozenset(
         "endpoint_disabled",
         "compute_unreachable",
         "ssl_config",
+        "auth_config",
+        "unsupported_startup_parameter",
         "bad_dsn",
         "invalid_connection_option",
+        "pool_closed",
+        "too_many_parameters",
     }
 )
 
@@ -110,30 +120,26 @@ def attach_fault(exc: BaseException, fault: Fault) -> None:
 # Reasons after which a COMMIT that was in flight may or may not have happened.
 _LOST_REASONS_KINDS = frozenset({_U})
 
-# Frames that mean "the driver was establishing a connection".
-_CONNECT_FUNCS = frozenset(
-    {
-        "connect",
-        "_connect",
-        "__connect",
-        "connect_gen",
-        "_connect_gen",
-        "_connect_addr",
-        "__connect_addr",
-        "_create_connection",
-        "_create_ssl_connection",
-        "connect_async",
-    }
-)
 # Driver modules whose ValueErrors mean "this DSN cannot be parsed".
 _DSN_PARSER_MODULES = frozenset({"sqlalchemy.engine.url"})
 
-_CONNECT_MODULES = frozenset(
-    {"asyncpg.connect_utils", "sqlalchemy.pool.base", "sqlalchemy.pool.impl", "psycopg.generators"}
-)
 
 # Neon's texts override these generic codes (the proxy sends everything as XX000).
 _OVERRIDABLE_SQLSTATES = frozenset({"XX000", "08000", "08001", "08006", "58000"})
+
+# PgBouncer sends every error of its own as 08P01 (a bad password, a startup
+# parameter it does not know, a full pool, a server connection that died): its
+# text tells which.
+_TEXT_REFINED_SQLSTATES = frozenset({"08P01"})
+
+# Codes that, for this session's own connection, PostgreSQL only sends as
+# FATAL (the session ends). Sent by PostgreSQL itself at ERROR level -- the
+# session goes on -- they describe a connection the *server* made: postgres_fdw
+# or dblink reaching a remote server (08001 "could not connect to server",
+# 08006 when the remote died mid-query).
+_FOREIGN_SQLSTATES = frozenset(
+    {"08000", "08001", "08003", "08004", "08006", "08007", "57P01", "57P02", "57P03", "53300"}
+)
 
 # Generic reasons that a more specific one found deeper in the chain should replace.
 _GENERIC_REASONS = frozenset(
@@ -207,9 +213,13 @@ def _classify(exc: object, during_commit: bool) -> Fault | None:
     chain = list(_chain(exc))
     attached = _attached(chain)
     if attached is not None:
+        if during_commit and attached.kind is FaultKind.UNAVAILABLE and attached.phase != "connect":
+            # A COMMIT that got no answer (the preset's statement timeout) may
+            # or may not have happened.
+            return replace(attached, kind=FaultKind.COMMIT_UNKNOWN, phase="commit", transient=False)
         return attached
     verdicts: list[_Verdict] = []
-    driver_context = any(_is_driver_exc(e) or _has_driver_frames(e) for e in chain)
+    driver_context = any(_is_driver_exc(e) or has_driver_frames(e) for e in chain)
     for e in chain:
         v = _classify_one(e, driver_context)
         if v is not None:
@@ -286,7 +296,7 @@ def _modules(exc: BaseException) -> Iterator[str]:
 
 
 def _is_driver_exc(exc: BaseException) -> bool:
-    return any(mod.partition(".")[0] in _DRIVER_ROOTS for mod in _modules(exc))
+    return any(mod.partition(".")[0] in DRIVER_ROOTS for mod in _modules(exc))
 
 
 def _class_names(exc: BaseException) -> set[str]:
@@ -301,30 +311,6 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-def _frames(exc: BaseException) -> Iterator[tuple[str, str]]:
-    tb: TracebackType | None = exc.__traceback__
-    n = 0
-    while tb is not None and n < _MAX_FRAMES:
-        frame = tb.tb_frame
-        mod = frame.f_globals.get("__name__")
-        yield (mod if isinstance(mod, str) else "", frame.f_code.co_name)
-        tb = tb.tb_next
-        n += 1
-
-
-def _has_driver_frames(exc: BaseException) -> bool:
-    return any(mod.partition(".")[0] in _DRIVER_ROOTS for mod, _ in _frames(exc))
-
-
-def _has_connect_frames(exc: BaseException) -> bool:
-    for mod, func in _frames(exc):
-        if mod.partition(".")[0] in _DRIVER_ROOTS and (
-            func in _CONNECT_FUNCS or mod in _CONNECT_MODULES
-        ):
-            return True
-    return False
-
-
 def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
     text = _safe_str(exc)
     code = _sqlstate(exc)
@@ -337,6 +323,17 @@ def _classify_one(exc: BaseException, driver_context: bool) -> _Verdict | None:
             neon = match_text(text, NEON_PATTERNS)
             if neon is not None:
                 return _Verdict(neon[0], neon[1], code, 4, exc, text)
+        from_server = raised_by_postgres(exc)
+        if code in _FOREIGN_SQLSTATES and from_server:
+            return _Verdict(_U, "remote_unavailable", code, 4, exc, text)
+        if code in _TEXT_REFINED_SQLSTATES:
+            hit = match_text(text, TEXT_PATTERNS)
+            if hit is not None:
+                return _Verdict(hit[0], hit[1], code, 4, exc, text)
+            if from_server:
+                # PostgreSQL itself rejected a message of this session and
+                # carries on: a driver or protocol bug, not an outage.
+                return _Verdict(_P, "protocol_violation", code, 4, exc, text)
         kind, reason = lookup_sqlstate(code)
         if code == "57014":
             refined = match_text(text, TEXT_PATTERNS)
@@ -386,11 +383,9 @@ def _config_error(
     # raised it (asyncpg's int() of a port, urllib's "Invalid IPv6 URL",
     # SQLAlchemy's URL parser; asyncio's "port must be 0-65535" OverflowError).
     if driver_context and isinstance(exc, ValueError | OverflowError):
-        frames = [
-            (mod, func) for mod, func in _frames(exc) if mod.partition(".")[0] in _DRIVER_ROOTS
-        ]
-        if frames:
-            mod, func = frames[-1]  # the innermost driver frame
+        inner = driver_frames(exc)
+        if inner:
+            mod, func = inner[-1]  # the innermost driver frame
             if mod in _DSN_PARSER_MODULES or (
                 mod == "asyncpg.connect_utils" and func.startswith(("_parse", "_validate"))
             ):
@@ -429,6 +424,8 @@ def _by_class(
     # Standard library errors: asyncpg lets these through unwrapped.
     if "SSLCertVerificationError" in names:
         return _P, "ssl_config"
+    if driver_context and "rejected ssl upgrade" in _safe_str(exc).lower():
+        return _P, "ssl_config"  # asyncpg: ssl required, the server answered "N"
     if "SSLZeroReturnError" in names or "SSLEOFError" in names:
         return _U, "connection_lost"
     if "SSLError" in names:
@@ -442,11 +439,15 @@ def _by_class(
     if isinstance(exc, TimeoutError):
         if not driver_context:
             return None  # the application's own timeout
-        return (_U, "connect_timeout") if _has_connect_frames(exc) else (_T, "client_timeout")
+        if has_connect_frames(exc):
+            return _U, "connect_timeout"
+        if has_pool_wait_frames(exc):
+            return _U, "pool_timeout"  # asyncpg: acquire(timeout=) found no free connection
+        return _T, "client_timeout"
     err = exc.errno if isinstance(exc.errno, int) else None
     if err is not None and err in _OSERROR_REASONS:
         return _U, _OSERROR_REASONS[err]
-    if driver_context and _has_connect_frames(exc):
+    if driver_context and has_connect_frames(exc):
         if isinstance(exc, FileNotFoundError):  # asyncpg: no Unix socket = no server
             return _U, "connection_refused"
         text = _safe_str(exc).lower()
@@ -460,6 +461,8 @@ def _by_class(
 
 
 def _phase(best: _Verdict, chain: list[BaseException]) -> Phase:
+    if best.reason in FOREIGN_REASONS:
+        return "statement"  # this database answered a statement it was sent
     if best.reason in _CONNECT_REASONS:
         return "connect"
     if best.sqlstate is not None and best.sqlstate in LOGIN_SQLSTATES:
@@ -469,10 +472,10 @@ def _phase(best: _Verdict, chain: list[BaseException]) -> Phase:
             return "connect"
         if CONNECT_WORDING.search(_safe_str(e).lower()):
             return "connect"
-        if _has_connect_frames(e):
+        if has_connect_frames(e):
             return "connect"
     if best.sqlstate is not None or _is_driver_exc(best.exc) or best.reason == "client_timeout":
         return "statement"
-    if any(_is_driver_exc(e) or _has_driver_frames(e) for e in chain):
+    if any(_is_driver_exc(e) or has_driver_frames(e) for e in chain):
         return "statement"
     return "unknown"

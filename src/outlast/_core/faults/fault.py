@@ -11,7 +11,15 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CONFIG_REASONS", "NO_EVIDENCE_REASONS", "Fault", "FaultKind", "Phase"]
+__all__ = [
+    "CLIENT_REJECTED_REASONS",
+    "CONFIG_REASONS",
+    "FOREIGN_REASONS",
+    "NO_EVIDENCE_REASONS",
+    "Fault",
+    "FaultKind",
+    "Phase",
+]
 
 Phase = Literal["connect", "statement", "commit", "unknown"]
 
@@ -19,12 +27,28 @@ CONFIG_REASONS = frozenset({"bad_dsn", "invalid_connection_option"})
 """Reasons for a connection that was never attempted: the DSN or the options are
 wrong. PERMANENT, and they say nothing about the database's health."""
 
-NO_EVIDENCE_REASONS = CONFIG_REASONS | {"client_timeout", "request_budget_exceeded"}
+CLIENT_REJECTED_REASONS = frozenset({"pool_closed", "too_many_parameters"})
+"""Reasons for a statement the client refused to send: the pool it was asked
+for is closed, or the driver rejects the statement itself (more bind
+parameters than the protocol allows). PERMANENT bugs that never reached the
+server."""
+
+NO_EVIDENCE_REASONS = (
+    CONFIG_REASONS | CLIENT_REJECTED_REASONS | {"client_timeout", "request_budget_exceeded"}
+)
 """Reasons that never prove the database is up: nothing was sent (a malformed
-DSN), or the client stopped waiting before the server answered (its own
-timeout, the request's budget). Only an answer from the server is evidence
-that it is up. (``request_budget_exceeded`` is not evidence that it is down
-either: the Guard never counts it.)"""
+DSN, a closed pool, a statement the driver refused), or the client stopped
+waiting before the server answered (its own timeout, the request's budget).
+Only an answer from the server is evidence that it is up. (Nor are they
+evidence that it is down: the Guard never counts them.)"""
+
+FOREIGN_REASONS = frozenset({"remote_unavailable"})
+"""Reasons for a failure of *another* server that this database reached for
+(postgres_fdw, dblink): the database itself answered, so the Guard takes the
+error as proof that it is up and never counts it as this database's outage.
+UNAVAILABLE and transient all the same (the remote may come back), with
+phase ``"statement"``: the statement was sent, so only idempotent work or a
+whole transaction is tried again."""
 
 
 class FaultKind(enum.Enum):

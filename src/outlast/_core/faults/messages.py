@@ -70,6 +70,46 @@ DSN_PATTERNS: Patterns = (
 )
 
 TEXT_PATTERNS: Patterns = (
+    # Permanent whatever their class or SQLSTATE: a pooler that rejects the
+    # startup parameters it was sent (PgBouncer's FATAL 08P01, which the
+    # default preset's startup options trigger), TLS or authentication
+    # requirements the server cannot meet, statements the driver refuses to
+    # send, a pool the application already closed.
+    (re.compile(r"unsupported startup parameter"), _P, "unsupported_startup_parameter"),
+    (
+        re.compile(
+            r"server certificate for \"[^\"\n]*\"(?: \(and \d+ other names?\))? does not match"
+            r"|could not read root certificate file|rejected ssl upgrade"
+            r"|server does not support ssl|ssl is not enabled on the server"
+            r"|certificate verify failed|root certificate file .* does not exist"
+            r"|sslmode value \"[^\"\n]*\" invalid"
+        ),
+        _P,
+        "ssl_config",
+    ),
+    (
+        re.compile(
+            r"authentication method requirement \"[^\"\n]*\" failed"
+            r"|channel binding (?:is )?required|channel binding is not supported"
+        ),
+        _P,
+        "auth_config",
+    ),
+    (
+        re.compile(
+            r"number of parameters must be between 0 and \d+"
+            r"|number of query arguments cannot exceed \d+"
+        ),
+        _P,
+        "too_many_parameters",
+    ),
+    (
+        re.compile(
+            r"\bpool (?:'[^'\n]*' )?is (?:already )?clos(?:ed|ing)|connection pool is closed"
+        ),
+        _P,
+        "pool_closed",
+    ),
     (
         re.compile(
             r"the database system is starting up|not yet accepting connections"
@@ -92,7 +132,7 @@ TEXT_PATTERNS: Patterns = (
     (
         re.compile(
             r"too many clients already|remaining connection slots are reserved"
-            r"|too many connections for (?:role|database)"
+            r"|too many connections for (?:role|database)|no more connections allowed"
         ),
         _U,
         "too_many_connections",
@@ -112,15 +152,10 @@ TEXT_PATTERNS: Patterns = (
         _P,
         "auth_failed",
     ),
-    (re.compile(r"database \"[^\"\n]*\" does not exist"), _P, "invalid_catalog"),
     (
-        re.compile(
-            r"certificate verify failed|server does not support ssl"
-            r"|ssl is not enabled on the server|sslmode value \"[^\"\n]*\" invalid"
-            r"|root certificate file .* does not exist"
-        ),
+        re.compile(r"database \"[^\"\n]*\" does not exist|\bno such database\b"),
         _P,
-        "ssl_config",
+        "invalid_catalog",
     ),
     (
         re.compile(
@@ -132,6 +167,12 @@ TEXT_PATTERNS: Patterns = (
         "dns_failure",
     ),
     (re.compile(r"connection refused|connect call failed"), _U, "connection_refused"),
+    (
+        # PgBouncer could not log in to the server behind it.
+        re.compile(r"pgbouncer cannot connect to server|server login has been failing"),
+        _U,
+        "connection_failed",
+    ),
     (
         re.compile(r"connection to server on socket .* failed: no such file or directory"),
         _U,
@@ -145,6 +186,7 @@ TEXT_PATTERNS: Patterns = (
     (
         re.compile(
             r"queuepool limit of size|couldn't get a connection after|connection pool exhausted"
+            r"|\bquery_wait_timeout\b"
         ),
         _U,
         "pool_timeout",

@@ -33,7 +33,9 @@ _EXACT: dict[str, tuple[FaultKind, str]] = {
     "53100": (_U, "out_of_resources"),  # disk_full
     "53200": (_U, "out_of_resources"),  # out_of_memory
     "53300": (_U, "too_many_connections"),
-    "53400": (_U, "out_of_resources"),  # configuration_limit_exceeded
+    # One statement over a per-statement limit (temp_file_limit, max slots):
+    # the same statement would hit it again, and the database is fine.
+    "53400": (_P, "configuration_limit_exceeded"),
     # Class 57 - operator intervention
     "57000": (_U, "operator_intervention"),
     "57014": (_T, "query_canceled"),  # refined by message: statement_timeout

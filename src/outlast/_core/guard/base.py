@@ -52,6 +52,7 @@ from .state import DatabaseState, StateTracker
 
 __all__ = [
     "ADMITTED",
+    "COMMIT_IN_FLIGHT",
     "LIVE_GUARDS",
     "OPEN_MESSAGE",
     "Classifier",
@@ -75,6 +76,13 @@ _random = random.random
 # half-open probe -- that the Guard already admitted. Set only on the slow
 # path, so the success path pays nothing.
 ADMITTED: ContextVar[object | None] = ContextVar("outlast_admitted", default=None)
+
+# The Guard whose `Guard.transaction` has a COMMIT in flight in this thread or
+# task. A fault reported to it meanwhile (a pool's error hook meets a lost
+# COMMIT before the transaction does) is the transaction's to judge, once it
+# knows what became of the COMMIT: one found committed is a success, not an
+# outage; one found aborted or never settled is counted then, once.
+COMMIT_IN_FLIGHT: ContextVar[object | None] = ContextVar("outlast_commit_in_flight", default=None)
 
 # One rule for counting a fault once. A Guard marks each exception it judged
 # (as a failure, as proof that the database answered, or as saying nothing)
@@ -257,11 +265,13 @@ class GuardBase:
         `fault` is the classification the caller already made (classified
         once, passed along); without it the Guard's classifier decides. None
         when `exc` is not a database error. An exception this Guard already
-        judged is not counted again.
+        judged is not counted again, and one reported while a
+        `Guard.transaction` of this Guard has its COMMIT in flight here is
+        left for that transaction to judge.
         """
         if fault is None:
             fault = self._classify(exc)
-        if fault is None or counted_by(exc, self):
+        if fault is None or counted_by(exc, self) or COMMIT_IN_FLIGHT.get() is self:
             return fault
         mark_counted(exc, self)
         events: list[Event] = []
@@ -553,6 +563,10 @@ class GuardBase:
             self._failure_locked(fault, op, now, wall, events)
         elif verdict is True:
             self._success_locked(op, now, wall, events)
+        elif fault.kind is FaultKind.TIMEOUT:
+            # The client stopped waiting: no answer, so nothing may call the
+            # database healthy until it answers again (see `DatabaseState`).
+            self._tracker.on_silence(wall)
 
     def _settle_probe_locked(
         self, token: int, outcome: Fault | bool | None, op: str, now: float, events: list[Event]
@@ -607,6 +621,7 @@ class GuardBase:
     def _success_locked(self, op: str | None, now: float, wall: float, events: list[Event]) -> None:
         core = self._core
         if core.current_state(now) == OPEN:
+            self._tracker.unanswered_since = None  # an answer all the same
             return  # admitted before the breaker opened; only a probe may close it
         if core.on_success(now):
             self._counters.transition("closed")
@@ -628,7 +643,10 @@ class GuardBase:
             )
 
     def _refresh_locked(self, now: float) -> None:
-        fast = self._core.healthy and self._tracker.up
+        # While unanswered, successes take the slow path, so the first answer
+        # is seen (and clears it); the fast path records nothing.
+        tracker = self._tracker
+        fast = self._core.healthy and tracker.up and tracker.unanswered_since is None
         if fast and not self._fast:
             self._mark_calls, self._mark_time = self._calls, now
         self._fast = fast

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from outlast._core.faults.errors import ConfigurationError
-from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.faults.fault import FOREIGN_REASONS, Fault, FaultKind
 from outlast._core.timing.durations import Seconds, seconds
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "Breaker", "BreakerCore"]
@@ -113,7 +113,9 @@ class Breaker:
     def counts(self, fault: Fault) -> bool:
         """Whether `fault` means the database is unwell (and so counts as a failure)."""
         if fault.kind in _UNWELL:
-            return True
+            # A remote server this database reached for (postgres_fdw, dblink)
+            # is not this database: it answered.
+            return fault.reason not in FOREIGN_REASONS
         # The request's own budget running out is never the database's fault.
         return (
             self.count_timeouts

@@ -2,7 +2,10 @@
 
 The database goes *down* on the first failure that means it is unwell
 (UNAVAILABLE, READ_ONLY, COMMIT_UNKNOWN; TIMEOUT when the breaker counts
-timeouts) and comes back *up* on the next healthy answer. The tracker is
+timeouts) and comes back *up* on the next healthy answer. A client-side
+timeout says neither: it leaves the database *unanswered* (`unanswered_since`)
+until the server answers something, so nobody reports it healthy on the
+strength of silence. The tracker is
 mutated only under the Guard's lock; `Guard.state` hands out immutable
 snapshots, so readers never see a half-updated state.
 """
@@ -42,10 +45,18 @@ class DatabaseState:
     """When the last outage ended."""
     breaker: str
     """The breaker state: "closed", "open" or "half_open"."""
+    unanswered_since: float | None = None
+    """When client-side timeouts began with no answer from the server since
+    (a statement the client stopped waiting for; None once the server answers)."""
 
     @property
     def down(self) -> bool:
         return not self.up
+
+    @property
+    def answering(self) -> bool:
+        """Up, and the server answered since the last client-side timeout."""
+        return self.up and self.unanswered_since is None
 
 
 class StateTracker:
@@ -60,6 +71,7 @@ class StateTracker:
         "last_fault",
         "outages",
         "recovered_at",
+        "unanswered_since",
         "up",
     )
 
@@ -73,6 +85,12 @@ class StateTracker:
         self.attempts = 0
         self.failures = 0
         self.recovered_at: float | None = None
+        self.unanswered_since: float | None = None
+
+    def on_silence(self, wall: float) -> None:
+        """Record a client-side timeout: no answer, neither health nor outage."""
+        if self.unanswered_since is None:
+            self.unanswered_since = wall
 
     def on_failure(self, fault: Fault, mono: float, wall: float) -> bool:
         """Record a counted failure. Returns True when the database just went down."""
@@ -90,6 +108,7 @@ class StateTracker:
 
     def on_success(self, mono: float, wall: float) -> float | None:
         """Record a healthy answer. Returns the outage's length when it just ended."""
+        self.unanswered_since = None
         if self.up:
             return None
         self.attempts += 1
@@ -112,4 +131,5 @@ class StateTracker:
             failures=self.failures,
             recovered_at=self.recovered_at,
             breaker=breaker,
+            unanswered_since=self.unanswered_since,
         )

@@ -79,9 +79,8 @@ def snapshot() -> Snapshot:
             tasks.append(TaskView(supervisor.name, status, age))
     answers: dict[tuple[str, int, str, str], int] = {}
     for web in list(LIVE_WEB):
-        guard_name = web._guard.name if web._guard is not None else ""
-        with web._answers_lock:
-            counted = dict(web.answers)
+        guard_name = web.guard_name
+        counted = web.answer_counts()
         for (code, error, reason), n in counted.items():
             key = (guard_name, code, error, reason)
             answers[key] = answers.get(key, 0) + n

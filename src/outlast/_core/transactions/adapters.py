@@ -2,8 +2,10 @@
 
 An adapter opens a connection on a source (a SQLAlchemy engine, a psycopg
 pool, a conninfo string, ...), begins, reads the transaction's marker
-(`MARKER_SQL`), commits, rolls back, and asks the resolution query
-(`status_sql`) on a fresh connection. The driver integrations register theirs
+(`MARKER_SQL`), commits, rolls back, asks the resolution query
+(`status_sql`) on a fresh connection, and, after an error, may say whether
+the connection is gone (`connection_gone` reads that off the driver's own
+connection). The driver integrations register theirs
 with `register_adapter`; `find_adapter` finds one for a source, importing its
 integration on first use (by name: the core never imports a higher layer).
 The algorithm that uses them lives in `outlast._core.transactions.machine`.
@@ -25,6 +27,7 @@ __all__ = [
     "GuardLike",
     "StatusReply",
     "TransactionAdapter",
+    "connection_gone",
     "find_adapter",
     "register_adapter",
     "status_sql",
@@ -32,9 +35,22 @@ __all__ = [
 
 T = TypeVar("T")
 
-MARKER_SQL = "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text"
-"""Read before COMMIT: the transaction's xid (NULL if it wrote nothing) and the
-server's start time (to notice a restart between COMMIT and the question)."""
+MARKER_SQL = (
+    "SELECT COALESCE(pg_current_xact_id_if_assigned(),"
+    " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_xact_id() END)::text,"
+    " pg_postmaster_start_time()::text"
+)
+"""Read just before COMMIT: the transaction's xid and the server's start time
+(to notice a restart between COMMIT and the question).
+
+The xid is assigned here when the transaction has none yet. A NULL
+``pg_current_xact_id_if_assigned()`` does not prove that nothing will be
+written: ``NOTIFY`` (and ``pg_notify()``) take their xid only inside COMMIT,
+and so does anything else written at commit time (an ORM flushing there, a
+commit hook). Assigning it costs a read-only transaction one xid and no
+WAL flush: PostgreSQL commits a transaction that wrote no WAL without waiting
+for the disk. Only a hot standby gets NULL, and a standby can write nothing,
+notifications included; a NULL marker means exactly that."""
 
 
 def status_sql(placeholder: str) -> str:
@@ -50,6 +66,27 @@ def status_sql(placeholder: str) -> str:
         " ELSE 'unassigned' END, pg_postmaster_start_time()::text"
         f" FROM (SELECT CAST(CAST({placeholder} AS text) AS xid8) AS x) AS q"
     )
+
+
+def connection_gone(conn: object) -> bool:
+    """Is this driver connection dead (closed, broken)? Read by duck typing, never raises.
+
+    asyncpg ``is_closed()``, psycopg 3 ``broken`` / ``closed``, psycopg2
+    ``closed`` (an int); SQLAlchemy's adapted connections wrap them in
+    ``driver_connection``. None (no connection any more) is gone too.
+    """
+    if conn is None:
+        return True
+    try:
+        raw = getattr(conn, "driver_connection", None) or conn
+        is_closed = getattr(raw, "is_closed", None)
+        if callable(is_closed):
+            return bool(is_closed())
+        if getattr(raw, "broken", False) is True:
+            return True
+        return bool(getattr(raw, "closed", False))
+    except Exception:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +133,12 @@ class TransactionAdapter(Protocol):
         """Ask `status_sql` on a *fresh* connection, within about `timeout` seconds."""
         ...
 
+    # Optional: ``lost(handle) -> bool``, called after fn, the marker or COMMIT
+    # raised: is the connection gone? Then the server rolled back (or, at
+    # COMMIT, may have committed) whatever the driver's error says, and
+    # `run_transaction` acts on that (a re-run, a status question) instead of
+    # on a client-side error the driver raised as its connection died.
+
 
 class AsyncTransactionAdapter(Protocol):
     """The asyncio twin of `TransactionAdapter`."""
@@ -113,6 +156,8 @@ class AsyncTransactionAdapter(Protocol):
     async def close(self, handle: Any, *, discard: bool) -> None: ...
 
     async def status(self, xid: str, *, timeout: float) -> StatusReply: ...
+
+    # Optional: ``async lost(handle) -> bool``, as on `TransactionAdapter`.
 
 
 class GuardLike(Protocol):

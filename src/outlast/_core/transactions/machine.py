@@ -21,9 +21,19 @@ and commits it. What happens on a database fault depends on *when* it struck:
   still unknown    raise `CommitOutcomeUnknown` (with the xid) at the deadline
   ===============  ==========================================================
 
-  A transaction that wrote nothing has no xid (the function returns NULL and
-  assigns none, so read-only work burns no xid); its lost COMMIT changed
-  nothing, so its result is returned as is. A COMMIT is never blindly re-sent.
+  The marker assigns the xid when the transaction has none yet: a
+  transaction whose only effect is a ``NOTIFY``, or whose ORM writes during
+  COMMIT, has no xid before COMMIT, and "no xid" must not be read as
+  "nothing written" (`MARKER_SQL`). Only a hot standby, which can write
+  nothing, answers NULL; its lost COMMIT changed nothing, so its result is
+  returned as is. A COMMIT is never blindly re-sent.
+
+What the Guard learns from a lost COMMIT follows its outcome, not the lost
+connection alone: found committed, the call succeeded and the server
+answered (a success); found aborted, it is the failure it seemed (counted,
+then the whole function runs again); never settled, it is counted with the
+`CommitOutcomeUnknown`. Faults that pool hooks report while the COMMIT is in
+flight are left to this judgement (`COMMIT_IN_FLIGHT`), so nothing counts twice.
 
 The server's start time is read with the xid. If the answer comes from a
 server that restarted (a crash, a failover), a ``committed`` answer is not
@@ -47,11 +57,12 @@ import contextvars
 import random
 import threading
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from outlast._core.faults.errors import CommitOutcomeUnknown, DatabaseUnavailable
 from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.guard.base import COMMIT_IN_FLIGHT
 from outlast._core.timing.budget import CommitWatch
 from outlast._core.timing.clock import SYSTEM_CLOCK, Clock
 
@@ -81,6 +92,7 @@ class _Outcome:
     error: Exception | None = None
     xid: str | None = None
     started: str | None = None
+    lost: bool = False  # the connection was gone after the error (`adapter.lost`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +177,15 @@ def _decide(
         if first_failure is None:
             first_failure = now()
         if outcome.stage == "commit":
-            # Classified once, as a failure of COMMIT, and counted as that.
-            fault = guard.record_failure(exc, op=op, fault=guard.classify(exc, during_commit=True))
+            # Classified once, as a failure of COMMIT; a lost one is counted
+            # only once its outcome is known (a committed one is a success).
+            fault = guard.classify(exc, during_commit=True)
+            fault = _gone(fault, outcome, FaultKind.COMMIT_UNKNOWN)
             if fault is not None and fault.kind in _UNKNOWN_AT_COMMIT:
                 if outcome.xid is None:
-                    # Nothing was written: committed or not, the database is
-                    # unchanged, and fn's result stands.
+                    # A hot standby: nothing can have been written, so
+                    # committed or not, fn's result stands.
+                    guard.record_failure(exc, op=op, fault=fault)
                     return outcome.value
                 try:
                     resolved = yield from _resolve(
@@ -191,8 +206,10 @@ def _decide(
                 if resolved:
                     return outcome.value
                 # aborted: nothing was written; fall through to a retry
+            guard.record_failure(exc, op=op, fault=fault)
         else:
-            fault = guard.record_failure(exc, op=op)
+            fault = _gone(guard.classify(exc), outcome, FaultKind.UNAVAILABLE)
+            guard.record_failure(exc, op=op, fault=fault)
         # Here the server rolled the transaction back (or a resolved COMMIT
         # was aborted): re-run the whole function if the fault allows it.
         if fault is None or fault.kind not in _RETRIED_WHOLE:
@@ -202,6 +219,27 @@ def _decide(
         if sleep is None:
             raise _give_up(guard, fault, failed, exc)
         yield _Sleep(sleep)
+
+
+def _gone(fault: Fault | None, outcome: _Outcome, kind: FaultKind) -> Fault | None:
+    """A client-side error raised as the connection died is the loss of that connection.
+
+    Drivers meeting a FATAL message or a closed socket at an unexpected
+    moment may raise an error that reads like a bug (asyncpg "cannot switch
+    to state", psycopg "received 2 results from command 'COMMIT'"). When the
+    adapter says the connection is gone, what counts is that: the server
+    rolled the transaction back (`kind` UNAVAILABLE: re-run it), or, at
+    COMMIT, may have committed it (COMMIT_UNKNOWN: ask). An error the server
+    sent (it has a SQLSTATE) keeps its meaning, and so does a timeout.
+    """
+    if (
+        not outcome.lost
+        or fault is None
+        or fault.kind is not FaultKind.PERMANENT
+        or fault.sqlstate is not None
+    ):
+        return fault
+    return replace(fault, kind=kind, reason="connection_lost", transient=True)
 
 
 def _resolve(
@@ -232,23 +270,29 @@ def _resolve(
         if isinstance(reply, StatusReply):
             if reply.status == "committed":
                 if outcome.started is not None and reply.started != outcome.started:
-                    raise CommitOutcomeUnknown(
+                    raise _unknown(
+                        guard,
+                        op,
                         f"COMMIT outcome unknown: the server restarted before transaction"
                         f" {xid} could be checked; pg_xact_status() may describe another"
                         " transaction after a crash",
                         xid=xid,
                         fault=fault,
-                    ) from exc
+                        cause=exc,
+                    )
                 guard.record_success(op=op)
                 return True
             if reply.status in ("aborted", "unassigned"):
                 return False
             if reply.status is None:
-                raise CommitOutcomeUnknown(
+                raise _unknown(
+                    guard,
+                    op,
                     f"COMMIT outcome unknown: the server no longer remembers transaction {xid}",
                     xid=xid,
                     fault=fault,
-                ) from exc
+                    cause=exc,
+                )
             why = f"transaction still {reply.status}"
         elif isinstance(reply, DatabaseUnavailable | _NoAnswer):
             # The breaker (or a hardened pool obeying it) refused the status
@@ -266,14 +310,18 @@ def _resolve(
             last_error = reply
             probe_fault = guard.record_failure(reply, op=op)
             if probe_fault is None:
+                guard.record_failure(exc, op=op, fault=fault)
                 raise reply
             if probe_fault.kind is FaultKind.PERMANENT:
-                raise CommitOutcomeUnknown(
+                raise _unknown(
+                    guard,
+                    op,
                     f"COMMIT outcome unknown for transaction {xid}: the status query failed"
                     f" ({probe_fault.reason}); check pg_xact_status('{xid}') later",
                     xid=xid,
                     fault=fault,
-                ) from reply
+                    cause=reply,
+                )
             why = f"unreachable ({probe_fault.reason})"
         probes += 1
         elapsed = now() - first_failure
@@ -283,13 +331,33 @@ def _resolve(
             delay = policy.backoff.delay(probes, rand())
             sleep = None if elapsed + delay > timeout else delay
         if sleep is None:
-            raise CommitOutcomeUnknown(
+            raise _unknown(
+                guard,
+                op,
                 f"COMMIT outcome unknown for transaction {xid}: {why} after {probes}"
                 f" check(s) in {elapsed:.1f}s; check pg_xact_status('{xid}') later",
                 xid=xid,
                 fault=fault,
-            ) from last_error
+                cause=last_error,
+            )
         yield _Sleep(sleep, resolving=True)
+
+
+def _unknown(
+    guard: GuardLike,
+    op: str | None,
+    message: str,
+    *,
+    xid: str,
+    fault: Fault,
+    cause: BaseException,
+) -> CommitOutcomeUnknown:
+    """The error for a COMMIT whose outcome stays unknown, counted once as the lost COMMIT."""
+    error = CommitOutcomeUnknown(message, xid=xid, fault=fault)
+    error.__cause__ = cause  # as ``raise error from cause``
+    error.__suppress_context__ = True
+    guard.record_failure(error, op=op, fault=fault)
+    return error
 
 
 def _give_up(guard: GuardLike, fault: Fault, failed: int, exc: Exception) -> Exception:
@@ -374,7 +442,7 @@ def run_transaction(
         if isinstance(command, _Done):
             return cast(T, command.value)
         if isinstance(command, _Attempt):
-            reply = _attempt(adapter, fn, args, kwargs, watch)
+            reply = _attempt(guard, adapter, fn, args, kwargs, watch=watch)
         elif isinstance(command, _Sleep):
             clock.sleep(command.seconds)
             reply = None
@@ -460,11 +528,34 @@ def _ask(adapter: _AsksStatus, command: _Ask) -> object:
     return box[0]
 
 
+def _lost(adapter: TransactionAdapter, handle: Any) -> bool:
+    """``adapter.lost(handle)`` where the adapter has it; never raises."""
+    lost = getattr(adapter, "lost", None)
+    if lost is None:
+        return False
+    try:
+        return bool(lost(handle))
+    except Exception:
+        return False
+
+
+async def _alost(adapter: AsyncTransactionAdapter, handle: Any) -> bool:
+    lost = getattr(adapter, "lost", None)
+    if lost is None:
+        return False
+    try:
+        return bool(await lost(handle))
+    except Exception:
+        return False
+
+
 def _attempt(
+    guard: GuardLike,
     adapter: TransactionAdapter,
     fn: Callable[..., object],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
     watch: CommitWatch,
 ) -> _Outcome:
     try:
@@ -478,19 +569,24 @@ def _attempt(
             value = fn(target, *args, **kwargs)
             xid, started = adapter.marker(handle)
         except BaseException as exc:
+            lost = isinstance(exc, Exception) and _lost(adapter, handle)
             try:
                 adapter.rollback(handle)
-                discard = False
+                discard = lost
             except Exception:
                 pass
             if not isinstance(exc, Exception):
                 raise
-            return _Outcome("work", error=exc)
+            return _Outcome("work", error=exc, lost=lost)
         watch.sent()
+        judged_later = COMMIT_IN_FLIGHT.set(guard)
         try:
             adapter.commit(handle)
         except Exception as exc:
-            return _Outcome("commit", value=value, error=exc, xid=xid, started=started)
+            lost = _lost(adapter, handle)
+            return _Outcome("commit", value=value, error=exc, xid=xid, started=started, lost=lost)
+        finally:
+            COMMIT_IN_FLIGHT.reset(judged_later)
         watch.settled()
         discard = False
         return _Outcome("done", value=value, xid=xid, started=started)
@@ -521,7 +617,7 @@ async def arun_transaction(
         if isinstance(command, _Done):
             return cast(T, command.value)
         if isinstance(command, _Attempt):
-            reply = await _aattempt(adapter, fn, args, kwargs, watch)
+            reply = await _aattempt(guard, adapter, fn, args, kwargs, watch=watch)
         elif isinstance(command, _Sleep):
             await clock.asleep(command.seconds)
             reply = None
@@ -544,10 +640,12 @@ async def _aask(adapter: AsyncTransactionAdapter, command: _Ask) -> object:
 
 
 async def _aattempt(
+    guard: GuardLike,
     adapter: AsyncTransactionAdapter,
     fn: Callable[..., Awaitable[object]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
     watch: CommitWatch,
 ) -> _Outcome:
     try:
@@ -562,18 +660,23 @@ async def _aattempt(
             xid, started = await adapter.marker(handle)
         except BaseException as exc:
             if isinstance(exc, Exception):
+                lost = await _alost(adapter, handle)
                 try:
                     await adapter.rollback(handle)
-                    discard = False
+                    discard = lost
                 except Exception:
                     pass
-                return _Outcome("work", error=exc)
+                return _Outcome("work", error=exc, lost=lost)
             raise  # cancelled: the connection is discarded, never awaited on again
         watch.sent()
+        judged_later = COMMIT_IN_FLIGHT.set(guard)
         try:
             await adapter.commit(handle)
         except Exception as exc:
-            return _Outcome("commit", value=value, error=exc, xid=xid, started=started)
+            lost = await _alost(adapter, handle)
+            return _Outcome("commit", value=value, error=exc, xid=xid, started=started, lost=lost)
+        finally:
+            COMMIT_IN_FLIGHT.reset(judged_later)
         watch.settled()
         discard = False
         return _Outcome("done", value=value, xid=xid, started=started)

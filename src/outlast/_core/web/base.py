@@ -151,6 +151,16 @@ class WebBase:
         log_fault(exc, mapped, route)
         self.count_answer(exc, mapped, route)
 
+    @property
+    def guard_name(self) -> str:
+        """The Guard's name, or "" while none was given or made yet (never makes one)."""
+        return self._guard.name if self._guard is not None else ""
+
+    def answer_counts(self) -> dict[tuple[int, str, str], int]:
+        """A copy of `answers`: ``(status, error, reason) -> count`` (what ``/metrics`` reads)."""
+        with self._answers_lock:
+            return dict(self.answers)
+
     def count_answer(self, exc: BaseException, mapped: Mapped, route: str = "") -> None:
         """Count one answer given for a database fault (what ``/metrics`` reports)."""
         error = (
@@ -163,9 +173,13 @@ class WebBase:
             self.answers[key] = self.answers.get(key, 0) + 1
         listeners = process_listeners()
         if listeners:
-            guard = self._guard.name if self._guard is not None else ""
             answered = FaultAnswered(
-                guard=guard, op=route, at=time.time(), status=key[0], error=error, reason=key[2]
+                guard=self.guard_name,
+                op=route,
+                at=time.time(),
+                status=key[0],
+                error=error,
+                reason=key[2],
             )
             emit(listeners, answered)
 

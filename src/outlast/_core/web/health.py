@@ -10,7 +10,11 @@ list of observations. Nothing here ever prints a DSN or a fault's message
   query); the database being down is ``warn`` (200) unless asked to fail.
 - `health_db` / `health_db_async`: ``SELECT 1`` through the Guard with a short
   timeout; 503 while the database is down, with latency, ``down_since`` and
-  outage counts.
+  outage counts. A ``SELECT 1`` that gets no answer within the timeout is a
+  failure the Guard counts (``server_unresponsive``): the cheapest question
+  there is went unanswered. Without a ping, the answer is the Guard's state,
+  and only an answer from the server is evidence: unanswered client-side
+  timeouts since the last answer make it 503 too.
 - `health_answer`: one of those documents as the status, body and headers
   every framework sends.
 """
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from outlast._core.faults.errors import DatabaseUnavailable, RequestBudgetExceeded
-from outlast._core.faults.fault import Fault
+from outlast._core.faults.fault import Fault, FaultKind
 
 from .calls import guard_retry_after
 from .mapping import retry_after_header
@@ -92,6 +96,9 @@ def _state_check(guard: Guard, status: str) -> dict[str, Any]:
     if fault is not None and state.down:
         # A reason word only: fault messages can name hosts.
         check["output"] = f"{fault.kind.name.lower()}: {fault.reason}"
+    elif state.unanswered_since is not None:
+        check["unanswered_since"] = _iso(state.unanswered_since)
+        check["output"] = "timeout: no answer from the database since a client-side timeout"
     return check
 
 
@@ -210,7 +217,11 @@ def health_db_result(
         check["observedUnit"] = "ms"
     if not ok:
         fault = getattr(error, "fault", None)
-        if isinstance(error, RequestBudgetExceeded | TimeoutError):
+        if isinstance(error, _Unanswered):
+            pass  # the state check already says why
+        elif isinstance(error, _NoAnswer):
+            check["output"] = "unavailable: no answer to the health check"
+        elif isinstance(error, RequestBudgetExceeded | TimeoutError):
             check["output"] = "timeout: health check timed out"
         elif isinstance(error, DatabaseUnavailable) and fault is None:
             check["output"] = "unavailable: breaker open"
@@ -233,6 +244,28 @@ def _retry_after_of(error: BaseException | None, guard: Guard) -> float | None:
     if isinstance(error, DatabaseUnavailable) and error.retry_after:
         return error.retry_after
     return guard_retry_after(guard)
+
+
+class _NoAnswer(TimeoutError):
+    """The health check's ``SELECT 1`` got no answer within its timeout."""
+
+
+def _no_answer(guard: Guard, timeout: float) -> _NoAnswer:
+    """Count a health ping that got no answer as a failure; return the error to report."""
+    error = _NoAnswer(f"no answer to the health check within {timeout:g}s")
+    fault = Fault(
+        kind=FaultKind.UNAVAILABLE,
+        reason="server_unresponsive",
+        sqlstate=None,
+        phase="unknown",
+        transient=True,
+        message=str(error),
+    )
+    try:
+        guard.record_failure(error, op="health_db", fault=fault)
+    except Exception:  # pragma: no cover - defensive: a health answer must go out
+        logger.debug("record_failure failed", exc_info=True)
+    return error
 
 
 class SyncProbe:
@@ -271,7 +304,7 @@ class SyncProbe:
 
         threading.Thread(target=probe, name="outlast-health-db", daemon=True).start()
         if not done.wait(self.timeout):
-            return health_db_result(self.guard, False, None, TimeoutError())
+            return health_db_result(self.guard, False, None, _no_answer(self.guard, self.timeout))
         if "error" in box:
             return health_db_result(self.guard, False, None, box["error"])
         return health_db_result(self.guard, True, box["latency"], None)
@@ -284,20 +317,33 @@ async def health_db_async(
     import asyncio
 
     start = time.monotonic()
+    limit = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with limit:
             await guard.acall(ping, idempotent=True, op="health_db", timeout=timeout)
     except Exception as exc:
-        return health_db_result(guard, False, None, exc)
+        # Our own limit cancelled the ping: no answer at all.
+        error = _no_answer(guard, timeout) if limit.expired() else exc
+        return health_db_result(guard, False, None, error)
     return health_db_result(guard, True, time.monotonic() - start, None)
 
 
 def health_db(guard: Guard, probe: SyncProbe | None) -> tuple[int, dict[str, Any], str | None]:
     """The /health/db answer for sync apps (state only if there is no probe)."""
     if probe is None:
-        ok = guard.state.up
-        return health_db_result(guard, ok, None, None if ok else DatabaseUnavailable())
+        # No way to ask: only an answer is evidence, so a client-side timeout
+        # since the last one is a 503 as much as an outage is.
+        state = guard.state
+        if state.answering:
+            return health_db_result(guard, True, None, None)
+        return health_db_result(
+            guard, False, None, DatabaseUnavailable() if state.down else _Unanswered()
+        )
     return probe.run()
+
+
+class _Unanswered(TimeoutError):
+    """No ping configured, and the last thing the Guard heard was a client-side timeout."""
 
 
 def health_paths(prefix: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from outlast._core.connections.statements import BUDGET_RAN_OUT
 from outlast._core.faults.classify import classify
 from outlast._core.faults.errors import (
     CommitOutcomeUnknown,
@@ -261,7 +262,14 @@ def record_fault(guard: Guard | None, exc: BaseException, route: str, fault: Fau
     Guard's own calls, the hardened engines and a probe's release mark what
     they judged, and the Guard skips what it already judged.
     """
-    if guard is None or isinstance(exc, DatabaseUnavailable) or counted_by(exc, guard):
+    if guard is None or counted_by(exc, guard):
+        return
+    if isinstance(exc, RequestBudgetExceeded):
+        # A database route ran out of time waiting: not an answer, not an
+        # outage. The Guard hears it as such (the database is "unanswered"
+        # until it answers again), so no health report calls silence health.
+        fault = BUDGET_RAN_OUT
+    elif isinstance(exc, DatabaseUnavailable):
         return
     try:
         guard.record_failure(exc, op=route, fault=fault)
@@ -271,12 +279,13 @@ def record_fault(guard: Guard | None, exc: BaseException, route: str, fault: Fau
 
 def record_success(guard: Guard | None, route: str) -> None:
     """After a database route finished cleanly while the Guard thinks the database
-    is down, report the healthy answer (views that use a session directly never
-    go through ``guard.call``, so nobody else would)."""
+    is down (or unanswered since a client-side timeout), report the healthy
+    answer (views that use a session directly never go through ``guard.call``,
+    so nobody else would)."""
     if guard is None:
         return
     try:
-        if guard.breaker_state == "closed" and guard.state.up:
+        if guard.breaker_state == "closed" and guard.state.answering:
             return
         guard.record_success(op=route)
     except Exception:  # pragma: no cover - defensive

@@ -74,9 +74,7 @@ _STATUS = text(status_sql(":xid"))
 _ASSIGN_SQL = "SELECT pg_current_xact_id()::text"
 #: For a transaction that ran only plain queries: reads the xid without
 #: assigning one, so a read-only transaction's COMMIT stays free of a WAL record.
-_READ_MARKER_SQL = (
-    "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text"
-)
+_READ_MARKER_SQL = "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text"
 # A statement that only reads (nothing it does waits for COMMIT to take effect).
 _READ_ONLY = re.compile(
     r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*(?:select|show|values|table)\b", re.I | re.S

@@ -5,6 +5,8 @@
 - ``OUTLAST_ENABLED``: ``1`` (default) runs the service with outlast, ``0`` runs
   the very same code without it, for the contrast.
 - ``OUTLAST_BUDGET``: the request budget in seconds (default 5).
+- ``API_TOKEN``: the Bearer token the data routes of the FastAPI and Flask
+  examples require (default ``demo-token``).
 
 The table and the tuned Guard and connection settings live in
 ``outlast.demo._settings``, next to the reference FastAPI service that
@@ -13,8 +15,12 @@ The table and the tuned Guard and connection settings live in
 
 from __future__ import annotations
 
+import os
+
 from outlast.demo._settings import (
     CREATE_TABLE,
+    CREATE_WRITES_INDEX,
+    CREATE_WRITES_TABLE,
     attempt_reserve,
     settings_from_env,
     web_guard,
@@ -22,8 +28,11 @@ from outlast.demo._settings import (
 )
 
 __all__ = [
+    "API_TOKEN",
     "BUDGET",
     "CREATE_TABLE",
+    "CREATE_WRITES_INDEX",
+    "CREATE_WRITES_TABLE",
     "DATABASE_URL",
     "ENABLED",
     "attempt_reserve",
@@ -35,3 +44,4 @@ _settings = settings_from_env()
 DATABASE_URL = _settings.database_url
 ENABLED = _settings.enabled
 BUDGET = _settings.budget
+API_TOKEN = os.environ.get("API_TOKEN", "demo-token")

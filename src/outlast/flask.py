@@ -21,12 +21,23 @@
 
 What it installs on the app:
 
-- a ``before_request`` hook that starts the request budget and, for database
-  routes, admits the request with ``guard.admit()``: an open breaker answers
-  503 at once without touching the database, and while it is half-open exactly
-  one request at a time goes through as the probe (the others get a fast 503);
-  the probe's end (``teardown_request``, whatever happened) gives the breaker
-  its verdict and frees the slot;
+- a ``before_request`` hook that, for requests that may use the database,
+  starts the request budget and prepares their admission: a request is
+  admitted by the Guard's breaker *when it first reaches for the database*
+  (a hardened pool's checkout or connect, ``web.call``,
+  ``Guard.transaction``). While the breaker is open that is a fast 503; while
+  it is half-open exactly one request at a time goes through as the probe
+  (the others get a fast 503). A request that never reaches for the database
+  (``/ping``, a 401 from an auth hook, a 404, a static file) is never refused
+  and never acts as the probe. Views marked `db_route` are admitted before
+  they run. The probe's end (``teardown_request``, whatever happened) gives
+  the breaker its verdict and frees the slot;
+- Flask-SQLAlchemy's engines (and the engine of `session`/`engine`) are
+  hardened with the Guard (`outlast.sqlalchemy.install`) unless they already
+  are: an ordinary ``db.session.commit()`` whose reply is lost is then
+  resolved with ``pg_xact_status()`` (committed: it returns; aborted: a 503
+  "not applied"; unknown: a 503 ``OUTCOME_UNKNOWN``), statements are bounded
+  by the budget, and ``db.session.remove()`` after a dead link is quiet;
 - an error handler that turns `DatabaseUnavailable`, `CommitOutcomeUnknown`
   and every classified database fault except PERMANENT ones into a 503
   ``application/problem+json`` with ``Retry-After``; PERMANENT faults become
@@ -37,9 +48,10 @@ What it installs on the app:
   ``error`` is ``OUTCOME_UNKNOWN`` (the write may have been applied);
 - ``/health/live``, ``/health/ready`` and ``/health/db`` (``application/health+json``).
 
-Database routes: every view except the health endpoints, `exempt` path
-prefixes and views marked `no_db` (``db_routes="all"``, the default), or only
-views marked `db_route` (``db_routes="marked"``).
+Which requests may use the database: every view except the health
+endpoints, `exempt` path prefixes, views marked `no_db` and static files
+(``db_routes="all"``, the default), or only views marked `db_route`
+(``db_routes="marked"``). Marks work on blueprint views.
 """
 
 from __future__ import annotations
@@ -50,11 +62,19 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from outlast._core.faults.errors import RequestBudgetExceeded
+from outlast._core.guard.first_use import FirstUse
 from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.health import HealthAnswer, health_paths
 from outlast._core.web.mapping import Mapped, record_success, rollback
-from outlast._core.web.options import NO_ROUTE, WebOptions, db_route, no_db
+from outlast._core.web.options import (
+    BEFORE_VIEW,
+    NO_ROUTE,
+    NOT_ADMITTED,
+    WebOptions,
+    db_route,
+    no_db,
+)
 
 __all__ = [
     "Outlast",
@@ -80,6 +100,7 @@ class Outlast(WebBase):
     def __init__(self, app: Flask | None = None, **options: Unpack[WebOptions]) -> None:
         super().__init__(**options)
         self._app: Flask | None = None
+        self._hardened = False
         if app is not None:
             self.init_app(app)
 
@@ -104,36 +125,69 @@ class Outlast(WebBase):
         app.add_url_rule(paths["live"], "outlast_health_live", self._live, methods=["GET"])
         app.add_url_rule(paths["ready"], "outlast_health_ready", self._ready, methods=["GET"])
         app.add_url_rule(paths["db"], "outlast_health_db", self._db, methods=["GET"])
+        if "sqlalchemy" in app.extensions or self.engine is not None or self.session is not None:
+            with app.app_context():
+                self._harden(final=False)  # and again on the first request
 
     # -- hooks ------------------------------------------------------------------
 
     def _before_request(self) -> None:
         view = app_view(request.endpoint)
-        if not self.config.is_db_route(request.path, view):
+        admission = self.config.admission_for(request.path, view)
+        if admission == NOT_ADMITTED:
             return
+        if not self._hardened:
+            self._harden(final=True)
         g._outlast_budget = self.budget.start()
-        # Raises DatabaseUnavailable (-> the 503 handler) when the breaker rejects.
-        g._outlast_admission = self.guard.admit(op=_route())
+        first_use = FirstUse(self.guard, _route()).enter()
+        g._outlast_first_use = first_use
         g._outlast_clean = True
+        if admission == BEFORE_VIEW:
+            # Raises DatabaseUnavailable (-> the 503 handler) when the breaker refuses.
+            first_use.take()
 
     def _after_request(self, response: Response) -> Response:
         if g.pop("_outlast_clean", False) and response.status_code < 500:
             g._outlast_healthy = True
-            record_success(self._guard, _route())
+            first_use = g.get("_outlast_first_use")
+            if first_use is not None and first_use.reached:
+                record_success(self._guard, _route())
         return response
 
     def _teardown_request(self, exc: BaseException | None) -> None:
         # Runs for every request that ran before_request, also when the view or
         # an after_request hook raised: the probe slot is always freed here.
-        admission = g.pop("_outlast_admission", None)
-        if admission is not None:
+        first_use = g.pop("_outlast_first_use", None)
+        if first_use is not None:
             error = g.pop("_outlast_error", None) or exc
             # A 5xx the view built by itself says nothing either way.
             healthy = g.pop("_outlast_healthy", False)
-            admission.release(error, verdict=error is not None or healthy)
+            first_use.release(error, verdict=error is not None or healthy)
         token = g.pop("_outlast_budget", None)
         if token is not None:
             RequestBudget.finish(token)
+
+    def _harden(self, *, final: bool) -> None:
+        """Harden the engines behind the app's sessions with the Guard (once each).
+
+        Runs when the extension is installed and on the first request that
+        may use the database (`final`): Flask-SQLAlchemy may be set up after
+        this extension, and its engines exist only inside an app context.
+        """
+        sources = [self.engine, self.session]
+        ext = self._app.extensions.get("sqlalchemy") if self._app is not None else None
+        if ext is not None:
+            try:
+                sources.extend(ext.engines.values())
+            except Exception:  # not inside an app context (yet)
+                return
+        sources = [s for s in sources if s is not None]
+        if sources:
+            from outlast.sqlalchemy._sessions import harden
+
+            for source in sources:
+                harden(source, self.guard)
+        self._hardened = final
 
     def _sessions(self) -> list[Any]:
         sessions = [self.session]
@@ -168,7 +222,10 @@ class Outlast(WebBase):
 
 
 def app_view(endpoint: str | None) -> Any:
-    """The view function Flask will run for `endpoint` (`NO_ROUTE` for 404s and static files)."""
+    """The view function Flask will run for `endpoint` (`NO_ROUTE` for 404s and static files).
+
+    Blueprint views are found by their dotted endpoint (``"leads.create"``).
+    """
     from flask import current_app
 
     if endpoint is None or endpoint == "static" or endpoint.endswith(".static"):

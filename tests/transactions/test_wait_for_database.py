@@ -120,3 +120,35 @@ def test_cli_exit_codes_and_one_line_messages(pg_database: PgDatabase, pg_server
     bad = _cli("--dsn", "postgresql://app:s3cret-pw@db:notaport/app")
     assert bad.returncode == 2
     assert "s3cret-pw" not in bad.stderr
+
+
+@pytest.mark.parametrize("driver", ["auto", "psycopg", "psycopg2", "asyncpg", "protocol"])
+@pytest.mark.parametrize("scheme", ["psycopg", "asyncpg", "psycopg2"])
+def test_a_sqlalchemy_url_is_waited_for_like_any_dsn(
+    pg_database: PgDatabase, driver: str, scheme: str
+) -> None:
+    # The form outlast.sqlalchemy and every SQLAlchemy app's DATABASE_URL use;
+    # a driver argument in its query is the driver's business, not libpq's.
+    url = pg_database.url(driver=scheme) + "?prepared_statement_cache_size=0"
+    waited = outlast.wait_for_database(url, timeout=30, driver=driver)
+    assert 0 <= waited < 30
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 port=1 require_auth=bogus password=s3cr3t!",  # refused by libpq itself
+        "host=127.0.0.1 port=1 no_such_option=1",  # refused before any driver
+        "postgresql://app:s3cr3t!@127.0.0.1:1/db?sslmode=bogus",
+    ],
+)
+def test_a_bad_dsn_is_a_configuration_error_at_once(dsn: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(outlast.ConfigurationError) as caught:
+        outlast.wait_for_database(dsn, timeout=30, driver="psycopg")
+    assert time.monotonic() - start < 5  # not waited for: no outage can fix it
+    assert isinstance(caught.value, ValueError)
+    assert "s3cr3t" not in str(caught.value)
+    cli = _cli("--dsn", dsn, "--timeout", "30", "--driver", "psycopg")
+    assert cli.returncode == 2, cli.stderr
+    assert "s3cr3t" not in cli.stderr + cli.stdout

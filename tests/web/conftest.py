@@ -20,6 +20,9 @@ from outlast.testing.plugin import TEMPLATE
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 START_TIMEOUT = 60.0
+#: The Bearer token of the FastAPI and Flask examples' data routes.
+API_TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 BUDGET = 5.0
 _dbs = itertools.count(1)
 
@@ -58,8 +61,12 @@ class Server:
     log_path: Path
     client: httpx.Client = field(init=False)
 
+    headers: dict[str, str] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0)
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}", timeout=30.0, headers=self.headers
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -138,10 +145,11 @@ def start_service(
         "DATABASE_URL": database_url,
         "OUTLAST_ENABLED": "1" if enabled else "0",
         "OUTLAST_BUDGET": str(budget),
+        "API_TOKEN": API_TOKEN,
     }
     log_path = tmp / f"{framework}-{'on' if enabled else 'off'}-{port}.log"
     proc = spawn(framework, port, env, log_path, app_dir=EXAMPLES)
-    service = Service(framework, port, proc, log_path, enabled=enabled)
+    service = Service(framework, port, proc, log_path, headers=dict(AUTH), enabled=enabled)
     wait_until_up(service)
     return service
 

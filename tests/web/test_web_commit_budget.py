@@ -1,8 +1,8 @@
 """A request that fails while its COMMIT is in flight or being resolved says OUTCOME_UNKNOWN.
 
 Real services (uvicorn; gunicorn for Flask and Django) behind the chaos
-proxy, writing with ``web.atransaction`` / ``web.transaction`` (Django:
-``runtime().transaction(connection, ...)``). Two ways the request can end
+proxy, writing with an ordinary ``session.commit()`` (FastAPI, Flask) or
+``runtime().transaction(connection, ...)`` (Django). Two ways the request can end
 before anyone knows whether its COMMIT took effect:
 
 - the resolution is refused: every COMMIT reply is lost (``cut_after``) and
@@ -39,8 +39,8 @@ OUTCOME_UNKNOWN = {
     "error": "OUTCOME_UNKNOWN",
 }
 SLACK = 1.0
-TABLES = {"fastapi": "lead_writes", "flask": "leads", "django": "leads"}
-KEY = {"fastapi": "lead_id", "flask": "id", "django": "id"}
+TABLES = {"fastapi": "lead_writes", "flask": "lead_writes", "django": "leads"}
+KEY = {"fastapi": "lead_id", "flask": "lead_id", "django": "id"}
 SLOW_NAME = "slow-commit"
 SLOW_COMMIT = 1.2  # seconds; below the examples' statement_timeout (1.5 s)
 

@@ -119,7 +119,7 @@ async def fastapi_app(pg_proxy: Any, pg_database: Any) -> Any:
     from fastapi import FastAPI
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from outlast.starlette import install, no_db
+    from outlast.starlette import db_route, install, no_db
 
     engine = create_async_engine(
         pg_proxy.url(pg_database.name), connect_args={"connect_timeout": 2}
@@ -147,8 +147,23 @@ async def fastapi_app(pg_proxy: Any, pg_database: Any) -> Any:
 
     @app.get("/slow")
     async def slow() -> Any:
-        await asyncio.sleep(30)  # a database call that never answers
+        async def never_answers() -> None:
+            await asyncio.sleep(30)
+
+        await web.acall(never_answers)  # a database call that never answers
         return {}
+
+    @app.get("/slow-elsewhere")
+    async def slow_elsewhere() -> Any:
+        await asyncio.sleep(1.5)  # another service, not the database: not cut short
+        return {"ok": True}
+
+    @app.get("/marked")
+    @db_route
+    async def marked() -> Any:
+        calls.append("marked")
+        async with engine.connect() as conn:
+            return {"n": (await conn.exec_driver_sql("SELECT 1")).scalar()}
 
     @app.get("/ping")
     @no_db
@@ -185,6 +200,14 @@ async def test_fastapi_request_budget_turns_a_hang_into_a_503(fastapi_app: Any) 
     assert took < 3.0  # budget is 1 s
 
 
+async def test_fastapi_a_slow_route_that_never_reaches_the_database_is_not_cut(
+    fastapi_app: Any,
+) -> None:
+    async with _client(fastapi_app) as client:
+        response = await client.get("/slow-elsewhere")  # 1.5 s, the budget is 1 s
+    assert response.status_code == 200
+
+
 async def test_fastapi_open_breaker_answers_without_running_the_route(
     fastapi_app: Any, pg_proxy: Any
 ) -> None:
@@ -194,12 +217,132 @@ async def test_fastapi_open_breaker_answers_without_running_the_route(
             assert (await client.get("/leads")).status_code == 503
             assert (await client.get("/leads")).status_code == 503
             ran = len(fastapi_app.state.calls)
+            connections = pg_proxy.stats()["total_connections"]
             response = await client.get("/leads")
             assert response.status_code == 503 and "retry-after" in response.headers
-            assert len(fastapi_app.state.calls) == ran  # guard.check() answered first
+            # Admitted on first use: the route ran, and web.acall answered for the
+            # breaker before anything reached the database.
+            assert len(fastapi_app.state.calls) == ran + 1
+            assert pg_proxy.stats()["total_connections"] == connections
+            # A route marked db_route is admitted before it runs.
+            ran = len(fastapi_app.state.calls)
+            marked = await client.get("/marked")
+            assert marked.status_code == 503 and "retry-after" in marked.headers
+            assert len(fastapi_app.state.calls) == ran
             assert (await client.get("/ping")).status_code == 200
             db = await client.get("/health/db")
             assert db.status_code == 503
             assert db.headers["content-type"].startswith("application/health+json")
             ready = await client.get("/health/ready")
             assert ready.status_code == 200 and ready.json()["status"] == "warn"
+
+
+async def test_fastapi_an_autocommit_write_whose_answer_was_lost_is_outcome_unknown(
+    pg_proxy: Any, pg_database: Any
+) -> None:
+    """A write outside any transaction has no COMMIT to resolve: its lost answer is unknown."""
+    from fastapi import FastAPI
+
+    import outlast.sqlalchemy
+    from outlast.starlette import install
+
+    guard = _fast_guard("autocommit")
+    engine = outlast.sqlalchemy.create_engine(
+        pg_proxy.url(pg_database.name), guard=guard, isolation_level="AUTOCOMMIT"
+    )
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS ac_writes (id text)"))
+    app = FastAPI()
+    install(app, guard=guard, budget=5.0)
+
+    @app.post("/write/{key}")
+    def write(key: str) -> Any:
+        with engine.connect() as conn:
+            conn.execute(text("INSERT INTO ac_writes (id) VALUES (:k)"), {"k": key})
+        return {"ok": True}
+
+    @app.get("/read")
+    def read() -> Any:
+        with engine.connect() as conn:
+            return {"n": conn.execute(text("SELECT count(*) FROM ac_writes")).scalar()}
+
+    try:
+        async with _client(app) as client:
+            assert (await client.post("/write/warm")).status_code == 200
+            with pg_proxy.fault("cut_after", pattern="INSERT INTO ac_writes", count=1):
+                lost = await client.post("/write/lost")
+            assert lost.status_code == 503
+            assert lost.json()["error"] == "OUTCOME_UNKNOWN"  # it was in fact applied
+            with pg_proxy.fault("cut_after", pattern="SELECT count", count=1):
+                read_lost = await client.get("/read")
+            assert read_lost.status_code == 503
+            assert read_lost.json()["error"] == "SERVICE_UNAVAILABLE"  # a read changes nothing
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM ac_writes WHERE id = 'lost'"))
+            assert stored.scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_flask_psycopg_pools_admit_a_request_at_its_first_statement(
+    pg_proxy: Any, pg_database: Any
+) -> None:
+    """An idle psycopg pool connection is handed out without asking the breaker:
+    the request is admitted at its first statement (psycopg 3) or at the
+    checkout (outlast's psycopg2 pool)."""
+    from flask import Flask
+
+    import outlast.psycopg
+    import outlast.psycopg2
+    from outlast.flask import Outlast
+
+    guard = _fast_guard("pools")
+    pool = outlast.psycopg.ConnectionPool(
+        pg_proxy.dsn(pg_database.name), guard=guard, min_size=1, open=True
+    )
+    pool2 = outlast.psycopg2.ConnectionPool(pg_proxy.dsn(pg_database.name), guard=guard)
+    app = Flask("pools")
+    Outlast(app, guard=guard, budget=5.0)
+    ran: list[str] = []
+
+    @app.get("/v3")
+    def v3() -> Any:
+        ran.append("v3")
+        with pool.connection() as conn:
+            return {"n": conn.execute("SELECT 1").fetchone()[0]}  # type: ignore[index]
+
+    @app.get("/v2")
+    def v2() -> Any:
+        ran.append("v2")
+        with pool2.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return {"n": cur.fetchone()[0]}  # type: ignore[index]
+
+    @app.get("/ping")
+    def ping() -> Any:
+        return {"ok": True}
+
+    try:
+        client = app.test_client()
+        assert client.get("/v3").status_code == 200 and client.get("/v2").status_code == 200
+        for _ in range(3):
+            guard.record_failure(_refused_error())
+        assert guard.breaker_state == "open"
+        connections = pg_proxy.stats()["total_connections"]
+        for path in ("/v3", "/v2"):
+            response = client.get(path)
+            assert response.status_code == 503, response.text
+        assert ran.count("v3") == 2 and ran.count("v2") == 2  # they ran, and were refused
+        assert pg_proxy.stats()["total_connections"] == connections  # nothing new opened
+        assert client.get("/ping").status_code == 200
+    finally:
+        pool.close()
+        pool2.close()
+
+
+def _refused_error() -> Exception:
+    import psycopg
+
+    return psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused'
+    )

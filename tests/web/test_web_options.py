@@ -36,6 +36,8 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "ping": (_ping, _ping),
     "db_routes": ("marked", "marked"),
     "exempt": (["/api/ping", "/static"], ("/api/ping", "/static")),
+    "admission": ("before_view", "before_view"),
+    "answer_margin": (timedelta(milliseconds=100), 0.1),
     "health_timeout": (0.5, 0.5),
     "ready": (_ready, _ready),
     "attempt_reserve": (timedelta(milliseconds=250), 0.25),
@@ -95,3 +97,40 @@ def test_django_takes_dotted_paths_for_objects() -> None:
 
     runtime = Runtime({"GUARD": f"{__name__}.GUARD", "READY": f"{__name__}._ready"})
     assert runtime.guard is GUARD and runtime.ready is _ready
+
+
+def test_the_integrations_default_to_the_web_guard() -> None:
+    """Without guard=, a web integration recovers in about half a second (Guard.for_web)."""
+    flask = pytest.importorskip("flask")
+    fastapi = pytest.importorskip("fastapi")
+    from outlast.flask import Outlast
+    from outlast.starlette import install
+
+    web = outlast.Guard.for_web("web")
+    assert (web.breaker.open_for, web.breaker.max_open_for) == (0.5, 0.5)
+    assert web.breaker.failure_threshold == 3 and web.retry.backoff.cap == 0.5
+    made = [
+        Outlast(flask.Flask("defaults")).guard,
+        install(fastapi.FastAPI()).guard,
+    ]
+    for guard in made:
+        assert (guard.breaker.open_for, guard.breaker.max_open_for) == (0.5, 0.5)
+    # Every option can still be replaced.
+    custom = outlast.Guard.for_web("web", breaker=outlast.Breaker(open_for=2.0))
+    assert custom.breaker.open_for == 2.0
+
+
+def test_the_answer_margin_keeps_the_work_inside_the_budget() -> None:
+    from outlast._core.timing.budget import RequestBudget, budget_remaining
+
+    for budget, margin in ((5.0, 0.2), (1.0, 0.2), (0.5, 0.1)):
+        rb = RequestBudget(budget)
+        assert rb.margin == pytest.approx(margin)
+        token = rb.start()
+        try:
+            left = budget_remaining()
+            assert left is not None and left <= budget - margin
+        finally:
+            RequestBudget.finish(token)
+    with pytest.raises(outlast.ConfigurationError):
+        WebConfig(budget=1.0, answer_margin=1.0)

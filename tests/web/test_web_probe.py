@@ -216,7 +216,11 @@ def test_half_open_admits_one_request_to_the_database_and_503s_the_rest(
             assert int(headers["retry-after"]) >= 1
             assert headers["content-type"].startswith("application/problem+json")
             assert took < FAST
-        assert (burst.in_database, burst.entered, burst.opened) == (1, 1, 1)
+        # Django admits before the view; Flask and FastAPI when the request
+        # first reaches for the database (a pool checkout): every request
+        # enters the view, one reaches the database.
+        entered = 1 if service.framework == "django" else CONCURRENT
+        assert (burst.in_database, burst.entered, burst.opened) == (1, entered, 1)
         # The probe got its answer: a 200, and the breaker closed.
         assert burst.statuses == [200] + [503] * (CONCURRENT - 1)
         assert service.stats()["breaker"] == "closed"

@@ -66,6 +66,7 @@ from outlast._core.connections.socket_deadline import (
 )
 from outlast._core.connections.statements import server_unresponsive
 from outlast._core.faults.errors import ConfigurationError
+from outlast._core.guard.first_use import reaching
 from outlast._core.timing.operations import OPERATIONS, error_kind
 
 __all__ = ["MAX_QUERIES", "HardenedConnection", "connect", "connect_kwargs", "create_pool"]
@@ -335,6 +336,11 @@ def create_pool(
             await user_init(conn)
 
     async def setup(conn: Any) -> None:
+        # Every acquire: inside a web request admitted on first use, this is
+        # where it reaches for the database (refused at once while the breaker
+        # is open; asyncpg then closes this connection and the pool makes
+        # another when it needs one).
+        reaching(guard)
         raw = getattr(conn, "_con", None) or conn
         if isinstance(raw, HardenedConnection):
             raw._outlast_in_use = raw._outlast_pinging = True

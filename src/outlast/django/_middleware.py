@@ -359,7 +359,9 @@ class OutlastMiddleware:
                 release_atomic(view_func)
             return None
         request._outlast_budget = rt.budget.start()
-        request._outlast_deadlines = _arm_open_connections(rt.config.budget)
+        # The work part of the budget (RequestBudget keeps an answer margin):
+        # these fire before the budget-tagged statement deadlines, as before.
+        request._outlast_deadlines = _arm_open_connections(rt.budget.work)
         try:
             # While the breaker is half-open, only one request at a time is let
             # through (the probe); `__call__` releases it after the response.

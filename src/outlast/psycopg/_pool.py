@@ -55,6 +55,7 @@ from outlast._core.connections.hardening import (
 from outlast._core.connections.pools import PoolStats, register_pool
 from outlast._core.connections.socket_deadline import socket_deadline
 from outlast._core.connections.statements import statement_bound
+from outlast._core.guard.first_use import reaching
 
 __all__ = [
     "AsyncConnectionPool",
@@ -170,6 +171,8 @@ class HardenedConnection(psycopg.Connection[Row]):
         hooks = self._outlast
         if hooks is None or timeout is not None or self._outlast_unbounded:
             return self._wait(gen, interval, timeout)
+        if self._outlast_op == "execute":
+            reaching(hooks.guard)  # a web request admitted on first use: here it is
         try:
             with statement_bound(_socket(self), hooks.preset, hooks.timed):
                 return self._wait(gen, interval, timeout)
@@ -220,6 +223,8 @@ class AsyncHardenedConnection(psycopg.AsyncConnection[Row]):
         hooks = self._outlast
         if hooks is None or timeout is not None or self._outlast_unbounded:
             return await self._wait(gen, interval, timeout)
+        if self._outlast_op == "execute":
+            reaching(hooks.guard)
         try:
             with statement_bound(_socket(self), hooks.preset, hooks.timed):
                 return await self._wait(gen, interval, timeout)

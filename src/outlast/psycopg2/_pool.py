@@ -334,7 +334,14 @@ class ConnectionPool:
             return len(self._idle)
 
     def getconn(self, timeout: float | None = None) -> Connection:
-        """A live connection; waits up to `timeout` (default: the pool's) for a slot."""
+        """A live connection; waits up to `timeout` (default: the pool's) for a slot.
+
+        Asks the Guard first: while its breaker is open this raises
+        `DatabaseUnavailable` at once (and a web request admitted on first use
+        is admitted here).
+        """
+        if self.guard is not None:
+            self.guard.check()
         wait = self.hardening.pool_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:

@@ -21,9 +21,11 @@
 - ``before/after_cursor_execute``: a client-side deadline per statement
   (server ``statement_timeout`` + grace, or the web request's remaining
   budget when that is less) that shuts the socket down when the server cannot
-  answer at all; the dialect's ``do_commit`` / ``do_rollback`` get the same
-  deadline (no cursor event covers them, and a COMMIT on a frozen link would
-  otherwise wait for the link to thaw, past any budget);
+  answer at all;
+- the dialect's ``do_commit`` / ``do_rollback`` (`outlast.sqlalchemy._commit`):
+  the same deadline, a lost COMMIT resolved with ``pg_xact_status()`` (an
+  ordinary ``session.commit()`` never turns "maybe applied" into "not
+  applied"), and a ROLLBACK on a dead link that stays quiet;
 - ``handle_error``: report every fault to the Guard and mark restart-class
   faults (57P01/02/03, 25006, lost or refused connections) as disconnects, so
   SQLAlchemy drops every pooled connection instead of handing out stale ones.
@@ -32,10 +34,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy
@@ -68,10 +70,11 @@ from outlast._core.connections.socket_deadline import (
 from outlast._core.connections.statements import (
     budget_ran_out,
     server_unresponsive,
-    statement_bound,
     statement_limit,
 )
+from outlast._core.timing.budget import budget_remaining
 from outlast._core.timing.operations import OPERATIONS, error_kind
+from outlast.sqlalchemy._commit import TransactionEnds, TransactionInfo, autocommit_write_lost
 
 __all__ = ["create_async_engine", "create_engine", "hardening_of", "install"]
 
@@ -204,21 +207,28 @@ def install(
 ) -> Engine | AsyncEngine:
     """Harden an engine the application built itself; returns it.
 
-    Connect arguments cannot be changed after the fact, so this installs the
-    listeners only (session ``SET`` after connect, checkout ping with a
-    deadline, jittered lifetime, statement deadline, fault reporting and
-    whole-pool invalidation). For ``connect_timeout`` and keepalives, build the
-    engine with `create_engine` or pass them in ``connect_args``.
+    Installs the listeners (session ``SET`` after connect, checkout ping with
+    a deadline, jittered lifetime, statement deadline, COMMIT resolution,
+    fault reporting and whole-pool invalidation) and adds the preset's
+    connect arguments (``connect_timeout``, keepalives, ``tcp_user_timeout``;
+    asyncpg's ``timeout`` and ``command_timeout``) to each new connection,
+    where the engine's own URL and ``connect_args`` do not set them.
+    Connections the pool already holds are adopted at their next checkout.
     """
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if sync_engine in _ENGINES:
         raise outlast.ConfigurationError("outlast is already installed on this engine")
     driver = _driver(sync_engine.url)
     hardening = preset_for(sync_engine.url.host, preset)
-    # Startup options already in the engine's URL keep their settings; SET
-    # after connect carries ours (we cannot add startup options afterwards).
+    # Checked now (a pooler preset refuses startup options in the URL): the
+    # same merge then runs at each connect, through the do_connect event that
+    # may change the connect arguments. The engine's own values win; the
+    # timeouts and keepalives go in (a blackholed link must not hold a request
+    # in libpq's connect, which has no timeout by default), and the server
+    # settings travel as startup options, where the preset allows them, so a
+    # new connection needs no SET and no COMMIT of its own.
     _connect_args(sync_engine.url, driver, hardening, {})
-    _install(sync_engine, guard, replace(hardening, startup_options=False), driver)
+    _install(sync_engine, guard, hardening, driver, merge_connect=True)
     return engine
 
 
@@ -238,12 +248,14 @@ class _Hooks:
         preset: Hardening,
         driver: str,
         *,
+        merge_connect: bool = False,
         own_command_timeout: bool = False,
     ) -> None:
         self.guard = guard
         self.preset = preset
         self.driver = driver
         self.setup_sql = session_setup_sql(preset)
+        self.merge_connect = merge_connect
         # Labels of the operation-duration histogram (db.client.operation.duration).
         self.timed = (getattr(guard, "name", None), f"sqlalchemy+{driver}")
         # asyncpg's command_timeout is the preset's client statement timeout.
@@ -254,6 +266,13 @@ class _Hooks:
     def before_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if self.guard is not None:
             self.guard.check()
+        if self.merge_connect:  # installed on an engine the application built
+            if self.driver == _ASYNCPG:
+                merged, _ = asyncpg_connect_kwargs(self.preset, cparams)
+            else:
+                merged, _ = libpq_connect_kwargs(self.preset, {}, cparams)
+            cparams.update(merged)
+        _connect_within_budget(self.driver, cparams)
 
     def on_connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         if self.driver == _ASYNCPG:
@@ -285,7 +304,15 @@ class _Hooks:
     ) -> None:
         info = record.info.get(_KEY)
         if not isinstance(info, _ConnInfo):
-            return
+            # Made before outlast was installed on this engine (an app that
+            # connected at start-up, Flask-SQLAlchemy hardened on its first
+            # request): adopt it; it is pinged below like any other.
+            info = _ConnInfo(
+                fileno=connection_fileno(dbapi_connection),
+                expires=time.monotonic() + jittered_lifetime(self.preset),
+            )
+            info.fresh = False
+            record.info[_KEY] = info
         if self.guard is not None:
             # The breaker is open: fail fast instead of pinging a dead server.
             self.guard.check()
@@ -294,6 +321,12 @@ class _Hooks:
             return
         if time.monotonic() >= info.expires:
             raise exc.DisconnectionError("connection reached its max_lifetime")
+        remaining = budget_remaining()
+        if remaining is not None and remaining < self.preset.ping_timeout:
+            # Late in a web request's budget (it waited for the pool): a ping
+            # could outlive the budget. The statements that follow are bounded
+            # by what is left, so a dead connection still fails in time.
+            return
         try:
             self._ping(dbapi_connection, info.fileno)
         except Exception as error:
@@ -326,11 +359,13 @@ class _Hooks:
         context: Any,
         executemany: bool,
     ) -> None:
+        info = conn.info.get(_KEY)
+        if isinstance(info, _ConnInfo):
+            info.tx.saw(statement)
         if context is None:
             return
         if OPERATIONS.enabled:
             context.outlast_started = time.perf_counter()
-        info = conn.info.get(_KEY)
         limit = statement_limit(self.preset)
         if limit.timeout is not None and isinstance(info, _ConnInfo) and info.fileno is not None:
             context.outlast_deadline = socket_deadline.arm(info.fileno, limit.timeout)
@@ -372,17 +407,49 @@ class _Hooks:
             execution.outlast_started = None  # type: ignore[union-attr]
             OPERATIONS.observe(*self.timed, time.perf_counter() - started, error_kind(error))
         op = "connect" if conn is None else "execute"
+        if conn is not None and context.statement is not None:
+            autocommit_write_lost(conn, context.statement, error, self.guard)
         if report_fault(self.guard, error, op) and not context.is_disconnect:
             context.is_disconnect = True
 
 
+def _connect_within_budget(driver: str, cparams: dict[str, Any]) -> None:
+    """A connect inside a web request waits no longer than the rest of its budget."""
+    remaining = budget_remaining()
+    if remaining is None:
+        return
+    if driver == _ASYNCPG:
+        current = cparams.get("timeout")
+        if current is None or float(current) > remaining:
+            cparams["timeout"] = max(remaining, 0.1)
+        return
+    # libpq counts whole seconds, and anything under 2 as 2.
+    limit = max(2, math.ceil(remaining))
+    current = cparams.get("connect_timeout")
+    try:
+        if current is None or int(current) <= 0 or int(current) > limit:
+            cparams["connect_timeout"] = limit
+    except (TypeError, ValueError):  # a malformed value of the caller's: libpq will say so
+        pass
+
+
 class _ConnInfo:
-    __slots__ = ("expires", "fileno", "fresh")
+    __slots__ = ("expires", "fileno", "fresh", "tx")
 
     def __init__(self, *, fileno: int | None, expires: float) -> None:
         self.fileno = fileno
         self.expires = expires
         self.fresh = True
+        self.tx = TransactionInfo()  # what the current transaction did
+
+
+def _transaction_info(dbapi_connection: Any) -> TransactionInfo | None:
+    try:
+        info = dbapi_connection.info
+    except Exception:  # an ad-hoc proxy without a pool entry (NotImplementedError)
+        return None
+    conn_info = info.get(_KEY) if isinstance(info, dict) else None
+    return conn_info.tx if isinstance(conn_info, _ConnInfo) else None
 
 
 def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | None) -> None:
@@ -425,29 +492,6 @@ def _retrying_creator(engine: Engine, preset: Hardening, guard: FaultReporter | 
     pool._creator = creator
 
 
-def _bounded_transaction_ends(
-    engine: Engine, preset: Hardening, timed: tuple[str | None, str]
-) -> None:
-    """Put COMMIT and ROLLBACK under the statement deadline.
-
-    They go through the dialect, not a cursor, so the execute events never
-    see them. Each engine has its own dialect instance, so wrapping its
-    methods touches no other engine.
-    """
-    dialect = engine.dialect
-
-    def bounded(end: Callable[[PoolProxiedConnection], None]) -> Any:
-        def call(dbapi_connection: PoolProxiedConnection) -> None:
-            fileno = connection_fileno(dbapi_connection)
-            with statement_bound(fileno, preset, timed):
-                end(dbapi_connection)
-
-        return call
-
-    dialect.do_commit = bounded(dialect.do_commit)  # type: ignore[method-assign]
-    dialect.do_rollback = bounded(dialect.do_rollback)  # type: ignore[method-assign]
-
-
 def _stats(engine: Engine) -> PoolStats:
     """A QueuePool's figures (SQLAlchemy counts neither waiting requests nor timeouts)."""
     pool: Any = engine.pool
@@ -459,19 +503,53 @@ def _stats(engine: Engine) -> PoolStats:
     return PoolStats(idle=idle, used=used, max=limit)
 
 
+def _budget_bounded_waits(pool: Any) -> None:
+    """A web request waits for a free pooled connection no longer than its budget.
+
+    SQLAlchemy's ``pool_timeout`` is one number for every checkout; inside a
+    request the rest of its budget is the limit (a request whose budget runs
+    out in the queue gets its 503 in time, not after ``pool_timeout``). The
+    queue's ``get`` is wrapped on the pool instance (``engine.dispose()``
+    makes a new pool: wrapped again then).
+    """
+    queue: Any = getattr(pool, "_pool", None)
+    get = getattr(queue, "get", None)
+    if get is None or getattr(get, "_outlast", False):
+        return
+
+    def bounded_get(block: bool = True, timeout: float | None = None) -> Any:
+        remaining = budget_remaining()
+        if block and remaining is not None:
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return get(block, timeout)
+
+    bounded_get._outlast = True  # type: ignore[attr-defined]
+    queue.get = bounded_get
+
+
 def _install(
     engine: Engine,
     guard: FaultReporter | None,
     preset: Hardening,
     driver: str,
     *,
+    merge_connect: bool = False,
     own_command_timeout: bool = False,
 ) -> None:
-    hooks = _Hooks(guard, preset, driver, own_command_timeout=own_command_timeout)
+    hooks = _Hooks(
+        guard,
+        preset,
+        driver,
+        merge_connect=merge_connect,
+        own_command_timeout=own_command_timeout,
+    )
     _ENGINES[engine] = hooks
     register_pool(engine, driver=f"sqlalchemy+{driver}", guard=guard, reader=_stats)
+    _budget_bounded_waits(engine.pool)
+    event.listen(engine, "engine_disposed", lambda e: _budget_bounded_waits(e.pool))
     _retrying_creator(engine, preset, guard)
-    _bounded_transaction_ends(engine, preset, hooks.timed)
+    # COMMIT and ROLLBACK: bounded, a lost COMMIT resolved, a dead link's ROLLBACK quiet.
+    TransactionEnds(engine, guard, preset, _transaction_info, hooks.timed).install()
     event.listen(engine, "do_connect", hooks.before_connect)
     event.listen(engine.pool, "connect", hooks.on_connect)
     event.listen(engine.pool, "checkout", hooks.on_checkout)

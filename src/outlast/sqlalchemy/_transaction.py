@@ -39,6 +39,7 @@ from outlast._core.transactions.adapters import (
     register_adapter,
     status_sql,
 )
+from outlast.sqlalchemy._commit import resolved_elsewhere
 
 __all__ = [
     "AsyncEngineAdapter",
@@ -146,7 +147,8 @@ class EngineAdapter:
         return _pair(handle.execute(_MARKER).one())
 
     def commit(self, handle: Any) -> None:
-        handle.commit()
+        with resolved_elsewhere():
+            handle.commit()
 
     def rollback(self, handle: Any) -> None:
         handle.rollback()
@@ -185,7 +187,8 @@ class SessionAdapter:
         return _pair(handle.execute(_MARKER).one())
 
     def commit(self, handle: Any) -> None:
-        handle.commit()
+        with resolved_elsewhere():
+            handle.commit()
 
     def rollback(self, handle: Any) -> None:
         handle.rollback()
@@ -226,7 +229,8 @@ class AsyncEngineAdapter:
         return _pair((await handle.execute(_MARKER)).one())
 
     async def commit(self, handle: Any) -> None:
-        await handle.commit()
+        with resolved_elsewhere():
+            await handle.commit()
 
     async def rollback(self, handle: Any) -> None:
         await handle.rollback()
@@ -269,7 +273,8 @@ class AsyncSessionAdapter:
         return _pair((await handle.execute(_MARKER)).one())
 
     async def commit(self, handle: Any) -> None:
-        await handle.commit()
+        with resolved_elsewhere():
+            await handle.commit()
 
     async def rollback(self, handle: Any) -> None:
         await handle.rollback()

@@ -1,4 +1,4 @@
-"""The Flask probe service: views use a plain SQLAlchemy engine directly."""
+"""The Flask probe service: views use a plain SQLAlchemy engine directly (outlast hardens it)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ engine = create_engine(
     },
 )
 app = Flask(__name__)
-Outlast(app, guard=guard, budget=BUDGET)
+# engine=: outlast hardens it with the Guard (its checkouts are where a request
+# is admitted, on first use of the database).
+Outlast(app, guard=guard, budget=BUDGET, engine=engine)
 
 
 @app.get("/api/hold")

@@ -36,13 +36,14 @@ from dataclasses import dataclass
 
 from outlast._core.faults.classify import classify
 from outlast._core.faults.errors import ConfigurationError, DatabaseNotReady
-from outlast._core.faults.fault import Fault, FaultKind
+from outlast._core.faults.fault import CONFIG_REASONS, Fault, FaultKind
+from outlast._core.faults.redact import LIBPQ_KEYWORDS
 from outlast._core.faults.sqlstate import lookup_sqlstate
 from outlast._core.guard.backoff import Backoff
 from outlast._core.timing.clock import SYSTEM_CLOCK, Clock
 from outlast._core.timing.durations import Seconds, seconds
 
-from .dsn import parse_dsn
+from .dsn import is_url, make_dsn, parse_conninfo, parse_dsn
 
 __all__ = ["WaitAttempt", "wait_for_database"]
 
@@ -83,9 +84,13 @@ def wait_for_database(
     `Fault`: at once for a fault waiting cannot fix (``fault.kind`` is
     `FaultKind.PERMANENT`: authentication failed, database does not exist),
     else when `timeout` runs out. Raises `ValueError` (`ConfigurationError`)
-    for a malformed DSN or option; no message ever contains the password.
+    for a malformed DSN or option, also when it is the driver that refuses it;
+    no message ever contains the password. Takes libpq DSNs and URLs,
+    including SQLAlchemy's ``postgresql+psycopg://`` form (the driver's own
+    query arguments are left out of the check).
     """
     params = parse_dsn(dsn)
+    dsn = _libpq_dsn(dsn, params)
     limit = seconds(timeout, "timeout")
     per_try = seconds(attempt_timeout, "attempt_timeout", allow_zero=False)
     if driver not in DRIVERS:
@@ -109,6 +114,9 @@ def wait_for_database(
             if fault is None:
                 raise
             elapsed = clock.monotonic() - start
+            if fault.reason in CONFIG_REASONS:
+                # The driver refused the DSN itself: a bug to fix, not an outage.
+                raise ConfigurationError(f"malformed DSN: {_why(fault)}") from None
             if fault.kind is FaultKind.PERMANENT:
                 raise _not_ready(f"{target} refused: {_why(fault)}", fault) from None
             delay = backoff.delay(attempt, random.random())
@@ -131,6 +139,19 @@ def wait_for_database(
             clock.sleep(delay)
             continue
         return clock.monotonic() - start
+
+
+def _libpq_dsn(dsn: str, params: dict[str, str]) -> str:
+    """`dsn` as libpq takes it: a SQLAlchemy ``postgresql+<driver>://`` URL is rewritten.
+
+    Its query may carry the driver's own arguments, which libpq does not know:
+    those are left out. A plain DSN is checked as libpq would check it, so a
+    keyword libpq refuses is a `ConfigurationError` here, not a failed attempt.
+    """
+    if not is_url(dsn) or "+" not in dsn.split("://", 1)[0]:
+        parse_conninfo(dsn)
+        return dsn
+    return make_dsn({k: v for k, v in params.items() if k in LIBPQ_KEYWORDS})
 
 
 def _why(fault: Fault) -> str:

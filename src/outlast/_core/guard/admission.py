@@ -33,11 +33,12 @@ from outlast._core.faults.fault import Fault
 
 from .base import ADMITTED, Run, counted_by, mark_counted
 from .events import Event
+from .first_use import CURRENT as FIRST_USE
 
 if TYPE_CHECKING:
     from .base import GuardBase
 
-__all__ = ["PASS", "Admission", "admit"]
+__all__ = ["PASS", "Admission", "admit", "admit_now"]
 
 
 class Admission:
@@ -52,7 +53,14 @@ class Admission:
 
     __slots__ = ("_holder", "_op", "_reset", "_token")
 
-    def __init__(self, guard: GuardBase | None = None, token: int = 0, op: str = "admit") -> None:
+    def __init__(
+        self,
+        guard: GuardBase | None = None,
+        token: int = 0,
+        op: str = "admit",
+        *,
+        mark: bool = True,
+    ) -> None:
         # `_holder` is the Guard while the probe slot is held, None after release:
         # `GuardBase._admitted` looks at it, so a context that outlives the
         # admission (a thread pool's copy, an abandoned task) stops passing checks.
@@ -60,7 +68,7 @@ class Admission:
         self._token = token
         self._op = op
         self._reset: Token[object | None] | None = None
-        if guard is not None:
+        if guard is not None and mark:
             self._reset = ADMITTED.set(self)
 
     @property
@@ -180,8 +188,24 @@ def admit(guard: GuardBase, op: str | None) -> Admission:
     """The slow path of `Guard.admit` (the breaker is not plainly closed)."""
     if guard._admitted():
         return PASS  # inside the probe (or a call) this Guard already admitted
+    first_use = FIRST_USE.get()
+    if first_use is not None and first_use.serves(guard):
+        # Inside a request admitted on first use: admitting work inside it
+        # takes the request's admission (the request is the probe, if any).
+        first_use.take()
+        return PASS
+    return admit_now(guard, op)
+
+
+def admit_now(guard: GuardBase, op: str | None, *, mark: bool = True) -> Admission:
+    """The breaker's decision for one unit of work, whatever the context says.
+
+    `mark`: the admission marks this context (`ADMITTED`), so checks made in
+    it pass; `FirstUse` keeps its probe itself and does not mark the context
+    of the hook that happened to take it.
+    """
     name = op if op is not None else "admit"
-    token = guard._admit(Run(name, False, None, None))  # raises when rejected
+    token = guard._breaker_admit(Run(name, False, None, None))  # raises when rejected
     if token == 0:
         return PASS
-    return Admission(guard, token, name)
+    return Admission(guard, token, name, mark=mark)

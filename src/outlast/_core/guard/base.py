@@ -48,6 +48,7 @@ from .events import (
     log_event,
     process_listeners,
 )
+from .first_use import CURRENT as FIRST_USE
 from .state import DatabaseState, StateTracker
 
 __all__ = [
@@ -231,8 +232,22 @@ class GuardBase:
     # -- reporting from outside call() ------------------------------------------
 
     def check(self) -> None:
-        """Raise `DatabaseUnavailable` at once if the breaker would reject a call now."""
-        if self._fast or self._admitted():
+        """Raise `DatabaseUnavailable` at once if the breaker would reject a call now.
+
+        Inside a unit of work admitted on first use (a web request,
+        `outlast._core.guard.first_use`), this is where it reaches for the
+        database: the request is admitted here (and may become the
+        half-open probe), or refused.
+        """
+        first_use = FIRST_USE.get()
+        if self._fast:
+            if first_use is not None:
+                first_use.reached = True
+            return
+        if self._admitted():
+            return
+        if first_use is not None and first_use.serves(self):
+            first_use.take()
             return
         now = self._clock.monotonic()
         if now < self._reject_until:
@@ -378,7 +393,10 @@ class GuardBase:
     def _admitted(self) -> bool:
         """Is this thread or task inside work this Guard admitted (a call, a live probe)?"""
         holder = ADMITTED.get()
-        return holder is self or getattr(holder, "_holder", None) is self
+        if holder is self or getattr(holder, "_holder", None) is self:
+            return True
+        first_use = FIRST_USE.get()
+        return first_use is not None and first_use.serves(self) and first_use.probe
 
     def _rejection(
         self, retry_after: float, cause: BaseException | None = None
@@ -408,6 +426,22 @@ class GuardBase:
             # Inside work admitted with `admit()` (a web request that is the
             # probe): its calls are part of the probe and take no slot of their own.
             return 0
+        first_use = FIRST_USE.get()
+        if first_use is not None and first_use.serves(self):
+            # A request admitted on first use: this call is where it reaches
+            # for the database. Its admission is the request's, not the call's.
+            first_use.take()
+            return 0
+        return self._breaker_admit(run, now)
+
+    def _breaker_admit(self, run: Run, now: float | None = None) -> int:
+        """The breaker's own decision: 0 to proceed, a probe token, or raise."""
+        if now is None:
+            if self._fast:
+                return 0
+            now = self._clock.monotonic()
+            if now < self._reject_until:
+                raise self._rejection(self._reject_until - now, run.last_exc)
         with self._lock:
             token = self._core.admit(now)
             if token == REJECT:

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from outlast._core.faults.errors import DatabaseUnavailable, fast_unavailable
 from outlast._core.faults.fault import FaultKind
+from outlast._core.timing.clock import Clock
 from outlast._core.timing.durations import Seconds
 
-from .admission import PASS, Admission, admit
+from .admission import PASS, Admission, admit, admit_now
+from .backoff import Backoff, Retry
 from .base import ADMITTED, OPEN_MESSAGE, Classifier, GuardBase, Run, op_name, per_call_timeout
-from .events import process_listeners
+from .breaker import Breaker
+from .events import Listener, process_listeners
 
 __all__ = ["Admission", "Classifier", "Guard"]
 
@@ -47,6 +50,48 @@ class Guard(GuardBase):
     """
 
     __slots__ = ()
+
+    @classmethod
+    def for_web(
+        cls,
+        name: str = "default",
+        *,
+        retry: Retry | None = None,
+        breaker: Breaker | None = None,
+        listeners: Iterable[Listener] | None = None,
+        classifier: Classifier | None = None,
+        clock: Clock | None = None,
+    ) -> Guard:
+        """A Guard tuned for a web service: it lets the first request through soon after
+        the database is back, and never waits longer than a request can.
+
+        - `breaker`: ``Breaker(failure_threshold=3, open_for=0.5, max_open_for=0.5)``.
+          Three straight failures open it, for half a second, and the period
+          never grows: once the database is back, the next request after at
+          most 0.5 s is the probe, so the first 200 comes within about half a
+          second plus one request, even after a long outage. One probe every
+          0.5 s is no load for a database. (The plain `Guard` opens for 1 s,
+          doubling up to 5 s: fine for a batch job, several seconds of 503s
+          too many for a web service.)
+        - `retry`: ``Retry(attempts=3, backoff=Backoff(initial=0.05, cap=0.5))``:
+          a web request passes the rest of its budget as the timeout, and a
+          retry that sleeps 2 s would use most of it.
+
+        The web integrations make one of these when they are given no Guard.
+        Every option can be replaced, as for `Guard`.
+        """
+        if retry is None:
+            retry = Retry(attempts=3, backoff=Backoff(initial=0.05, multiplier=2.0, cap=0.5))
+        if breaker is None:
+            breaker = Breaker(failure_threshold=3, open_for=0.5, max_open_for=0.5)
+        return cls(
+            name,
+            retry=retry,
+            breaker=breaker,
+            listeners=listeners,
+            classifier=classifier,
+            clock=clock,
+        )
 
     # -- calling ------------------------------------------------------------------
 
@@ -156,6 +201,10 @@ class Guard(GuardBase):
         if self._fast:
             return PASS
         return admit(self, op)
+
+    def _admit_now(self, op: str | None, *, mark: bool = True) -> Admission:
+        """The breaker's decision, whatever the context says (for `FirstUse`)."""
+        return admit_now(self, op, mark=mark)
 
     @overload
     def retrying(self, fn: Callable[P, T], /) -> Callable[P, T]: ...

@@ -23,19 +23,26 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from outlast._core.faults.errors import ConfigurationError
 from outlast._core.timing.durations import Seconds
 from outlast._core.timing.durations import seconds as as_seconds
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "MAX_ANSWER_MARGIN",
     "CommitWatch",
     "RequestBudget",
     "RequestState",
     "budget_remaining",
     "commit_outcome_pending",
+    "default_answer_margin",
+    "note_committed_write",
+    "note_outcome_unknown",
 ]
 
 DEFAULT_BUDGET: Final = 5.0
+#: The most of a budget kept back for sending the answer (`default_answer_margin`).
+MAX_ANSWER_MARGIN: Final = 0.2
 
 
 @dataclass(slots=True)
@@ -44,6 +51,7 @@ class RequestState:
 
     deadline: float
     unresolved_commits: int = 0
+    committed_writes: int = 0
 
 
 _current: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
@@ -64,12 +72,31 @@ def budget_remaining() -> float | None:
 
 
 def commit_outcome_pending() -> bool:
-    """True while a COMMIT of the current request is in flight or unresolved.
+    """True when a failure of the current request must not be called "not applied".
 
-    A failure of the request then means "the write may have been applied".
+    That is while a COMMIT of the request is in flight or unresolved, and
+    after one of its transactions that wrote something committed (a read
+    after the COMMIT -- ``session.refresh()`` -- that fails does not undo
+    the write): the write may have been, or was, applied.
     """
     state = _current.get()
-    return state is not None and state.unresolved_commits > 0
+    return state is not None and (state.unresolved_commits > 0 or state.committed_writes > 0)
+
+
+def note_outcome_unknown() -> None:
+    """A write of the current request may have been applied, unknown to anyone (no-op outside).
+
+    For a write sent outside any transaction (autocommit) whose answer was
+    lost: there is no COMMIT to resolve.
+    """
+    note_committed_write()
+
+
+def note_committed_write() -> None:
+    """A transaction of the current request that wrote something committed (no-op outside)."""
+    state = _current.get()
+    if state is not None:
+        state.committed_writes += 1
 
 
 class CommitWatch:
@@ -101,18 +128,44 @@ class CommitWatch:
             state.unresolved_commits -= 1
 
 
+def default_answer_margin(budget: float) -> float:
+    """The part of a budget kept for answering: 0.2 s, or a fifth of a budget under 1 s."""
+    return min(MAX_ANSWER_MARGIN, budget / 5)
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class RequestBudget:
-    """The longest a database-backed request may run (a timeout: seconds or a timedelta)."""
+    """The longest a database-backed request may run (a timeout: seconds or a timedelta).
+
+    The contract: a request is *answered* within `seconds` of its arrival.
+    The work -- queries, retries, resolving a lost COMMIT -- gets `seconds`
+    minus `margin`; the margin is what building and sending the 503 needs
+    once the work has been cut short (a socket shut down, a task cancelled,
+    a thread on a loaded machine scheduled late). So `budget_remaining()`
+    counts down to ``arrival + seconds - margin``.
+    """
 
     seconds: float
+    margin: float
 
-    def __init__(self, seconds: Seconds = DEFAULT_BUDGET) -> None:
-        object.__setattr__(self, "seconds", as_seconds(seconds, "budget", allow_zero=False))
+    def __init__(self, seconds: Seconds = DEFAULT_BUDGET, *, margin: Seconds | None = None) -> None:
+        total = as_seconds(seconds, "budget", allow_zero=False)
+        kept = default_answer_margin(total) if margin is None else as_seconds(margin, "margin")
+        if kept >= total:
+            raise ConfigurationError(
+                f"answer_margin ({kept:g}s) must be shorter than the budget ({total:g}s)"
+            )
+        object.__setattr__(self, "seconds", total)
+        object.__setattr__(self, "margin", kept)
+
+    @property
+    def work(self) -> float:
+        """Seconds the work of a request may take: `seconds` minus `margin`."""
+        return self.seconds - self.margin
 
     def start(self) -> contextvars.Token[RequestState | None]:
         """Start the clock for the current request (in this context)."""
-        return _current.set(RequestState(time.monotonic() + self.seconds))
+        return _current.set(RequestState(time.monotonic() + self.seconds - self.margin))
 
     @staticmethod
     def finish(token: contextvars.Token[RequestState | None]) -> None:

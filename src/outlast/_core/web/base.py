@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from outlast._core.guard.events import Event, emit, process_listeners
+from outlast._core.guard.first_use import CURRENT as FIRST_USE
 from outlast._core.timing.budget import RequestBudget
 
 from .calls import call_within_budget, transaction_within_budget
@@ -62,12 +63,12 @@ class WebBase:
 
     Takes the `WebOptions` (the same for every framework; see
     `outlast._core.web.options`). Without a `guard`, one is made on first
-    use, named by `_default_guard_name`.
+    use (``Guard.for_web``), named by `_default_guard_name`.
     """
 
     def __init__(self, **options: Unpack[WebOptions]) -> None:
         self.config = WebConfig.from_options(options)
-        self.budget = RequestBudget(self.config.budget)
+        self.budget = RequestBudget(self.config.budget, margin=self.config.answer_margin)
         self._guard: Guard | None = self.config.guard
         self.supervisor: Any = self.config.supervisor
         self.session: Any = self.config.session
@@ -87,7 +88,7 @@ class WebBase:
         if self._guard is None:
             from outlast._core.guard.guard import Guard
 
-            self._guard = Guard(self._default_guard_name())
+            self._guard = Guard.for_web(self._default_guard_name())
         return self._guard
 
     @guard.setter
@@ -137,7 +138,14 @@ class WebBase:
         return map_exception(exc, self._guard)
 
     def report_fault(self, exc: BaseException, mapped: Mapped, route: str) -> None:
-        """Report a mapped fault to the Guard (unless `record_faults` is off) and log it once."""
+        """Report a mapped fault to the Guard (unless `record_faults` is off) and log it once.
+
+        The request that raised it reached the database, whatever way it
+        took: while the breaker is half-open its fault is the probe's answer.
+        """
+        first_use = FIRST_USE.get()
+        if first_use is not None and first_use.serves(self._guard) and mapped.fault is not None:
+            first_use.saw_fault(exc)
         if self.config.record_faults:
             record_fault(self._guard, exc, route, mapped.fault)
         log_fault(exc, mapped, route)

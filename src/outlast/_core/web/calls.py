@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outlast._core.faults.errors import RequestBudgetExceeded
+from outlast._core.guard.first_use import mark_reached
 from outlast._core.timing.budget import budget_remaining
 
 if TYPE_CHECKING:
@@ -50,8 +51,10 @@ def timeout_for(guard: Guard, reserve: float) -> float | None:
     """The timeout to hand to the Guard: the rest of the budget minus one attempt.
 
     None outside a request (the Guard's own retry timeout applies). Raises
-    `RequestBudgetExceeded` when nothing is left.
+    `RequestBudgetExceeded` when nothing is left. The request counts as one
+    that reached for the database from here on.
     """
+    mark_reached()
     remaining = budget_remaining()
     if remaining is None:
         return None

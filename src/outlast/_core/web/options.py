@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from outlast._core.guard.guard import Guard
 
 __all__ = [
+    "BEFORE_VIEW",
     "DEFAULT_HEALTH_TIMEOUT",
+    "FIRST_USE",
+    "NOT_ADMITTED",
     "NO_ROUTE",
+    "AdmissionMode",
     "DbRoutes",
     "WebConfig",
     "WebOptions",
@@ -34,6 +38,15 @@ __all__ = [
 DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 
 DbRoutes = Literal["all", "marked"]
+AdmissionMode = Literal["first_use", "before_view"]
+
+#: `WebConfig.admission_for`: the request never gets a 503 from the breaker
+#: (a health endpoint, an exempt path, a ``no_db`` view, a 404, a static file).
+NOT_ADMITTED: Final = "none"
+#: Admitted when it first reaches for the database (pool checkout, connect, ``web.call``).
+FIRST_USE: Final = "first_use"
+#: Admitted before the view runs (a view marked ``db_route``).
+BEFORE_VIEW: Final = "before_view"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -51,8 +64,17 @@ class WebOptions(TypedDict, total=False):
       reports;
     - `session`: a SQLAlchemy session (or scoped session) rolled back after a fault;
     - `engine` / `ping`: what ``/health/db`` runs ``SELECT 1`` through;
-    - `db_routes` / `exempt`: which views are database routes (``"all"`` but the
+    - `db_routes` / `exempt`: which views may use the database (``"all"`` but the
       `exempt` path prefixes and `no_db` views, or only ``"marked"`` ones);
+    - `admission`: when such a request asks the breaker: ``"first_use"`` (the
+      default: when it first reaches for the database -- a pool checkout, a
+      connect, ``web.call`` -- so a route that never queries never gets a 503
+      and never acts as the half-open probe) or ``"before_view"`` (before the
+      view runs, for every database route). Views marked `db_route` are
+      always admitted before they run;
+    - `answer_margin`: the part of the budget kept for sending the answer
+      (default: 0.2 s, or a fifth of a budget under 1 s): the work is cut
+      short at ``budget - answer_margin``, so the 503 leaves within the budget;
     - `health_timeout`: how long ``/health/db`` waits for its ``SELECT 1``;
     - `ready`: a callable that says whether the service finished starting;
     - `attempt_reserve`: seconds kept back from the budget for one attempt, so a
@@ -70,6 +92,8 @@ class WebOptions(TypedDict, total=False):
     ping: Callable[[], object] | None
     db_routes: DbRoutes
     exempt: Sequence[str]
+    admission: AdmissionMode
+    answer_margin: Seconds | None
     health_timeout: Seconds
     ready: Callable[[], bool] | None
     attempt_reserve: Seconds
@@ -99,6 +123,8 @@ class WebConfig:
     ping: Callable[[], object] | None = None
     db_routes: DbRoutes = "all"
     exempt: tuple[str, ...] = ()
+    admission: AdmissionMode = "first_use"
+    answer_margin: float | None = None
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     ready: Callable[[], bool] | None = None
     attempt_reserve: float = 0.0
@@ -113,6 +139,18 @@ class WebConfig:
         set_(self, "attempt_reserve", seconds(self.attempt_reserve, "attempt_reserve"))
         if self.db_routes not in ("all", "marked"):
             raise ConfigurationError(f"db_routes must be 'all' or 'marked', not {self.db_routes!r}")
+        if self.admission not in (FIRST_USE, BEFORE_VIEW):
+            raise ConfigurationError(
+                f"admission must be 'first_use' or 'before_view', not {self.admission!r}"
+            )
+        if self.answer_margin is not None:
+            margin = seconds(self.answer_margin, "answer_margin")
+            if margin >= self.budget:
+                raise ConfigurationError(
+                    f"answer_margin ({margin:g}s) must be shorter than the budget"
+                    f" ({self.budget:g}s)"
+                )
+            set_(self, "answer_margin", margin)
         given: object = self.exempt  # any Sequence[str] at run time; a lone str is one prefix
         exempt = (given,) if isinstance(given, str) else tuple(self.exempt)
         if not all(isinstance(p, str) for p in exempt):
@@ -143,20 +181,33 @@ class WebConfig:
         return path == prefix or path.startswith(prefix + "/")
 
     def is_db_route(self, path: str, view: object | None) -> bool:
-        """True when the request at `path` served by `view` uses the database.
+        """True when the request at `path` served by `view` may use the database.
 
         `view` is the view function, None when it is unknown (a mounted
         sub-application), or `NO_ROUTE` when nothing matched (a 404 never gets a
-        503 from the breaker).
+        503 from the breaker) or a static file is served.
+        """
+        return self.admission_for(path, view) != NOT_ADMITTED
+
+    def admission_for(self, path: str, view: object | None) -> str:
+        """When the request at `path` served by `view` asks the breaker.
+
+        `NOT_ADMITTED` (never: health endpoints, `exempt` prefixes, `no_db`
+        views, 404s, static files, and unmarked views with
+        ``db_routes="marked"``), `BEFORE_VIEW` (views marked `db_route`, and
+        every database route with ``admission="before_view"``) or `FIRST_USE`
+        (when it first reaches for the database).
         """
         if view is NO_ROUTE or self.is_health_path(path):
-            return False
+            return NOT_ADMITTED
         mark = getattr(view, _MARK, None) if view is not None else None
         if mark is not None:
-            return bool(mark)
+            return BEFORE_VIEW if mark else NOT_ADMITTED
         if self.db_routes == "marked":
-            return False
-        return not any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.exempt)
+            return NOT_ADMITTED
+        if any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.exempt):
+            return NOT_ADMITTED
+        return FIRST_USE if self.admission == FIRST_USE else BEFORE_VIEW
 
 
 OPTION_NAMES: Final = frozenset(f.name for f in fields(WebConfig))
@@ -170,7 +221,13 @@ NO_ROUTE: Final = object()
 
 
 def db_route(view: _F) -> _F:
-    """Mark a view as a database route (checked against the breaker first)."""
+    """Mark a view as a database route: admitted before it runs.
+
+    While the breaker is open it answers 503 at once, before its
+    dependencies (authentication, validation) run; while it is half-open it
+    may be the probe. Without the mark a view is admitted when it first
+    reaches for the database.
+    """
     setattr(view, _MARK, True)
     return view
 

@@ -24,21 +24,36 @@
 
 `install()` adds exception handlers for `DatabaseUnavailable` and
 `CommitOutcomeUnknown`, a pure-ASGI middleware, and the health routes
-(``/health/live``, ``/health/ready``, ``/health/db``). For database routes the
-middleware starts the request budget, admits the request with
-``guard.admit()`` before the route runs (an open breaker answers 503 in
-microseconds; while it is half-open one request at a time goes through as
-the probe, async or sync endpoint alike, and the others get a fast 503; the
-probe's end, cancellation included, gives the verdict and frees the slot),
-bounds the route by the budget until the response starts (a timeout is a
-503), and maps every classified database fault to a 503 ``application/problem+json``
-(PERMANENT faults to a generic 500) after rolling back `session`, logging the
-fault once and reporting it to the Guard.
+(``/health/live``, ``/health/ready``, ``/health/db``). The middleware runs
+inside every middleware of the app's own (``CORSMiddleware`` included,
+whether it was added before or after `install`), so its 503s carry their
+headers.
 
-Database routes: every route except the health endpoints, `exempt` path
-prefixes and endpoints marked `no_db` (``db_routes="all"``, the default), or
-only endpoints marked `db_route` (``db_routes="marked"``). In FastAPI the
-dependency `require_database` marks a route as well.
+For each request that may use the database it starts the request budget
+and admits the request with the Guard's breaker *when the request first
+reaches for the database* (a hardened pool's checkout or connect,
+``web.call``, ``Guard.transaction``): while the breaker is open that is a
+fast 503, while it is half-open one request at a time goes through as the
+probe and the others get a fast 503. A request that never reaches for the
+database (``/ping``, a 401 from an auth dependency, a 404) is never refused
+and never acts as the probe. Routes marked `db_route` are admitted before
+they run instead. The budget bounds the route until the response starts
+(the work stops ``answer_margin`` before the budget, so the 503 leaves
+within it), and every classified database fault becomes a 503
+``application/problem+json`` (PERMANENT faults a generic 500) after rolling
+back `session`, logging the fault once and reporting it to the Guard.
+
+Which requests may use the database: every route except the health
+endpoints, `exempt` path prefixes, endpoints marked `no_db`, static files and
+404s (``db_routes="all"``, the default), or only endpoints marked `db_route`
+(``db_routes="marked"``). Marks and names work for routes of ``APIRouter``s
+included with a prefix and of mounted sub-applications, in every FastAPI and
+Starlette version the extra allows.
+
+`session` (below) is a FastAPI dependency that gives each request its own
+SQLAlchemy session: an ordinary ``session.commit()`` whose reply is lost is
+resolved with ``pg_xact_status()`` (see `outlast.sqlalchemy`), and closing it
+after the link died is quiet.
 """
 
 from __future__ import annotations
@@ -49,16 +64,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outlast._core.faults.errors import (
     CommitOutcomeUnknown,
+    ConfigurationError,
     DatabaseUnavailable,
     RequestBudgetExceeded,
 )
+from outlast._core.guard.first_use import CURRENT as FIRST_USE
+from outlast._core.guard.first_use import FirstUse
 from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.calls import (
@@ -75,10 +93,13 @@ from outlast._core.web.health import (
     health_paths,
 )
 from outlast._core.web.mapping import PROBLEM_CONTENT_TYPE, Mapped, record_success
-from outlast._core.web.options import NO_ROUTE, WebOptions, db_route, no_db
+from outlast._core.web.options import BEFORE_VIEW, NOT_ADMITTED, WebOptions, db_route, no_db
+
+from ._routes import resolve
+from ._session import session
 
 if TYPE_CHECKING:
-    from outlast._core.guard.admission import Admission
+    from starlette.middleware import _MiddlewareFactory
 
 __all__ = [
     "Outlast",
@@ -89,11 +110,14 @@ __all__ = [
     "install",
     "no_db",
     "require_database",
+    "session",
 ]
 
 _ROLLBACK_TIMEOUT = 1.0
 #: How long a cancelled app may take to stop before the 503 goes out without it.
 _CANCEL_GRACE = 0.05
+#: How often a request past its budget that never touched the database is looked at.
+_UNREACHED_POLL = 0.05
 T = TypeVar("T")
 
 
@@ -109,7 +133,7 @@ class Outlast(WebBase):
         if self._guard is None:
             from outlast._core.guard.guard import Guard
 
-            self.guard = Guard(name)
+            self.guard = Guard.for_web(name)
         self.routes: Sequence[Any] = ()
 
     # -- what endpoints use -------------------------------------------------------
@@ -189,9 +213,19 @@ class Outlast(WebBase):
         probe = self.sync_probe()
         return _response(health_answer(*await asyncio.to_thread(health_db, self.guard, probe)))
 
+    def resolve(self, scope: Scope) -> tuple[str, str]:
+        """``(admission, route label)`` for the request in `scope` (see `WebConfig.admission_for`).
+
+        The label names the route in logs and events: ``"GET /api/leads/{lead_id}"``,
+        router prefixes and mounts included.
+        """
+        view, path = resolve(self.routes, scope)
+        admission = self.config.admission_for(scope["path"], view)
+        return admission, f"{scope.get('method', '?')} {path}"
+
     def is_db_route(self, scope: Scope) -> bool:
-        """True when the request in `scope` goes to a database route (see `WebConfig`)."""
-        return self.config.is_db_route(scope["path"], _endpoint(self.routes, scope))
+        """True when the request in `scope` may use the database (see `WebConfig`)."""
+        return self.resolve(scope)[0] != NOT_ADMITTED
 
 
 class OutlastMiddleware:
@@ -207,7 +241,9 @@ class OutlastMiddleware:
             await self.app(scope, receive, send)
             return
         ol = self.outlast
-        if not ol.is_db_route(scope):
+        admission, route = ol.resolve(scope)
+        scope["outlast.route"] = route
+        if admission == NOT_ADMITTED:
             exchange = _Exchange(send)
             try:
                 await self.app(scope, receive, exchange.send)
@@ -218,15 +254,16 @@ class OutlastMiddleware:
 
         exchange = _Exchange(send)
         token = ol.budget.start()
-        admission: Admission | None = None
+        # Before the app task exists, so that it (and the threads its sync
+        # endpoints and dependencies run in) shares this request's admission.
+        first_use = FirstUse(ol.guard, route).enter()
         escaped: BaseException | None = None
         try:
-            # Before the app task exists, so that it (and the thread a sync
-            # endpoint runs in) inherits the mark of an admitted probe.
-            admission = ol.guard.admit(op=_route(scope))
-            await self._within_budget(scope, receive, exchange)
-            if exchange.status < 500 and not scope.get("outlast.fault"):
-                record_success(ol.guard, _route(scope))
+            if admission == BEFORE_VIEW:
+                first_use.take()  # raises DatabaseUnavailable when the breaker refuses
+            await self._within_budget(scope, receive, exchange, first_use)
+            if first_use.reached and exchange.status < 500 and not scope.get("outlast.fault"):
+                record_success(ol.guard, route)
         except Exception as exc:
             escaped = exc
             if exchange.started:
@@ -237,18 +274,21 @@ class OutlastMiddleware:
             escaped = exc
             raise
         finally:
-            if admission is not None:
-                _release(admission, scope, exchange, escaped)
+            _release(first_use, scope, exchange, escaped)
             RequestBudget.finish(token)
 
-    async def _within_budget(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
+    async def _within_budget(
+        self, scope: Scope, receive: Receive, exchange: _Exchange, first_use: FirstUse
+    ) -> None:
         """Run the app until it answers; the budget covers the work, not the streaming.
 
         The app runs in a task of its own (its context, and so the request's
         budget state, is shared), so that when the budget runs out the 503 can
         go out at once: a cancelled driver may take its time to give up (psycopg
         first asks the server to cancel the query and waits for it, 5 s plus
-        5 s), and the client must not wait for that.
+        5 s), and the client must not wait for that. Only a request that
+        reached for the database is cut short: the rest of a route's time is
+        its own business (a slow call to another service is not an outage).
         """
         budget = budget_remaining()
         task = asyncio.ensure_future(self.app(scope, receive, exchange.send))
@@ -257,6 +297,14 @@ class OutlastMiddleware:
             done, _ = await asyncio.wait(
                 (task, exchange.begun), timeout=budget, return_when=asyncio.FIRST_COMPLETED
             )
+            if not done and not first_use.reached:
+                # It has not touched the database: let it finish, but cut it
+                # short if it reaches for the database later (its budget is spent).
+                while not done and not first_use.reached:
+                    done, _ = await asyncio.wait(
+                        (task, exchange.begun), timeout=_UNREACHED_POLL,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )  # fmt: skip
             if not done:  # the budget ran out before the response started
                 task.cancel()
                 await asyncio.wait((task,), timeout=_CANCEL_GRACE)
@@ -309,13 +357,13 @@ class _Exchange:
 
 
 def _release(
-    admission: Admission, scope: Scope, exchange: _Exchange, escaped: BaseException | None
+    first_use: FirstUse, scope: Scope, exchange: _Exchange, escaped: BaseException | None
 ) -> None:
-    """End the request's admission: the probe's verdict, and its slot freed."""
+    """End the request's admission: the probe's verdict (if it was one), its slot freed."""
     # A fault the app's exception handlers answered never reached the middleware.
     error = escaped if escaped is not None else scope.get("outlast.error")
     healthy = exchange.started and exchange.status < 500 and not scope.get("outlast.fault")
-    admission.release(error, verdict=error is not None or healthy)
+    first_use.release(error, verdict=error is not None or healthy)
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -328,10 +376,17 @@ def install(app: Starlette, **options: Unpack[WebOptions]) -> Outlast:
     """Install outlast on a Starlette or FastAPI app (before it starts serving).
 
     Takes the options every web integration shares (`WebOptions`: `guard`,
-    `budget`, `engine`/`ping`, `session`, `db_routes`/`exempt`, `ready`,
-    `supervisor`, `ready_fail_on_db`, `health_prefix`, `health_timeout`,
-    `attempt_reserve`, `record_faults`).
+    `budget`, `engine`/`ping`, `session`, `db_routes`/`exempt`, `admission`,
+    `answer_margin`, `ready`, `supervisor`, `ready_fail_on_db`,
+    `health_prefix`, `health_timeout`, `attempt_reserve`, `record_faults`).
+    Without a `guard`, one made by ``outlast.Guard.for_web()``.
+
+    The middleware goes inside every middleware of the app's own, whenever
+    they are added: ``CORSMiddleware`` (and any other) then sees the 503s
+    too. Routes may be added before or after this call.
     """
+    if getattr(app, "middleware_stack", None) is not None:
+        raise ConfigurationError("install outlast before the app starts serving")
     ol = Outlast(**options)
     ol.routes = app.router.routes
     paths = health_paths(ol.config.health_prefix)
@@ -347,20 +402,31 @@ def install(app: Starlette, **options: Unpack[WebOptions]) -> Outlast:
 
     app.add_exception_handler(DatabaseUnavailable, on_fault)
     app.add_exception_handler(CommitOutcomeUnknown, on_fault)
-    app.add_middleware(OutlastMiddleware, outlast=ol)
+    # Appended, not inserted first (as add_middleware does): the innermost of
+    # the app's middleware, so those added before install() (CORS, where the
+    # FastAPI docs put it) wrap the 503s as well as those added after.
+    factory: _MiddlewareFactory[Any] = OutlastMiddleware
+    app.user_middleware.append(Middleware(factory, outlast=ol))
     app.state.outlast = ol
     return ol
 
 
 async def require_database(request: Request) -> AsyncIterator[None]:
-    """FastAPI dependency: ``Depends(require_database)`` admits the request like the middleware.
+    """FastAPI dependency: ``Depends(require_database)`` admits the request at once.
 
     Fails fast (503) while the breaker is open, and while it is half-open lets
     one request at a time through as the probe; the probe ends with the
-    endpoint. Useful with ``db_routes="marked"`` for routers where marking each
-    endpoint is awkward; on a route the middleware already admitted it adds nothing.
+    request. On a route the middleware admits on first use it takes that
+    admission now (before the dependencies listed after it, such as an auth
+    check); elsewhere (``db_routes="marked"``, a ``no_db`` route) it admits
+    the request itself.
     """
     ol: Outlast = request.app.state.outlast
+    first_use = FIRST_USE.get()
+    if first_use is not None and first_use.serves(ol.guard):
+        first_use.take()
+        yield
+        return
     admission = ol.guard.admit(op=_route(request.scope))
     try:
         yield
@@ -370,18 +436,10 @@ async def require_database(request: Request) -> AsyncIterator[None]:
     admission.release()
 
 
-def _endpoint(routes: Sequence[Any], scope: Scope) -> Any:
-    for route in routes:
-        try:
-            match, _child = route.matches(scope)
-        except Exception:
-            continue
-        if match == Match.FULL:
-            return getattr(route, "endpoint", None)
-    return NO_ROUTE
-
-
 def _route(scope: Scope) -> str:
+    label = scope.get("outlast.route")
+    if isinstance(label, str):
+        return label
     route = scope.get("route")
     path = getattr(route, "path", None) or scope.get("path", "?")
     return f"{scope.get('method', '?')} {path}"

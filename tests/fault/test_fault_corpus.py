@@ -42,10 +42,11 @@ from corpus_kit import (
     Target,
     run_scenario,
 )
-from pgbouncer_kit import PASSWORD, PgBouncer, pgbouncer_binary, self_signed_certificate
+from tls_kit import self_signed_certificate
 
 from outlast.chaos import LOGIN_PRESETS, Proxy
-from outlast.testing import EmbeddedPostgres
+from outlast.testing import PGBOUNCER_PASSWORD as PASSWORD
+from outlast.testing import EmbeddedPostgres, PgBouncer, pgbouncer_binary
 from outlast.testing._postgres import free_port
 
 pytestmark = pytest.mark.slow

@@ -35,7 +35,7 @@ import psycopg_pool
 import pytest
 import sqlalchemy as sa
 from fault_kit import capture
-from pgbouncer_kit import PASSWORD, PgBouncer, self_signed_certificate
+from tls_kit import self_signed_certificate
 
 import outlast
 import outlast.asyncpg
@@ -43,6 +43,8 @@ import outlast.psycopg
 import outlast.psycopg2
 import outlast.sqlalchemy
 from outlast import FaultKind
+from outlast.testing import PGBOUNCER_PASSWORD as PASSWORD
+from outlast.testing import PgBouncer, pgbouncer_binary
 
 K = FaultKind
 
@@ -62,8 +64,14 @@ def _asyncpg_run(coro_fn: Callable[[], Any]) -> Callable[[], None]:
 # ------------------------------------------------------------------- PgBouncer
 
 
+def _require_pgbouncer() -> None:
+    if pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed (scripts/ensure-pgbouncer installs it as root)")
+
+
 @pytest.fixture(scope="module")
 def bouncer(pg_server: Any) -> Iterator[PgBouncer]:
+    _require_pgbouncer()
     with PgBouncer((pg_server.host, pg_server.port)) as running:
         yield running
 
@@ -221,6 +229,7 @@ async def _async_engine_connect(bouncer: PgBouncer, password: str) -> None:
 
 @pytest.fixture(scope="module")
 def tls_bouncer(pg_server: Any) -> Iterator[tuple[PgBouncer, Path]]:
+    _require_pgbouncer()
     with (
         self_signed_certificate("db.example.test") as (key, cert),
         PgBouncer((pg_server.host, pg_server.port), tls=(key, cert)) as running,

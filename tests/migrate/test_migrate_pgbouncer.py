@@ -22,12 +22,24 @@ from migrate_kit import (
     log_counts,
     spread,
 )
-from pgbouncer_kit import PgBouncer
 
 import outlast.migrate as migrate
-from outlast.testing import EmbeddedPostgres
+from outlast.testing import EmbeddedPostgres, PgBouncer, pgbouncer_binary
 
 N = 20
+
+
+def _bouncer(pg_server: Any, *, ignore_options: bool = False, pool_size: int = 10) -> PgBouncer:
+    """Transaction pooling with trust auth; ``ignore_options`` drops the startup options."""
+    if pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed (scripts/ensure-pgbouncer installs it as root)")
+    ignored = ("extra_float_digits", "options") if ignore_options else ("extra_float_digits",)
+    return PgBouncer(
+        (pg_server.host, pg_server.port),
+        auth_type="trust",
+        ignore_startup_parameters=ignored,
+        settings={"default_pool_size": pool_size},
+    )
 
 
 @pytest.mark.parametrize(
@@ -36,7 +48,7 @@ N = 20
 def test_advisory_lock_refuses_a_transaction_pooler(
     pg_server: EmbeddedPostgres, pg_database: Any, ignore_options: bool
 ) -> None:
-    with PgBouncer(pg_server.host, pg_server.port, ignore_options=ignore_options) as bouncer:
+    with _bouncer(pg_server, ignore_options=ignore_options) as bouncer:
         runner = migrate.AlembicRunner(ALEMBIC_INI)
         with pytest.raises(migrate.LockNotSupported) as info:
             migrate.run(runner, dsn=bouncer.dsn(pg_database.name), wait=5)
@@ -51,7 +63,7 @@ def test_advisory_lock_refuses_a_transaction_pooler(
 def test_lock_dsn_lets_the_ddl_go_through_the_pooler(
     pg_server: EmbeddedPostgres, pg_database: Any
 ) -> None:
-    with PgBouncer(pg_server.host, pg_server.port) as bouncer:
+    with _bouncer(pg_server) as bouncer:
         status = migrate.run(
             migrate.AlembicRunner(ALEMBIC_INI),
             dsn=bouncer.dsn(pg_database.name),
@@ -66,7 +78,7 @@ def test_a_waiting_role_reads_the_schema_through_the_pooler(
     pg_server: EmbeddedPostgres, pg_database: Any
 ) -> None:
     # The API migrates over a direct connection; the workers wait behind PgBouncer.
-    with PgBouncer(pg_server.host, pg_server.port) as bouncer:
+    with _bouncer(pg_server) as bouncer:
         pooled = bouncer.dsn(pg_database.name)
         with pytest.raises(migrate.MigrationTimeout, match="4 pending"):
             migrate.run(migrate.AlembicRunner(ALEMBIC_INI), dsn=pooled, role="wait", wait=1)
@@ -78,7 +90,7 @@ def test_a_waiting_role_reads_the_schema_through_the_pooler(
 @pytest.mark.slow
 def test_twenty_processes_through_pgbouncer(pg_server: EmbeddedPostgres, pg_database: Any) -> None:
     dsn = pg_database.dsn()
-    with PgBouncer(pg_server.host, pg_server.port, ignore_options=True, pool_size=10) as bouncer:
+    with _bouncer(pg_server, ignore_options=True, pool_size=10) as bouncer:
         pooled = bouncer.dsn(pg_database.name)
 
         # 1. What a hand-written session lock does through it: stranded.

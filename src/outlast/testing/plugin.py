@@ -16,19 +16,24 @@ these fixtures available. Nothing starts until a test asks for a fixture.
   (``.dsn()``, ``.url()``), cleared after each test.
 - ``db_outage`` (function): ``with db_outage("blackhole"): ...`` applies a fault
   to ``pg_proxy`` and clears it on exit.
+- ``pg_bouncer`` (function): ``pg_bouncer(**options)`` starts a private PgBouncer
+  (transaction pooling) in front of ``pg_server`` or ``upstream=(host, port)``,
+  stopped after the test; the test skips where PgBouncer is not installed.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from outlast.testing._chaos_fixtures import db_outage, pg_proxy, pg_proxy_session  # noqa: F401
 from outlast.testing._external import ExternalPostgres
+from outlast.testing._pgbouncer import PgBouncer, pgbouncer_binary
 from outlast.testing._postgres import EmbeddedPostgres
 
 __all__ = ["PgDatabase"]
@@ -152,3 +157,22 @@ def external_dsn() -> str:
     if not dsn:
         pytest.skip("OUTLAST_TEST_DSN is not set")
     return dsn
+
+
+@pytest.fixture
+def pg_bouncer(pg_server: EmbeddedPostgres) -> Iterator[Callable[..., PgBouncer]]:
+    """``pg_bouncer(upstream=None, **options)``: a started `PgBouncer`, stopped afterwards."""
+    if pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed (scripts/ensure-pgbouncer installs it as root)")
+    started: list[PgBouncer] = []
+
+    def start(upstream: tuple[str, int] | None = None, **options: Any) -> PgBouncer:
+        bouncer = PgBouncer(upstream or (pg_server.host, pg_server.port), **options)
+        started.append(bouncer)
+        return bouncer.start()
+
+    try:
+        yield start
+    finally:
+        for bouncer in started:
+            bouncer.close()

@@ -64,6 +64,12 @@ def test_a_failed_scenario_says_what_happened_in_plain_words():
     assert s.as_dict()["in_words"] == s.in_words
 
 
+def test_a_loop_killed_by_an_earlier_fault_is_still_dead():
+    recs = [_rec("read", 1.0, "ok", 200), _rec("read", 9.0, "ok", 200)]
+    health = [_health(1.0, False), _health(10.0, False)]
+    assert _judge(recs, health=health).in_words == "background loop still dead"
+
+
 def test_hangs_and_doubled_writes_in_words():
     # The usual fix: requests wait in backoff past the budget, a replayed
     # write is stored twice, and nothing answers 500.

@@ -279,19 +279,17 @@ def evaluate(
         tally.dead_loops = dead
         if last is None:
             checks.append(Check("background", False, "health endpoint never answered"))
-        else:
+        elif not dead:
             checks.append(
-                Check(
-                    "background",
-                    not dead,
-                    (
-                        "background loop died"
-                        if len(dead) == 1
-                        else f"{len(dead)} background loops died"
-                    )
-                    if dead
-                    else f"{plural(len(components), 'background loop')} alive",
-                )
+                Check("background", True, f"{plural(len(components), 'background loop')} alive")
+            )
+        else:
+            # Dead already when the scenario began: an earlier fault killed it.
+            first = answered_health[0].background
+            before = all(first.get(k) is False for k in dead)
+            what = "background loop" if len(dead) == 1 else f"{len(dead)} background loops"
+            checks.append(
+                Check("background", False, f"{what} {'still dead' if before else 'died'}")
             )
 
     fs, fe = result.fault_start, result.fault_end

@@ -1,10 +1,14 @@
-"""What the scorecards say, in words, from constructed results (pure logic)."""
+"""What the scorecards say, in words, from constructed results (pure logic); and the
+reference service's three builds chosen by its settings."""
 
 from __future__ import annotations
 
+import pytest
 from rich.console import Console
 
+import outlast
 from outlast.demo._demo import _comparison
+from outlast.demo._settings import settings_from_env
 from outlast.drill import (
     DrillResult,
     FaultWindow,
@@ -135,3 +139,12 @@ def test_the_report_and_the_terminal_tables_use_the_same_words():
     text = " ".join(console.export_text().split())
     assert "289 answered 500, background loop died" in text
     assert "pass: 1 answered 503, recovered in 0.6 s" in text
+
+
+def test_the_reference_service_is_built_one_of_three_ways():
+    assert settings_from_env({}).mode == "outlast"
+    assert settings_from_env({"OUTLAST_ENABLED": "0"}).mode == "plain"
+    by_hand = settings_from_env({"OUTLAST_ENABLED": "1", "OUTLAST_MODE": "Seeds"})
+    assert (by_hand.mode, by_hand.enabled) == ("seeds", False)
+    with pytest.raises(outlast.ConfigurationError, match="OUTLAST_MODE"):
+        settings_from_env({"OUTLAST_MODE": "tenacity"})

@@ -285,8 +285,8 @@ def evaluate(
             )
         else:
             # Dead already when the scenario began: an earlier fault killed it.
-            first = answered_health[0].background
-            before = all(first.get(k) is False for k in dead)
+            at_start = answered_health[0].background
+            before = all(at_start.get(k) is False for k in dead)
             what = "background loop" if len(dead) == 1 else f"{len(dead)} background loops"
             checks.append(
                 Check("background", False, f"{what} {'still dead' if before else 'died'}")

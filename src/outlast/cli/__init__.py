@@ -55,7 +55,7 @@ COMMANDS: tuple[Command, ...] = (
         "demo",
         "outlast.demo._demo",
         run="run_demo",
-        help="prove it: drill the same service with and without outlast",
+        help="prove it: drill the same service with outlast, fixed by hand, and without",
         description="Start an embedded PostgreSQL, two chaos proxies, a reference FastAPI "
         "service with outlast and the same service without it, run the outage drill on "
         "both and print the scorecards; writes outlast-report.html. Exit code 0 when the "

@@ -4,6 +4,9 @@
   ``postgresql+psycopg://user@host:port/db``), ``OUTLAST_ENABLED`` (``1``, the
   default, runs a service with outlast; ``0`` runs the very same code without
   it) and ``OUTLAST_BUDGET`` (the request budget in seconds, default 5).
+  ``OUTLAST_MODE`` (``outlast``, ``plain`` or ``seeds``), when set, chooses
+  among the reference service's three builds instead of ``OUTLAST_ENABLED``:
+  ``seeds`` is the service fixed by hand the usual way (`outlast.demo._seeds`).
 - `CREATE_TABLE`: the ``leads`` table the Flask and Django examples use (the
   lead's id is its primary key, so those writes are idempotent).
 - `CREATE_WRITES_TABLE`, `CREATE_WRITES_INDEX`: the ``lead_writes`` table of
@@ -26,6 +29,7 @@ __all__ = [
     "CREATE_WRITES_INDEX",
     "CREATE_WRITES_TABLE",
     "DEFAULT_URL",
+    "MODES",
     "Settings",
     "attempt_reserve",
     "settings_from_env",
@@ -52,6 +56,7 @@ CREATE_WRITES_TABLE = (
 CREATE_WRITES_INDEX = "CREATE INDEX IF NOT EXISTS lead_writes_lead_id ON lead_writes (lead_id)"
 
 _OFF = frozenset({"0", "false", "no", "off"})
+MODES = ("outlast", "plain", "seeds")
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,24 @@ class Settings:
     database_url: str
     enabled: bool
     budget: float
+    #: ``outlast`` (enabled), ``plain`` or ``seeds`` (the usual fix by hand).
+    mode: str = "outlast"
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """`Settings` from ``DATABASE_URL``, ``OUTLAST_ENABLED`` and ``OUTLAST_BUDGET``."""
+    """`Settings` from ``DATABASE_URL``, ``OUTLAST_ENABLED``/``MODE``, ``OUTLAST_BUDGET``."""
     env = os.environ if environ is None else environ
+    enabled = env.get("OUTLAST_ENABLED", "1").strip().lower() not in _OFF
+    mode = env.get("OUTLAST_MODE", "").strip().lower() or ("outlast" if enabled else "plain")
+    if mode not in MODES:
+        raise outlast.ConfigurationError(
+            f"OUTLAST_MODE must be one of {', '.join(MODES)}, not {mode!r}"
+        )
     return Settings(
         database_url=env.get("DATABASE_URL") or DEFAULT_URL,
-        enabled=env.get("OUTLAST_ENABLED", "1").strip().lower() not in _OFF,
+        enabled=mode == "outlast",
         budget=float(env.get("OUTLAST_BUDGET", "5")),
+        mode=mode,
     )
 
 

@@ -72,9 +72,14 @@ class FleetConfig:
 
     `max_connections` None: three sessions per worker plus the superuser
     reserve, well below the fleet's total pool (`POOL_PER_WORKER` per worker)
-    and above what its steady load needs. `storm_limit`: the login attempts
-    per second per worker that a fleet with outlast may not exceed in any
-    second (a reconnect storm is every worker opening its pool at once).
+    and above what its steady load needs. `interval` and `clients`: each
+    worker gets `clients` concurrent clients, each sending one request at a
+    time, one every `interval` seconds (10 a second by default).
+    `storm_limit`: the login attempts per worker that a fleet with outlast may
+    not exceed in any second. A worker's working set (a request and its
+    background loop), the few attempts before its breaker opens and a probe
+    fit under 4; a fleet that logs in again for every request goes over as
+    soon as each worker serves more than 4 requests a second.
     """
 
     containers: int = 4
@@ -84,10 +89,11 @@ class FleetConfig:
     warmup: float = 3.0
     observe: float = 5.0
     budget: float = 3.0
-    interval: float = 0.2
+    interval: float = 0.1
+    clients: int = 1
     max_connections: int | None = None
     max_recovery: float = 2.0
-    storm_limit: float = 2.0
+    storm_limit: float = 4.0
     sides: tuple[str, ...] = ("outlast", "plain")
     start_timeout: float = 180.0
 
@@ -99,6 +105,8 @@ class FleetConfig:
                 raise ValueError(f"unknown side {name!r}: outlast or plain")
         for name in self.scenarios:
             builtin(name, duration=self.duration, budget=self.budget)  # raises if unknown
+        if not 1 <= self.clients <= 16:
+            raise ValueError("clients must be between 1 and 16")
         if self.max_connections is not None and self.max_connections < 5:
             raise ValueError("max_connections must be at least 5")
 
@@ -517,6 +525,7 @@ async def _drive(config: FleetConfig, fleets: list[_Fleet], progress: Progress) 
         asyncio.create_task(_traffic(w, f.recording, clock, stop, config))
         for f in fleets
         for w in f.workers
+        for _ in range(config.clients)
     ]
     tasks += [asyncio.create_task(_sample(f, clock, stop)) for f in fleets]
     injector = _FanOut(fleets)

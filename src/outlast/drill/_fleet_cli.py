@@ -12,11 +12,20 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.table import Table
 
     from outlast.drill._fleet import FleetConfig, FleetResult
+    from outlast.drill._fleet_figures import Outage
 
-__all__ = ["add_fleet_arguments", "config_from_args", "fleet_table", "run_fleet_command"]
+__all__ = [
+    "add_fleet_arguments",
+    "config_from_args",
+    "fleet_checks",
+    "fleet_table",
+    "run_fleet_command",
+]
 
 DEFAULT_PLOT = "outlast-fleet.svg"
 
@@ -31,6 +40,12 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fleet", action="store_true", help="run the fleet drill instead")
     g.add_argument("--containers", type=int, default=4, help="containers (default 4)")
     g.add_argument("--workers", type=int, default=2, help="workers per container (default 2)")
+    g.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="concurrent clients per worker, each sending 10 requests a second (default 1)",
+    )
     g.add_argument(
         "--max-connections",
         type=int,
@@ -57,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         duration=args.duration,
         budget=args.budget,
         max_connections=args.max_connections,
+        clients=args.clients,
         sides=(args.only,) if args.only else ("outlast", "plain"),
     )
 
@@ -68,52 +84,56 @@ def _cell(value: float | None, unit: str = "") -> str:
 
 
 def fleet_table(result: FleetResult) -> Table:
-    """One row per scenario and figure, one column per fleet."""
+    """A row per scenario and fleet: the figures side by side."""
     from rich.table import Table
-    from rich.text import Text
+
+    from outlast.drill._fleet import POOL_PER_WORKER
 
     cfg = result.config
     table = Table(
         title=f"fleet drill: {cfg.shape} workers ({cfg.size}), max_connections "
-        f"{cfg.server_limit}, pools up to {cfg.size * 20}",
+        f"{cfg.server_limit}, pools up to {cfg.size * POOL_PER_WORKER}",
         title_justify="left",
-        show_lines=True,
+    )
+    columns: tuple[tuple[str, Callable[[Outage], str]], ...] = (
+        ("logins/s\npeak", lambda o: str(o.peak_attempts)),
+        ("logins", lambda o: str(o.attempts)),
+        ("server\n53300", lambda o: str(o.server_53300)),
+        ("sessions\npeak", lambda o: _cell(o.peak_server_connections)),
+        ("503", lambda o: str(o.unavailable)),
+        ("5xx or\nnone", lambda o: str(o.errors)),
+        ("first\n200 s", lambda o: _cell(o.first_200)),
+        ("last\n200 s", lambda o: _cell(o.last_200) if o.silent == 0 else f"{o.silent} never"),
     )
     table.add_column("scenario", style="bold")
-    table.add_column("figure")
-    for side in result.sides:
-        table.add_column(side.label)
-    figures = (
-        ("peak login attempts/s", lambda o: _cell(o.peak_attempts)),
-        ("login attempts", lambda o: _cell(o.attempts)),
-        ("53300 from the server", lambda o: _cell(o.server_53300)),
-        ("peak server sessions", lambda o: _cell(o.peak_server_connections)),
-        ("503 / other errors", lambda o: f"{o.unavailable} / {o.errors}"),
-        (
-            "first / last worker's first 200",
-            lambda o: (
-                f"{_cell(o.first_200, ' s')} / "
-                + (_cell(o.last_200, " s") if o.silent == 0 else f"{o.silent} never")
-            ),
-        ),
-    )
-    names = [n for n, _, _ in result.windows]
-    for name in names:
-        for i, (label, fmt) in enumerate(figures):
-            cells = []
-            for side in result.sides:
-                o = next((x for x in side.outages if x.scenario == name), None)
-                cells.append("-" if o is None else fmt(o))
-            table.add_row(name if i == 0 else "", label, *cells)
-    verdicts: list[Text] = []
-    for side in result.sides:
-        text = Text()
-        for c in side.checks:
-            style = "green" if c.passed else "red"
-            text.append(("✓ " if c.passed else "✗ ") + c.title + f" ({c.detail})\n", style=style)
-        verdicts.append(text)
-    table.add_row("checks", "", *verdicts)
+    table.add_column("fleet")
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    for name, _, _ in result.windows:
+        for i, side in enumerate(result.sides):
+            o = next((x for x in side.outages if x.scenario == name), None)
+            if o is None:
+                continue
+            style = "green" if side.enabled else "red"
+            table.add_row(
+                name if i == 0 else "",
+                f"[{style}]{'outlast' if side.enabled else 'plain'}[/]",
+                *(fmt(o) for _, fmt in columns),
+                end_section=i == len(result.sides) - 1,
+            )
     return table
+
+
+def fleet_checks(result: FleetResult) -> list[str]:
+    """One line per check and fleet, as rich markup."""
+    lines = []
+    for side in result.sides:
+        verdict = "[bold green]PASS[/]" if side.passed else "[bold red]FAIL[/]"
+        lines.append(f"{side.label}: {verdict}")
+        for c in side.checks:
+            mark = "[green]✓[/]" if c.passed else "[red]✗[/]"
+            lines.append(f"  {mark} {c.title}: {c.detail}")
+    return lines
 
 
 def run_fleet_command(args: argparse.Namespace) -> int:
@@ -144,5 +164,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     else:
         out = Console()
         out.print(fleet_table(result))
+        for line in fleet_checks(result):
+            out.print(line, highlight=False)
         out.print(f"plot: {args.plot}   ({result.duration:.0f} s)")
     return 0 if result.passed else 1

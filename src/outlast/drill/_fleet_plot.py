@@ -36,6 +36,12 @@ def nice_ceiling(value: float) -> float:
     return float(10 * exp)  # pragma: no cover - the loop always returns
 
 
+def _ticks(vmax: float) -> int:
+    """How many steps to divide 0..`vmax` (a `nice_ceiling`) into, for round labels."""
+    lead = round(vmax / 10 ** math.floor(math.log10(vmax)))
+    return {1: 5, 2: 4, 5: 5}.get(lead, 4)
+
+
 def _polyline(points: Sequence[tuple[float, float]], color: str, width: float = 1.8) -> str:
     if not points:
         return ""
@@ -102,6 +108,11 @@ def fleet_svg(result: FleetResult, *, title: str | None = None) -> str:
         )
         lx += 170
     out.append(f"<text x='{lx}' y='44' fill='#57606a'>shaded: database unavailable</text>")
+    if any(name == "down" for name, _, _ in result.windows):
+        out.append(
+            f"<text x='{_W - _RIGHT}' y='44' text-anchor='end' font-size='10' fill='#57606a'>"
+            "(during 'down' the port is closed: attempts are refused unseen)</text>"
+        )
     # Fault windows, across both panels.
     for name, start, end in result.windows:
         x0, x1 = x(start), max(x(end), x(start) + 2)
@@ -121,8 +132,9 @@ def fleet_svg(result: FleetResult, *, title: str | None = None) -> str:
             f"<text x='14' y='{y0 - h / 2:.0f}' transform='rotate(-90 14 {y0 - h / 2:.0f})' "
             f"text-anchor='middle' fill='#57606a'>{label}</text>"
         )
-        for k in range(5):
-            v = vmax * k / 4
+        ticks = _ticks(vmax)
+        for k in range(ticks + 1):
+            v = vmax * k / ticks
             yy = fy(v)
             out.append(
                 f"<line x1='{_LEFT}' y1='{yy:.1f}' x2='{_W - _RIGHT}' y2='{yy:.1f}' "

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from outlast.drill._fleet import FleetConfig, FleetResult, FleetSide, judge
+from outlast.drill._fleet_model import FleetConfig, FleetResult, FleetSide, judge
 from outlast.drill._fleet_cli import add_fleet_arguments, config_from_args
 from outlast.drill._fleet_figures import Answer, Recording, outage, per_second
 from outlast.drill._fleet_plot import fleet_svg, nice_ceiling
@@ -144,3 +144,29 @@ def test_the_fleet_options_make_a_config_and_refuse_nonsense() -> None:
         config_from_args(parser.parse_args(["--fleet", "--workers", "0"]))
     with pytest.raises(ValueError, match="--duration"):
         config_from_args(parser.parse_args(["--fleet", "--duration", "0"]))
+
+
+@pytest.mark.parametrize("value", [1, 1.5, 2, 3, 4, 5, 6, 8, 10, 20, 30, 50, 60, 80, 150, 400])
+def test_the_axis_is_divided_into_round_steps(value: float) -> None:
+    from outlast.drill._fleet_plot import _ticks
+
+    n = _ticks(value)
+    assert 3 <= n <= 6
+    labels = [value * k / n for k in range(n + 1)]
+    # Every label is printed short (e.g. 12.5, 15, 20), never 13.333.
+    assert all(len(f"{v:g}") <= 4 for v in labels), labels
+
+
+def test_a_saved_run_reads_back_and_plots_the_same() -> None:
+    import json
+
+    config = FleetConfig(containers=1, workers=2)
+    result = FleetResult(
+        config,
+        [_side(True, 2, None, 0.5), _side(False, 30, 1.5, 0.1)],
+        [("down", 1.0, 2.0)],
+        12.5,
+    )
+    again = FleetResult.from_dict(json.loads(json.dumps(result.as_dict())))
+    assert again.as_dict() == result.as_dict()
+    assert fleet_svg(again) == fleet_svg(result)

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from outlast.drill._checks import CHECK_TITLES, Check, ScenarioResult, evaluate
-    from outlast.drill._fleet import (
+    from outlast.drill._fleet import run_fleet
+    from outlast.drill._fleet_model import (
         FLEET_SCENARIOS,
         FleetConfig,
         FleetResult,
         FleetSide,
-        run_fleet,
     )
     from outlast.drill._fleet_plot import fleet_svg
     from outlast.drill._ledger import Ledger, LedgerResult, extract_ids, write_outcome
@@ -54,11 +54,11 @@ _EXPORTS = {
     "DrillConfig": "_runner",
     "DrillResult": "_runner",
     "DrillRun": "_runner",
-    "FLEET_SCENARIOS": "_fleet",
+    "FLEET_SCENARIOS": "_fleet_model",
     "FaultWindow": "_scenarios",
-    "FleetConfig": "_fleet",
-    "FleetResult": "_fleet",
-    "FleetSide": "_fleet",
+    "FleetConfig": "_fleet_model",
+    "FleetResult": "_fleet_model",
+    "FleetSide": "_fleet_model",
     "Injector": "_scenarios",
     "Ledger": "_ledger",
     "LedgerResult": "_ledger",

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from html import escape
 
-from outlast.drill._fleet import FleetResult, FleetSide
+from outlast.drill._fleet_model import POOL_PER_WORKER, FleetResult, FleetSide
 
 __all__ = ["fleet_svg", "nice_ceiling"]
 
@@ -36,10 +36,25 @@ def nice_ceiling(value: float) -> float:
     return float(10 * exp)  # pragma: no cover - the loop always returns
 
 
+def _fine_ceiling(value: float) -> float:
+    """The smallest of 1, 1.5, 2, 3, 4, 5, 6, 8 times a power of ten that is >= `value`."""
+    if value <= 1:
+        return 1.0
+    exp = 10 ** math.floor(math.log10(value))
+    for step in (1, 1.5, 2, 3, 4, 5, 6, 8, 10):
+        if step * exp >= value:
+            return float(step * exp)
+    return float(10 * exp)  # pragma: no cover - the loop always returns
+
+
 def _ticks(vmax: float) -> int:
-    """How many steps to divide 0..`vmax` (a `nice_ceiling`) into, for round labels."""
-    lead = round(vmax / 10 ** math.floor(math.log10(vmax)))
-    return {1: 5, 2: 4, 5: 5}.get(lead, 4)
+    """How many steps to divide 0..`vmax` into so that every label is a round number."""
+    for n in (5, 4, 6, 3):
+        step = vmax / n
+        mantissa = step / 10 ** math.floor(math.log10(step))
+        if any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5)):
+            return n
+    return 4
 
 
 def _polyline(points: Sequence[tuple[float, float]], color: str, width: float = 1.8) -> str:
@@ -76,7 +91,7 @@ def fleet_svg(result: FleetResult, *, title: str | None = None) -> str:
 
     top_max = nice_ceiling(max((s.attempts for side in sides for s in side.seconds), default=1))
     held = [s.server_connections or 0 for side in sides for s in side.seconds]
-    bottom_max = nice_ceiling(max([cfg.server_limit, *held]) * 1.1)
+    bottom_max = _fine_ceiling(max([cfg.server_limit, *held]) * 1.1)
     top_y0 = _HEAD + _TOP_H
     bottom_y0 = _HEAD + _TOP_H + _GAP + _BOTTOM_H
 
@@ -94,7 +109,7 @@ def fleet_svg(result: FleetResult, *, title: str | None = None) -> str:
         + escape(
             title
             or f"Fleet drill: {cfg.shape} workers ({cfg.size}), max_connections="
-            f"{cfg.server_limit}, pools up to {cfg.size * 20}"
+            f"{cfg.server_limit}, pools up to {cfg.size * POOL_PER_WORKER}"
         )
         + "</text>",
     ]
@@ -110,8 +125,8 @@ def fleet_svg(result: FleetResult, *, title: str | None = None) -> str:
     out.append(f"<text x='{lx}' y='44' fill='#57606a'>shaded: database unavailable</text>")
     if any(name == "down" for name, _, _ in result.windows):
         out.append(
-            f"<text x='{_W - _RIGHT}' y='44' text-anchor='end' font-size='10' fill='#57606a'>"
-            "(during 'down' the port is closed: attempts are refused unseen)</text>"
+            f"<text x='{_LEFT}' y='{height - 8}' font-size='10' fill='#57606a'>"
+            "during 'down' the port is closed: attempts are refused unseen</text>"
         )
     # Fault windows, across both panels.
     for name, start, end in result.windows:

@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from outlast.drill._fleet_model import FleetConfig, FleetResult, FleetSide, judge
 from outlast.drill._fleet_cli import add_fleet_arguments, config_from_args
 from outlast.drill._fleet_figures import Answer, Recording, outage, per_second
+from outlast.drill._fleet_model import FleetConfig, FleetResult, FleetSide, judge
 from outlast.drill._fleet_plot import fleet_svg, nice_ceiling
 
 

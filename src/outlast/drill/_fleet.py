@@ -317,7 +317,7 @@ class _Run:
     returned, the run's length, and the epoch time of the clock's zero."""
 
     windows: list[tuple[str, float, float]]
-    returned: dict[str, list[tuple[str, float, float]]]
+    returned: dict[str, list[tuple[str, float, float, float]]]
     length: float
     epoch0: float
 
@@ -353,7 +353,9 @@ async def _drive(config: FleetConfig, fleets: list[_Fleet], progress: Progress) 
             t.join()
 
     windows: list[tuple[str, float, float]] = []
-    returned: dict[str, list[tuple[str, float, float]]] = {f.name: [] for f in fleets}
+    # Per fleet and scenario: the fault's start, when the database returned,
+    # and the end of the observation that followed.
+    returned: dict[str, list[tuple[str, float, float, float]]] = {f.name: [] for f in fleets}
     try:
         for name in config.scenarios:
             scenario = builtin(name, duration=config.duration, budget=config.budget)
@@ -363,10 +365,11 @@ async def _drive(config: FleetConfig, fleets: list[_Fleet], progress: Progress) 
             start = min(w.start for w in played)
             back = max(w.end for w in played)
             windows.append((name, start, back))
+            await asyncio.sleep(config.observe)
+            watched = clock()
             for fleet in fleets:
                 own = fleet.returned if name == "restart" and fleet.returned else back
-                returned[fleet.name].append((name, start, own))
-            await asyncio.sleep(config.observe)
+                returned[fleet.name].append((name, start, own, watched))
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -400,8 +403,7 @@ def _collect(fleet: _Fleet, config: FleetConfig, run: _Run) -> FleetSide:
     returned = run.returned[fleet.name]
     seconds = per_second(rec, length)
     outages: list[Outage] = []
-    for i, (name, start, back) in enumerate(returned):
-        end = returned[i + 1][1] if i + 1 < len(returned) else length
+    for name, start, back, end in returned:
         outages.append(outage(name, rec, seconds, start=start, returned=back, end=end))
     label = "with outlast" if fleet.enabled else "without outlast"
     side = FleetSide(label, fleet.enabled, config.size, seconds, outages, [])

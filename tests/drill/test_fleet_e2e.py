@@ -46,11 +46,14 @@ def test_a_fleet_with_outlast_reconnects_without_a_storm_and_serves_again() -> N
     assert all(o.errors > 0 for o in plain.outages if o.scenario != "restart")
 
     # Side by side: while logins are refused, the fleet without outlast logs in
-    # again for every request; the one with outlast probes.
+    # again for every request (each failed request cost a login), and the one
+    # with outlast answers most requests 503 without one (its breakers probe).
+    # Ratios, not rates: a loaded machine sends fewer requests to both.
     for name in ("neon_endpoint_disabled", "too_many_connections"):
         [g] = [o for o in good.outages if o.scenario == name]
         [p] = [o for o in plain.outages if o.scenario == name]
-        assert g.attempts > 0 and p.attempts > 2 * g.attempts, (g, p)
+        assert p.attempts >= 0.8 * p.errors > 0, p
+        assert 0 < g.attempts < g.unavailable, g
     [injected] = [o for o in plain.outages if o.scenario == "too_many_connections"]
     assert injected.injected_53300 > 0  # the proxy's 53300s are counted apart
     # Sessions were sampled from pg_stat_activity all along.

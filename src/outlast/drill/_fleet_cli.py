@@ -96,28 +96,34 @@ def fleet_table(result: FleetResult) -> Table:
         title_justify="left",
     )
     columns: tuple[tuple[str, Callable[[Outage], str]], ...] = (
-        ("logins/s\npeak", lambda o: str(o.peak_attempts)),
+        ("peak/s", lambda o: str(o.peak_attempts)),
         ("logins", lambda o: str(o.attempts)),
-        ("server\n53300", lambda o: str(o.server_53300)),
-        ("sessions\npeak", lambda o: _cell(o.peak_server_connections)),
+        ("53300", lambda o: str(o.server_53300)),
+        ("sess.", lambda o: _cell(o.peak_server_connections)),
         ("503", lambda o: str(o.unavailable)),
-        ("5xx or\nnone", lambda o: str(o.errors)),
-        ("first\n200 s", lambda o: _cell(o.first_200)),
-        ("last\n200 s", lambda o: _cell(o.last_200) if o.silent == 0 else f"{o.silent} never"),
+        ("5xx", lambda o: str(o.errors)),
+        ("1st", lambda o: _cell(o.first_200)),
+        ("last", lambda o: _cell(o.last_200) if o.silent == 0 else f"{o.silent} never"),
     )
-    table.add_column("scenario", style="bold")
-    table.add_column("fleet")
+    table.caption = (
+        "peak/s: most login attempts in one second; logins: all of them; 53300: logins the "
+        "server refused; sess.: most sessions on the server; 5xx: 500s and requests without "
+        "an answer; 1st / last: seconds from the database's return to the first and to the "
+        "last worker's first 200"
+    )
+    table.caption_justify = "left"
+    table.add_column("outage / fleet", overflow="fold")
     for title, _ in columns:
-        table.add_column(title, justify="right")
+        table.add_column(title, justify="right", no_wrap=True, min_width=max(len(title), 4))
     for name, _, _ in result.windows:
+        table.add_row(f"[bold]{name}[/]", *("" for _ in columns))
         for i, side in enumerate(result.sides):
             o = next((x for x in side.outages if x.scenario == name), None)
             if o is None:
                 continue
             style = "green" if side.enabled else "red"
             table.add_row(
-                name if i == 0 else "",
-                f"[{style}]{'outlast' if side.enabled else 'plain'}[/]",
+                f"  [{style}]{'with outlast' if side.enabled else 'without'}[/]",
                 *(fmt(o) for _, fmt in columns),
                 end_section=i == len(result.sides) - 1,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,12 @@ def test_a_saved_run_reads_back_and_plots_the_same() -> None:
     again = FleetResult.from_dict(json.loads(json.dumps(result.as_dict())))
     assert again.as_dict() == result.as_dict()
     assert fleet_svg(again) == fleet_svg(result)
+
+
+def test_the_command_refuses_a_bad_shape_before_starting_anything(capsys: Any) -> None:
+    from outlast.cli import main
+
+    assert main(["demo", "--fleet", "--workers", "0"]) == 2
+    assert "between 1 and 64" in capsys.readouterr().err
+    assert main(["demo", "--fleet", "--scenarios", "down,nope"]) == 2
+    assert "unknown scenario 'nope'" in capsys.readouterr().err

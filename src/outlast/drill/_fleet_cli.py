@@ -159,9 +159,13 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        console.print(f"[red]outlast demo --fleet: {exc}[/]", highlight=False)
+        console.print(f"outlast demo --fleet: {exc}", style="red", highlight=False, markup=False)
         return 2
-    result = run_fleet(config, progress=lambda m: console.print(m, highlight=False))
+    try:
+        result = run_fleet(config, progress=lambda m: console.print(m, highlight=False))
+    except (RuntimeError, OSError) as exc:  # a worker or a server that would not start
+        console.print(f"outlast demo --fleet: {exc}", style="red", highlight=False, markup=False)
+        return 2
     with open(args.plot, "w", encoding="utf-8") as fh:
         fh.write(fleet_svg(result))
     if args.json:

@@ -59,7 +59,9 @@ COMMANDS: tuple[Command, ...] = (
         description="Start an embedded PostgreSQL, two chaos proxies, a reference FastAPI "
         "service with outlast and the same service without it, run the outage drill on "
         "both and print the scorecards; writes outlast-report.html. Exit code 0 when the "
-        "service with outlast passes every check.",
+        "service with outlast passes every check. With --fleet: run it as containers x "
+        "workers against one small server and measure the reconnect storm (login attempts "
+        "per second, 53300s, each worker's first 200), plotted to outlast-fleet.svg.",
     ),
     Command(
         "migrate",

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from outlast.drill._fleet_cli import add_fleet_arguments
+
 __all__ = ["DEMO_SCENARIOS", "SERVICES", "add_arguments", "run_demo"]
 
 DEMO_SCENARIOS = (
@@ -33,7 +35,12 @@ SERVICES = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenarios", default=DEMO_SCENARIOS, help="comma-separated scenarios")
+    p.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"comma-separated scenarios (default {DEMO_SCENARIOS}; with --fleet: "
+        "down,restart,neon_endpoint_disabled,too_many_connections)",
+    )
     p.add_argument("--budget", type=float, default=3.0, help="seconds a request may take")
     p.add_argument("--duration", type=float, default=6.0, help="seconds each fault lasts")
     p.add_argument("--report", default="outlast-report.html", help="HTML report path")
@@ -45,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a 503 handler and pool_pre_ping, the usual fix)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_fleet_arguments(p)
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
@@ -150,6 +158,10 @@ def _comparison(results: list[object]) -> Table:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from outlast.drill._fleet_cli import run_fleet_command
+
+        return run_fleet_command(args)
     from outlast.chaos import AdminServer, Proxy
     from outlast.drill import DrillConfig, DrillRun, Route, resolve, write_report
     from outlast.drill._cli import AdminInjector
@@ -159,7 +171,7 @@ def run_demo(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     out = Console()
     started = time.monotonic()
-    names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
+    names = [n.strip() for n in str(args.scenarios or DEMO_SCENARIOS).split(",") if n.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="outlast-demo-"))
     with contextlib.ExitStack() as stack:
         services = list(SERVICES)

@@ -86,16 +86,21 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def web_guard(name: str = "main") -> outlast.Guard:
-    """A Guard tuned for a web service: short breaker periods, so recovery is fast.
+    """A Guard tuned for a web service run as a fleet: short, jittered breaker periods.
 
-    Open after 3 straight failures for 0.5 s, and never longer: once the
-    database is back, the next probe (one request, admitted when the period
-    ends) finds it, so the first 200 comes within about half a second plus one
-    request, even after a long outage (a period that grew to 1 s made that up
-    to 1.0 s). One probe every 0.5 s is no load for the database.
+    Open after 3 straight failures for 0.5 s at first, then 1 s, each period
+    shortened by up to half at random: once the database is back, the next
+    probe (one request, admitted when the period ends) finds it, so the first
+    200 comes within a second plus one request, even after a long outage.
+    One worker probes about 1.3 times a second during a long outage, and the
+    workers of a fleet, whose breakers all tripped at the same moment, probe
+    at different moments (``outlast demo --fleet`` measures both).
     """
     return outlast.Guard(
-        name, breaker=outlast.Breaker(failure_threshold=3, open_for=0.5, max_open_for=0.5)
+        name,
+        breaker=outlast.Breaker(
+            failure_threshold=3, open_for=0.5, max_open_for=1.0, open_jitter=0.5
+        ),
     )
 
 

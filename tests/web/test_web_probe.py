@@ -34,7 +34,7 @@ from conftest import Server, spawn, wait_until_up
 from outlast.testing._postgres import free_port
 
 APPS = Path(__file__).resolve().parent / "probe_apps"
-BUDGET = 5.0
+BUDGET = 10.0
 CONCURRENT = 12
 FAST = 1.0  # a rejected request never touches the database: far below the probe's wait
 OPEN_FOR = 0.5  # the services' breaker period (probe_apps/_probe_common.py)

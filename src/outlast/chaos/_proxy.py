@@ -454,11 +454,11 @@ class Proxy:
                 elif spec.kind in _LINK_FAULTS:
                     link.attach(spec)
             except RuntimeError:
-                # The peer went away and its transport is closed, but the loop
-                # has not told the link yet: uvloop refuses the write (the
-                # standard loop ignores it). Finish the link; the other links
-                # still get the fault (found by a soak: one such link made the
-                # whole add fail, half applied).
+                # The link's transport is already closed but the link was not
+                # told yet: uvloop refuses the write ("the handler is closed";
+                # the standard loop ignores it). Finish that link; the others
+                # still get the fault. (Seen once in a soak: one such link made
+                # the whole add fail with a 409, the fault half applied.)
                 link.close()
         return fault_id
 

@@ -101,6 +101,7 @@ def _faults(result: SoakResult) -> str:
         failed = [c for c in cycles if c in result.failed_cycles]
         rec = [c.recovery for c in cycles if c.recovery is not None]
         checks = Counter(ch.title for c in failed for ch in c.checks if ch.passed is False)
+        checks.update(f"error: {c.error}" for c in failed if c.error)
         why = ", ".join(f"{t} ({n}x)" for t, n in checks.items())
         cls = "bad" if failed else "ok"
         rows.append(

@@ -267,3 +267,21 @@ async def test_the_same_service_without_the_leak_passes(tmp_path):
     assert verdicts["threads"].passed and verdicts["fds"].passed and verdicts["rss"].passed
     assert verdicts["rss"].first is not None and verdicts["rss"].first > 5 * MiB
     assert result.latency.passed is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--soak", "5x"], "90s, 10m or 1h"),
+        (["--soak", "10s", "--proxy-admin", "http://127.0.0.1:9"], "from 30 seconds"),
+        (["--soak", "10m"], "give --proxy-admin"),
+        (["--soak", "10m", "--pid", "999999999"], "no such process"),
+    ],
+)
+def test_soak_options_are_checked_before_anything_starts(extra, says, capsys):
+    from outlast.cli import main
+
+    secret = "postgresql://soak:pa%3Ass@127.0.0.1:9/db"
+    assert main(["drill", "--url", "http://127.0.0.1:9", "--dsn", secret, *extra]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "pa%3Ass" not in err

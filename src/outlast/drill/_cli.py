@@ -238,6 +238,12 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
     )
 
 
+def _injector(args: argparse.Namespace) -> AdminInjector | None:
+    if not args.proxy_admin:
+        return None
+    return AdminInjector(args.proxy_admin, args.proxy, token=args.proxy_token)
+
+
 def _restart_callback(command: str | None) -> Any:
     if not command:
         return None
@@ -251,7 +257,12 @@ def _restart_callback(command: str | None) -> Any:
 
 def run_command(args: argparse.Namespace) -> int:
     if getattr(args, "soak", None):
-        return run_soak_command(args)
+        return run_soak_command(
+            args,
+            config_from_args=config_from_args,
+            injector_from_args=_injector,
+            restart=_restart_callback(args.restart_command),
+        )
     try:
         import asyncio
 

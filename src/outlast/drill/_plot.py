@@ -22,15 +22,26 @@ def _e(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
+#: Axis tops whose quarters are round numbers too (0, 150, 300, 450, 600).
+_NICE = (1, 1.2, 1.6, 2, 2.4, 3, 4, 6, 8, 10)
+
+
 def nice_max(value: float) -> float:
-    """A round upper bound a little above ``value`` (1, 2, 2.5, 5 x 10^n)."""
+    """A round upper bound at or above ``value`` whose quarters are round too."""
     if value <= 0:
         return 1.0
     exp = 10 ** math.floor(math.log10(value))
-    for m in (1, 2, 2.5, 5, 10):
-        if value <= m * exp:
+    for m in _NICE:
+        if value <= m * exp * (1 + 1e-9):
             return float(m * exp)
     return float(10 * exp)  # pragma: no cover - the loop ends at 10
+
+
+def tick_label(value: float) -> str:
+    """``600``, ``1,200``, ``0.75``: never ``1e+03``."""
+    if abs(value - round(value)) < 1e-9:
+        return f"{round(value):,}"
+    return f"{value:.3g}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ def line_chart(
     left, right, top, bottom = 46.0, 10.0, 34.0, 22.0
     pw, ph = width - left - right, height - top - bottom
     values = [v / panel.scale for _, v in panel.points if v is not None]
-    ymax = nice_max(max(values, default=0.0) * 1.15)
+    ymax = nice_max(max(values, default=0.0) * 1.08)
     end = max(end, 1.0)
 
     def px(t: float) -> float:
@@ -89,17 +100,19 @@ def line_chart(
         )
     for i in range(5):
         v = ymax * i / 4
-        label = f"{v:.3g}"
+        label = tick_label(v)
         out.append(
             f'<line x1="{x + left:.1f}" x2="{x + left + pw:.1f}" y1="{py(v):.1f}" '
             f'y2="{py(v):.1f}" stroke="#eef2f6"/><text x="{x + left - 5:.1f}" '
             f'y="{py(v) + 4:.1f}" text-anchor="end">{label}</text>'
         )
-    step = nice_max(end / 6)
+    step = next((s for s in (10, 30, 60, 120, 300, 600, 1800, 3600) if end / s <= 8), 7200)
     t = 0.0
     while t <= end + 1e-9:
         out.append(
-            f'<text x="{px(t):.1f}" y="{y + top + ph + 15:.1f}" text-anchor="middle">{t:g}s</text>'
+            f'<text x="{px(t):.1f}" y="{y + top + ph + 15:.1f}" text-anchor="middle">'
+            + (f"{t / 60:g} min" if step >= 60 else f"{t:g} s")
+            + "</text>"
         )
         t += step
     # One polyline per run of readings; a gap where a second could not be read.

@@ -51,6 +51,7 @@ class Sample:
     tasks: float | None = None
     pool: float | None = None
     server: float | None = None
+    processes: int | None = None  # how many processes /proc summed (a master and workers)
     errors: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> float | None:
@@ -66,6 +67,7 @@ class Sample:
             "tasks": self.tasks,
             "pool": self.pool,
             "server": self.server,
+            "processes": self.processes,
         }
 
 
@@ -280,6 +282,7 @@ class Sampler:
             try:
                 st = await asyncio.to_thread(proc_stats, self.pid, proc=self.proc)
                 found.update(rss=st.rss, fds=st.fds, threads=st.threads)
+                sample.processes = st.processes
                 self.sources.add("proc")
             except OSError as exc:
                 sample.errors["proc"] = type(exc).__name__

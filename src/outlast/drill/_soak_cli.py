@@ -6,7 +6,11 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from outlast.drill._runner import DrillConfig
 
 __all__ = ["SOAK_DURATION", "add_soak_arguments", "run_soak_command"]
 
@@ -48,18 +52,19 @@ def add_soak_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--soak-svg", metavar="FILE", help="write the resource plots as an SVG file")
 
 
-def run_soak_command(args: argparse.Namespace) -> int:
+def run_soak_command(
+    args: argparse.Namespace,
+    *,
+    config_from_args: Callable[[argparse.Namespace], DrillConfig],
+    injector_from_args: Callable[[argparse.Namespace], Any],
+    restart: Callable[[], None] | None,
+) -> int:
+    """The soak (``outlast drill`` hands over its own option parsing and injector)."""
     try:
         import asyncio
 
         from rich.console import Console
 
-        from outlast.drill._cli import (
-            EXTRA_HINT,
-            AdminInjector,
-            _restart_callback,
-            config_from_args,
-        )
         from outlast.drill._soak import SOAK_SCENARIOS, SoakConfig, SoakRun, parse_length
         from outlast.drill._soak_console import run_with_progress, soak_table
         from outlast.drill._soak_report import soak_svg, write_soak_report
@@ -93,20 +98,18 @@ def run_soak_command(args: argparse.Namespace) -> int:
             metrics_path=metrics,
             dsn=args.dsn or os.environ.get("OUTLAST_SOAK_DSN") or None,
         )
-        injector: Any = (
-            AdminInjector(args.proxy_admin, args.proxy, token=args.proxy_token)
-            if args.proxy_admin
-            else None
-        )
+        injector = injector_from_args(args)
         if injector is None:
             raise ValueError("a soak injects faults: give --proxy-admin")
     except ModuleNotFoundError as exc:  # pragma: no cover - an extra missing
-        console.print(f"[red]outlast drill: {exc.name} is missing ({EXTRA_HINT})[/]")
+        console.print(
+            f"[red]outlast drill: {exc.name} is missing (pip install 'outlast[drill]')[/]"
+        )
         return 2
     except Exception as exc:  # bad options, or the admin API answered with an error
         console.print(f"[red]outlast drill: {exc}[/]", highlight=False)
         return 2
-    run = SoakRun(config, injector, restart=_restart_callback(args.restart_command))
+    run = SoakRun(config, injector, restart=restart)
     result = asyncio.run(run_with_progress(run, console))
     if args.report:
         write_soak_report(args.report, [result])

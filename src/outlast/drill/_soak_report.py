@@ -40,12 +40,16 @@ def _latency_points(result: SoakResult) -> list[tuple[float, float | None]]:
 def panels(result: SoakResult) -> list[Panel]:
     out = []
     verdicts = {r.name: r for r in result.resources}
+    processes = max((s.processes or 0 for s in result.samples), default=0)
     for name, unit in RESOURCES.items():
         v = verdicts[name]
+        title = LABELS[name]
+        if name in {"rss", "fds", "threads"} and processes > 1:
+            title += f", {processes} processes"
         out.append(
             Panel(
                 name,
-                LABELS[name],
+                title,
                 series(result.samples, name),
                 scale=1024 * 1024 if unit == "bytes" else 1.0,
                 unit="MiB" if unit == "bytes" else unit,

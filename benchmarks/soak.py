@@ -56,11 +56,11 @@ def server_command(service: str, port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def service_env(database_url: str, budget: float) -> dict[str, str]:
+def service_env(database_url: str, budget: float, *, enabled: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url,
-        OUTLAST_ENABLED="1",
+        OUTLAST_ENABLED="1" if enabled else "0",
         OUTLAST_BUDGET=str(budget),
         API_TOKEN=TOKEN,
         DJANGO_SETTINGS_MODULE="django_app.settings",
@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", help="HTML report")
     p.add_argument("--svg", help="the resource plots as SVG")
     p.add_argument("--json", help="every sample and verdict as JSON")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="run the example without outlast (OUTLAST_ENABLED=0), to tell outlast's memory "
+        "from the framework's; the soak then fails its drill checks, as it should",
+    )
+    p.add_argument("drill_args", nargs=argparse.REMAINDER, help="more `outlast drill` options")
     args = p.parse_args(argv)
 
     from outlast.chaos import AdminServer, Proxy
@@ -135,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 server_command(args.service, port, args.workers),
-                env=service_env(through_proxy, budget), stdout=fh, stderr=subprocess.STDOUT,
-                cwd=str(EXAMPLES),
+                env=service_env(through_proxy, budget, enabled=not args.plain),
+                stdout=fh, stderr=subprocess.STDOUT, cwd=str(EXAMPLES),
             )  # fmt: skip
 
         def stop() -> None:
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "drill", "--url", url, "--proxy-admin", admin.url, "--proxy-token", admin.token,
             "--soak", args.soak, "--pid", str(proc.pid), "--dsn", direct,
             "--budget", str(args.budget), "--ping", f"GET /api/ping{slash}",
-            "--label", f"{args.service} example",
+            "--label", f"{args.service} example" + (" without outlast" if args.plain else ""),
         ]  # fmt: skip
         if args.service == "django":
             drill += [
@@ -173,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if value:
                 drill += [flag, value]
+        if args.plain:
+            drill += ["--health", "none"]  # the plain example has no health routes
+        drill += [a for a in args.drill_args if a != "--"]
         code = outlast(drill)
         tail = log.read_text(errors="replace")
         if "Traceback" in tail:

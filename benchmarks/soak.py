@@ -10,7 +10,8 @@ then runs the soak exactly as a user would (``outlast drill --soak ... --pid
         --report soak-fastapi.html --svg docs/soak-fastapi.svg --json soak-fastapi.json
 
 Exit code: the soak's (0 pass, 1 fail). The README's soak figures come from
-this script with ``--soak 10m`` for each of the three services.
+this script with ``--soak 10m`` for each of the three services. Options it
+does not know go to ``outlast drill`` (``--scenarios down,flapping``, ...).
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the example without outlast (OUTLAST_ENABLED=0), to tell outlast's memory "
         "from the framework's; the soak then fails its drill checks, as it should",
     )
-    p.add_argument("drill_args", nargs=argparse.REMAINDER, help="more `outlast drill` options")
-    args = p.parse_args(argv)
+    args, drill_args = p.parse_known_args(argv)  # the rest goes to `outlast drill`
 
     from outlast.chaos import AdminServer, Proxy
     from outlast.cli import main as outlast
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 drill += [flag, value]
         if args.plain:
             drill += ["--health", "none"]  # the plain example has no health routes
-        drill += [a for a in args.drill_args if a != "--"]
+        drill += [a for a in drill_args if a != "--"]
         code = outlast(drill)
         tail = log.read_text(errors="replace")
         if "Traceback" in tail:

@@ -285,3 +285,28 @@ def test_soak_options_are_checked_before_anything_starts(extra, says, capsys):
     assert main(["drill", "--url", "http://127.0.0.1:9", "--dsn", secret, *extra]) == 2
     err = capsys.readouterr().err
     assert says in err and "pa%3Ass" not in err
+
+
+def test_plot_axes_are_round_and_the_figure_is_well_formed_svg():
+    import xml.etree.ElementTree as ET
+
+    from outlast.drill._plot import Panel, figure, nice_max, tick_label
+
+    assert nice_max(523) == 600 and nice_max(19.4) == 20 and nice_max(95) == 100
+    assert nice_max(0) == 1 and nice_max(0.0031) == 0.004
+    assert tick_label(1000) == "1,000" and tick_label(0.75) == "0.75" and tick_label(150) == "150"
+    points = [(float(t), None if t == 30 else 100.0 + t / 10) for t in range(600)]
+    svg = figure(
+        [Panel("rss", "memory <RSS> & co", points, passed=True, note="flat"),
+         Panel("tasks", "asyncio tasks", [(0.0, None)], passed=None)],
+        end=600, shade=[(60, 120), (540, 600)], title="a & b",
+    )  # fmt: skip
+    root = ET.fromstring(svg)  # a README shows the file as is: it must parse
+    ns = "{http://www.w3.org/2000/svg}"
+    panels = root.findall(f".//{ns}g[@class='soak-panel']")
+    assert [p.get("data-resource") for p in panels] == ["rss", "tasks"]
+    # A second that could not be read splits the line; nothing is drawn without readings.
+    assert len(panels[0].findall(f"{ns}polyline")) == 2
+    assert panels[1].findall(f"{ns}polyline") == []
+    labels = [t.text for t in root.iter(f"{ns}text")]
+    assert "10 min" in labels and "1e+03" not in labels

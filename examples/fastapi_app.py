@@ -178,6 +178,9 @@ app.add_middleware(
 )
 if ENABLED:
     outlast.starlette.install(app, guard=guard, engine=engine, budget=BUDGET)  # outlast
+    import outlast.prometheus
+
+    outlast.prometheus.install(app)  # GET /metrics (optional: what `outlast drill --soak` reads)
 app.include_router(api)
 app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 

@@ -138,6 +138,9 @@ def create_app() -> Flask:
 
         guard = outlast.Guard.for_web("main")  # outlast
         Outlast(app, guard=guard, budget=BUDGET)  # outlast
+        import outlast.prometheus
+
+        outlast.prometheus.install(app)  # GET /metrics (optional: what a soak reads)
     with app.app_context():
         try:
             with db.engine.begin() as conn:

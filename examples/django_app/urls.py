@@ -18,3 +18,7 @@ urlpatterns = [
 ]
 if getattr(settings, "OUTLAST", None) is not None:
     urlpatterns.append(path("health/", include("outlast.django.urls")))  # outlast
+    import outlast.prometheus
+
+    # GET /metrics (optional: what `outlast drill --soak` reads)
+    urlpatterns.append(path("metrics", outlast.prometheus.django_view))

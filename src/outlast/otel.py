@@ -199,6 +199,11 @@ class Instrumentation:
             unit="s",
             description="Seconds since the task's last heartbeat",
         )
+        m.create_observable_up_down_counter(
+            "outlast.python.threads",
+            [o(lambda s: [(s.threads, {})])],
+            description="Python threads alive in the process",
+        )
         m.create_observable_counter(
             "outlast.web.fault_responses",
             [o(_answers)],

@@ -7,6 +7,9 @@ flows, keep a ledger of every write, and judge the result.
         --proxy-token "$OUTLAST_PROXY_TOKEN" --scenarios down,blackhole,terminate \\
         --budget 5 --duration 8 --report report.html
 
+    # minutes of faults; passes only if the service's resources stay flat
+    outlast drill --url ... --proxy-admin ... --soak 10m --pid "$SERVICE_PID" --dsn "$DSN"
+
 The fleet drill (`run_fleet`, ``outlast demo --fleet``) runs the reference
 service as many worker processes against one small server and measures the
 reconnect storm; it needs the ``demo`` extra.
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
         load_scenarios,
         resolve,
     )
+    from outlast.drill._soak import SoakConfig, SoakResult, SoakRun, run_soak
+    from outlast.drill._soak_report import write_soak_report
     from outlast.drill._traffic import RequestRecord, Traffic, background_status
 
 _EXPORTS = {
@@ -66,6 +71,9 @@ _EXPORTS = {
     "Route": "_route",
     "Scenario": "_scenarios",
     "ScenarioResult": "_checks",
+    "SoakConfig": "_soak",
+    "SoakResult": "_soak",
+    "SoakRun": "_soak",
     "Step": "_scenarios",
     "Traffic": "_traffic",
     "background_status": "_traffic",
@@ -78,8 +86,10 @@ _EXPORTS = {
     "resolve": "_scenarios",
     "run_drill": "_runner",
     "run_fleet": "_fleet",
+    "run_soak": "_soak",
     "write_outcome": "_ledger",
     "write_report": "_report",
+    "write_soak_report": "_soak_report",
 }
 
 __all__ = [
@@ -101,6 +111,9 @@ __all__ = [
     "Route",
     "Scenario",
     "ScenarioResult",
+    "SoakConfig",
+    "SoakResult",
+    "SoakRun",
     "Step",
     "Traffic",
     "background_status",
@@ -113,8 +126,10 @@ __all__ = [
     "resolve",
     "run_drill",
     "run_fleet",
+    "run_soak",
     "write_outcome",
     "write_report",
+    "write_soak_report",
 ]
 
 

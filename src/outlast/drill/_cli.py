@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from outlast.drill._api import Auth, JsonTemplate, parse_header, read_text_arg
 from outlast.drill._route import Route
 from outlast.drill._scenarios import BUILTIN_SCENARIOS, Injector, load_scenarios, resolve
+from outlast.drill._soak_cli import add_soak_arguments, run_soak_command
 
 if TYPE_CHECKING:
     from outlast.drill._runner import DrillConfig
@@ -146,13 +147,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scenarios",
-        default=DEFAULT_SCENARIOS,
-        help=f"comma-separated; built-in: {', '.join(BUILTIN_SCENARIOS)}",
+        default=None,
+        help=f"comma-separated (default: {DEFAULT_SCENARIOS}; with --soak every built-in but "
+        f"restart); built-in: {', '.join(BUILTIN_SCENARIOS)}",
     )
     p.add_argument("--scenario-file", help="TOML file with [scenarios.<name>] tables")
     p.add_argument("--budget", type=float, default=5.0, help="seconds a request may take")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds each fault lasts")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of baseline per scenario")
+    p.add_argument(
+        "--duration", type=float, default=None, help="seconds each fault lasts (8; soak: 2)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=None, help="seconds of baseline per scenario (2; soak: 1.5)"
+    )
     p.add_argument("--max-recovery", type=float, default=10.0, help="seconds to recover")
     p.add_argument("--restart-command", help="shell command that restarts the database")
     p.add_argument("--label", default=None, help="name of the service in the report")
@@ -164,6 +170,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--report", default=None, help="write an HTML report to this file")
+    add_soak_arguments(p)
 
 
 def _auth(args: argparse.Namespace) -> Auth | None:
@@ -196,7 +203,10 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
     from outlast.drill._runner import DrillConfig
 
     custom = load_scenarios(args.scenario_file) if args.scenario_file else {}
-    names = [n.strip() for n in str(args.scenarios).split(",") if n.strip()]
+    scenarios = DEFAULT_SCENARIOS if args.scenarios is None else args.scenarios
+    duration = 8.0 if args.duration is None else args.duration
+    warmup = 2.0 if args.warmup is None else args.warmup
+    names = [n.strip() for n in str(scenarios).split(",") if n.strip()]
     if not names:
         raise ValueError("--scenarios names no scenario")
     for n in names:
@@ -205,7 +215,7 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
                 f"unknown scenario {n!r}; built-in: {', '.join(BUILTIN_SCENARIOS)}"
                 + (f"; from {args.scenario_file}: {', '.join(custom)}" if custom else "")
             )
-    if not 0 < args.budget <= 120 or not 0 < args.duration <= 600:
+    if not 0 < args.budget <= 120 or not 0 < duration <= 600:
         raise ValueError("--budget must be in (0, 120] and --duration in (0, 600]")
     health = None if str(args.health).lower() in {"none", "off", ""} else args.health
     metrics = str(args.metrics_path)
@@ -219,7 +229,7 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
         raise ValueError("--write-id is for --read-one: give both")
     return DrillConfig(
         url=args.url,
-        scenarios=resolve(names, duration=args.duration, budget=args.budget, custom=custom),
+        scenarios=resolve(names, duration=duration, budget=args.budget, custom=custom),
         read=_route(args.read),
         write=_route(args.write),
         ping=_route(args.ping),
@@ -228,7 +238,7 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
         metrics_path=metrics_path,
         readback=_route(args.readback),
         budget=args.budget,
-        warmup=args.warmup,
+        warmup=warmup,
         max_recovery=args.max_recovery,
         label=args.label or args.url,
         headers=dict(parse_header(h) for h in args.header),
@@ -237,6 +247,12 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
         write_id=args.write_id,
         read_one=read_one,
     )
+
+
+def _injector(args: argparse.Namespace) -> AdminInjector | None:
+    if not args.proxy_admin:
+        return None
+    return AdminInjector(args.proxy_admin, args.proxy, token=args.proxy_token)
 
 
 def _restart_callback(command: str | None) -> Any:
@@ -251,6 +267,13 @@ def _restart_callback(command: str | None) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if getattr(args, "soak", None):
+        return run_soak_command(
+            args,
+            config_from_args=config_from_args,
+            injector_from_args=_injector,
+            restart=_restart_callback(args.restart_command),
+        )
     try:
         import asyncio
 

@@ -86,10 +86,12 @@ def _chart(result: DrillResult, *, width: int = 1300, height: int = 270) -> str:
                 f'fill-opacity="0.13"><title>{_e(s.name)}: {_e(w.fault)} '
                 f"{w.start:.1f}-{w.end:.1f} s</title></rect>"
             )
+        # A soak has a hundred faults or more: their names would overprint.
+        label = f'<text x="{x(s.start) + 3:.1f}" y="{top - 8}">{_e(s.name)}</text>'
         out.append(
             f'<line class="scenario-start" x1="{x(s.start):.1f}" x2="{x(s.start):.1f}" '
             f'y1="{top}" y2="{top + ph}" stroke="#9aa5b1" stroke-dasharray="3,3"/>'
-            f'<text x="{x(s.start) + 3:.1f}" y="{top - 8}">{_e(s.name)}</text>'
+            + (label if len(result.scenarios) <= 24 else "")
         )
     for i in range(0, int(ymax) + 1, max(1, int(ymax // 4))):
         out.append(
@@ -97,7 +99,7 @@ def _chart(result: DrillResult, *, width: int = 1300, height: int = 270) -> str:
             f'stroke="#eef2f6"/><text x="{left - 6}" y="{y(i) + 4:.1f}" '
             f'text-anchor="end">{i}</text>'
         )
-    tick = 10 if nbins > 40 else 5
+    tick = 5 if nbins <= 40 else 10 if nbins <= 150 else 60 if nbins <= 900 else 300
     for t in range(0, nbins + 1, tick):
         out.append(f'<text x="{x(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{t}s</text>')
     bw = max(1.0, pw / nbins - 1.0)

@@ -65,7 +65,21 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _pool_families(snap)
     yield from _task_families(snap)
     yield from _web_and_operation_families(snap)
+    yield from _runtime_families(snap)
     yield from _replication_families()
+
+
+def _runtime_families(snap: Snapshot) -> Iterator[Metric]:
+    """Threads and asyncio tasks: what grows when something leaks per outage."""
+    yield GaugeMetricFamily(
+        "outlast_python_threads", "Python threads alive in the process", value=snap.threads
+    )
+    if snap.asyncio_tasks is not None:
+        yield GaugeMetricFamily(
+            "outlast_asyncio_tasks",
+            "Unfinished asyncio tasks on the event loop that served the scrape",
+            value=snap.asyncio_tasks,
+        )
 
 
 def _replication_families() -> Iterator[Metric]:

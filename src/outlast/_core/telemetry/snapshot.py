@@ -1,5 +1,8 @@
 """`snapshot()`: everything the metrics exporters report, read at one moment.
 
+Besides outlast's own objects it counts the process's Python threads and, when
+read on an event loop, its asyncio tasks: what a soak watches for leaks.
+
 Guards with the same name (two processes' worth of tests, a Guard rebuilt on
 reload) are reported as one: their counters add up and the database counts as
 down when any of them says so, so a scrape never shows duplicate series.
@@ -7,6 +10,8 @@ down when any of them says so, so a scrape never shows duplicate series.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -60,6 +65,11 @@ class Snapshot:
     answers: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
     """(guard, status, error, reason) -> answers the web integrations gave for faults."""
     operations: tuple[OperationHistogram, ...] = ()
+    threads: int = 0
+    """Python threads alive in this process (a thread leaked per outage shows here)."""
+    asyncio_tasks: int | None = None
+    """Unfinished asyncio tasks of the event loop the snapshot was read on
+    (None when read outside one: a WSGI process, an exporter's own thread)."""
 
 
 _BREAKER_ORDER = {"closed": 0, "half_open": 1, "open": 2}
@@ -91,7 +101,19 @@ def snapshot() -> Snapshot:
         tasks=tuple(sorted(tasks, key=lambda t: (t.supervisor, t.status.name))),
         answers=answers,
         operations=tuple(OPERATIONS.snapshot()),
+        threads=threading.active_count(),
+        asyncio_tasks=_asyncio_tasks(),
     )
+
+
+def _asyncio_tasks() -> int | None:
+    # A scrape served by an async route (Starlette, FastAPI) runs on the
+    # service's event loop: its tasks are the ones a leak would pile up.
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return len(asyncio.all_tasks(loop))
 
 
 def _merge(name: str, views: list[tuple[DatabaseState, GuardCounters]], now: float) -> GuardView:

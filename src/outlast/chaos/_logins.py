@@ -38,10 +38,15 @@ MASK = "[redacted]"
 
 _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "credential")
 # A setting's (dotted) name and its "=", anywhere in a value ("-c name=v",
-# "--name=v", "conninfo=host=h\\ password=v"); then the value: quoted (backslash
-# escapes) or up to the first whitespace no backslash escapes.
+# "--name=v", "conninfo=host=h\\ password=v"); then the value: a quoted start
+# (conninfo's 'a b', backslash escapes) and whatever follows it up to the first
+# whitespace no backslash escapes. The server reads `-c password=""x` as the
+# literal `""x`, so stopping after `""` would show the rest; a quote later in a
+# value is an ordinary character there.
 _NAME_RE = re.compile(r"(?<![\w.])(?P<name>[A-Za-z_][\w.\-]*)\s*=\s*")
-_VALUE_RE = re.compile(r"""'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|(?:\\.|[^\s\\])+\\?""", re.S)
+_VALUE_RE = re.compile(
+    r"""(?:'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?)?(?:\\.|[^\s\\])*\\?""", re.S
+)
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]]*:(?P<pw>\S*)@")
 
 

@@ -14,6 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+
+class _Server(ThreadingHTTPServer):
+    # A real server's listen backlog (uvicorn and gunicorn: 2048), not the
+    # standard library's 5: the drill opens a connection per kind of traffic at
+    # once, and a connection refused by a full backlog costs a 1 s SYN retransmit.
+    request_queue_size = 128
+
+
 TOKEN = "s3cr3t-T0ken/with+odd=chars"
 PASSWORD = "pa ss:w@rd'\""
 PAGE_SIZE = 7
@@ -129,7 +137,7 @@ class FakeApi:
             def do_POST(self) -> None:
                 self._route("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -15,6 +15,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
+class _Server(ThreadingHTTPServer):
+    # A real server's listen backlog (uvicorn and gunicorn: 2048), not the
+    # standard library's 5: the drill opens a connection per kind of traffic at
+    # once, and a connection refused by a full backlog costs a 1 s SYN retransmit.
+    request_queue_size = 128
+
+
 class FakeService:
     """modes: good,500, lose, hang, no_retry_after, dead_loop, double."""
 
@@ -118,7 +125,7 @@ class FakeService:
                         service.rows.append({"id": body.get("id"), "name": body.get("name")})
                 self._send(201, {"id": body.get("id")})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

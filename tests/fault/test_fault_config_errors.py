@@ -170,6 +170,9 @@ def test_a_refusal_is_still_unavailable() -> None:
         f"{KV} sslmode=bogus",
         f"{KV} password=se {SECRET}",
     ],
+    # Stable ids: the port is picked at import, and pytest-xdist's workers must
+    # collect the same names.
+    ids=["url_bad_port", "unknown_option", "bad_sslmode", "space_in_password"],
 )
 def test_the_guard_neither_retries_nor_counts_a_bad_dsn(dsn: str) -> None:
     events: list[outlast.Event] = []

@@ -327,3 +327,52 @@ def test_database_unavailable_subclasses_survive_pickling(cls: type[DatabaseUnav
         "main",
         None,
     )
+
+
+def test_open_jitter_shortens_each_open_period_within_its_share() -> None:
+    breaker = Breaker(open_for=1.0, max_open_for=4.0, open_jitter=0.5)
+    assert breaker.jittered_open_period(1, 0.0) == pytest.approx(1.0)  # never longer
+    assert breaker.jittered_open_period(1, 0.999) == pytest.approx(0.5005)
+    assert breaker.jittered_open_period(3, 0.5) == pytest.approx(3.0)  # 4 s, shortened by 25 %
+    assert breaker.jittered_open_period(9, 0.0) == pytest.approx(4.0)  # the cap is the worst case
+    assert Breaker(open_for=1.0).jittered_open_period(1, 0.7) == pytest.approx(1.0)  # no jitter
+
+
+def test_breakers_that_trip_together_probe_at_different_moments() -> None:
+    """A fleet: every worker's Guard trips on the same outage at the same instant."""
+    import random
+
+    from outlast._core.guard.breaker import BreakerCore
+
+    policy = Breaker(failure_threshold=1, open_for=0.5, max_open_for=1.0, open_jitter=0.5)
+    draws = random.Random(7)
+    cores = [BreakerCore(policy, draws.random) for _ in range(16)]
+    for core in cores:
+        core.on_failure(100.0)
+    probes = sorted(core.open_until for core in cores)
+    assert all(100.25 <= t <= 100.5 for t in probes)
+    assert probes[-1] - probes[0] > 0.1  # spread, not one burst of 16 logins
+    same = [BreakerCore(Breaker(failure_threshold=1, open_for=0.5)) for _ in range(16)]
+    for core in same:
+        core.on_failure(100.0)
+    assert {core.open_until for core in same} == {100.5}  # without jitter: all at once
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, True, "0.5"])
+def test_open_jitter_must_be_a_share_below_one(bad: object) -> None:
+    with pytest.raises(outlast.ConfigurationError, match="open_jitter"):
+        Breaker(open_jitter=bad)  # type: ignore[arg-type]
+
+
+def test_a_guard_with_open_jitter_reopens_for_a_jittered_period() -> None:
+    clock, rec = ManualClock(), Recorder()
+    breaker = Breaker(failure_threshold=1, open_for=1.0, max_open_for=1.0, open_jitter=0.5)
+    guard = make_guard(clock, recorder=rec, retry=ONCE, breaker=breaker)
+    seen = set()
+    for _ in range(20):
+        _fail(guard)
+        seen.add(round(guard.retry_after, 6))
+        assert 0.5 <= guard.retry_after <= 1.0
+        clock.advance(guard.retry_after)
+        guard.call(lambda: None)  # the probe closes it
+    assert len(seen) > 1

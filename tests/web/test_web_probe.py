@@ -34,7 +34,7 @@ from conftest import Server, spawn, wait_until_up
 from outlast.testing._postgres import free_port
 
 APPS = Path(__file__).resolve().parent / "probe_apps"
-BUDGET = 5.0
+BUDGET = 10.0
 CONCURRENT = 12
 FAST = 1.0  # a rejected request never touches the database: far below the probe's wait
 OPEN_FOR = 0.5  # the services' breaker period (probe_apps/_probe_common.py)
@@ -216,11 +216,10 @@ def test_half_open_admits_one_request_to_the_database_and_503s_the_rest(
             assert int(headers["retry-after"]) >= 1
             assert headers["content-type"].startswith("application/problem+json")
             assert took < FAST
-        # Django admits before the view; Flask and FastAPI when the request
-        # first reaches for the database (a pool checkout): every request
-        # enters the view, one reaches the database.
-        entered = 1 if service.framework == "django" else CONCURRENT
-        assert (burst.in_database, burst.entered, burst.opened) == (1, entered, 1)
+        # Every integration admits a request when it first reaches for the
+        # database (a pool checkout, Django's connect or first query): every
+        # request enters the view, one reaches the database.
+        assert (burst.in_database, burst.entered, burst.opened) == (1, CONCURRENT, 1)
         # The probe got its answer: a 200, and the breaker closed.
         assert burst.statuses == [200] + [503] * (CONCURRENT - 1)
         assert service.stats()["breaker"] == "closed"
@@ -230,6 +229,29 @@ def test_half_open_admits_one_request_to_the_database_and_503s_the_rest(
             answers = list(pool.map(service.client.get, [route] * CONCURRENT))
         assert [a.status_code for a in answers] == [200] * CONCURRENT
         assert service.stats()["entered"] - before == CONCURRENT
+
+
+def test_a_request_that_never_reaches_the_database_is_neither_refused_nor_the_probe(
+    service: ProbeService, pg_proxy: Any
+) -> None:
+    """Admission on first use: an ordinary route that answers without a query."""
+    pg_proxy.add_fault("down")
+    try:
+        assert service.client.get("/api/hold").status_code == 503
+        assert service.stats()["breaker"] == "open"
+        # The breaker is open: a database route is refused, this one is served.
+        response = service.client.get("/api/cached")
+        assert response.status_code == 200, response.text
+        assert service.client.get("/api/hold").status_code == 503
+    finally:
+        pg_proxy.clear()
+    _wait_for(lambda: service.stats()["breaker"] == "half_open", 10.0, "half-open")
+    # Half-open: its clean answer is no evidence that the database is back.
+    for _ in range(3):
+        assert service.client.get("/api/cached").status_code == 200
+    assert service.stats()["breaker"] == "half_open"
+    assert _get(service.client, "/api/hold")[0] == 200
+    assert service.stats()["breaker"] == "closed"
 
 
 def test_a_probe_that_fails_for_an_unrelated_reason_frees_the_slot(

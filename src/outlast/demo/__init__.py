@@ -1,4 +1,4 @@
-"""``outlast demo``: the outage drill on a reference service, with and without outlast.
+"""``outlast demo``: the outage drill on a reference service, built three ways.
 
 `outlast.demo._service` is the reference FastAPI service (``create_app``,
 ``app_from_env``); `outlast.demo._demo.run_demo` runs the whole demo.

@@ -23,11 +23,16 @@ Writes go to ``lead_writes``, whose ``lead_id`` is *not* unique (the key is a
 ``bigserial``): nothing in the database hides a write applied twice, so the
 drill's "no write doubled" check means something.
 
+A third build, ``mode="seeds"``, is the same service fixed by hand the way
+teams usually do it (retry decorators with exponential backoff, a 503
+handler, ``pool_pre_ping``): `outlast.demo._seeds`.
+
 Routes: ``GET /api/leads`` (the latest 50, or ``?ids=a,b``; rows are
 ``{"id": <lead id>, "name", "row_id"}``, one per stored write), ``POST
 /api/leads`` (``{"id": "<client-chosen id>", "name": "..."}``; the same id
 twice stores two rows), ``GET /api/ping`` (no database), ``/health/live``,
-``/health/ready`` and, with outlast, ``/health/db``.
+``/health/ready`` and, with outlast, ``/health/db`` and ``/metrics`` (when
+prometheus-client is installed).
 
 Run it (settings from the environment, see `outlast.demo._settings`)::
 
@@ -45,13 +50,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from outlast.demo._leads import COUNT, INSERT, LeadIn, create_table, parse_ids, select
+from outlast.demo._seeds import create_seeds_app
 from outlast.demo._settings import (
-    CREATE_WRITES_INDEX,
-    CREATE_WRITES_TABLE,
     attempt_reserve,
     settings_from_env,
     web_guard,
@@ -62,48 +65,30 @@ __all__ = ["LeadIn", "app_from_env", "create_app"]
 
 log = logging.getLogger("outlast.demo")
 
-_COLUMNS = "lead_id AS id, name, row_id"
-LATEST = text(f"SELECT {_COLUMNS} FROM lead_writes ORDER BY row_id DESC LIMIT 50")
-BY_IDS = text(f"SELECT {_COLUMNS} FROM lead_writes WHERE lead_id = ANY(:ids) ORDER BY row_id")
-# A bare INSERT: nothing would absorb a second copy of the same write.
-INSERT = text("INSERT INTO lead_writes (lead_id, name) VALUES (:id, :name) RETURNING row_id")
-COUNT = text("SELECT count(*) FROM lead_writes")
 
+def create_app(
+    database_url: str, *, enabled: bool = True, budget: float = 5.0, mode: str | None = None
+) -> FastAPI:
+    """The leads service, with outlast (``enabled``) or without it.
 
-class LeadIn(BaseModel):
-    id: str
-    name: str
-
-
-def create_app(database_url: str, *, enabled: bool = True, budget: float = 5.0) -> FastAPI:
-    """The leads service, with outlast (``enabled``) or without it."""
-    if enabled:
+    ``mode`` (``outlast``, ``plain`` or ``seeds``), when given, chooses instead
+    of ``enabled``; ``seeds`` is the usual fix by hand (`outlast.demo._seeds`).
+    """
+    mode = mode or ("outlast" if enabled else "plain")
+    if mode == "outlast":
         return _with_outlast(database_url, budget)
-    return _plain(database_url)
+    if mode == "seeds":
+        return create_seeds_app(database_url)
+    if mode == "plain":
+        return _plain(database_url)
+    raise ValueError(f"mode must be outlast, plain or seeds, not {mode!r}")
 
 
 def app_from_env() -> FastAPI:
-    """`create_app` configured by ``DATABASE_URL``, ``OUTLAST_ENABLED``, ``OUTLAST_BUDGET``."""
+    """`create_app` configured by ``DATABASE_URL``, ``OUTLAST_ENABLED`` or ``OUTLAST_MODE``,
+    and ``OUTLAST_BUDGET``."""
     settings = settings_from_env()
-    return create_app(settings.database_url, enabled=settings.enabled, budget=settings.budget)
-
-
-async def _select(conn: AsyncConnection, ids: list[str] | None) -> list[dict[str, Any]]:
-    rows = await conn.execute(BY_IDS, {"ids": ids}) if ids else await conn.execute(LATEST)
-    return [dict(r._mapping) for r in rows]
-
-
-def _parse_ids(raw: str | None) -> list[str] | None:
-    return [i for i in raw.split(",") if i][:500] if raw else None
-
-
-async def _create_table(engine: AsyncEngine) -> None:
-    try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(CREATE_WRITES_TABLE)
-            await conn.exec_driver_sql(CREATE_WRITES_INDEX)
-    except Exception as exc:  # the database may be late: serve anyway
-        log.warning("could not create the leads table yet: %s", type(exc).__name__)
+    return create_app(settings.database_url, budget=settings.budget, mode=settings.mode)
 
 
 def _with_outlast(database_url: str, budget: float) -> FastAPI:
@@ -129,7 +114,7 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _create_table(engine)
+        await create_table(engine)
         count_leads.start(supervisor)
         try:
             yield
@@ -146,12 +131,13 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
         supervisor=supervisor,  # its loops show in /health/ready
         attempt_reserve=reserve,
     )
+    _serve_metrics(app)
 
     @app.get("/api/leads")
     async def list_leads(ids: str | None = None) -> list[dict[str, Any]]:
         async def fetch() -> list[dict[str, Any]]:
             async with engine.connect() as conn:
-                return await _select(conn, _parse_ids(ids))
+                return await select(conn, parse_ids(ids))
 
         # Through the Guard: retried within the budget, 503 when the breaker is open.
         result: list[dict[str, Any]] = await web.acall(fetch, idempotent=True)
@@ -179,6 +165,19 @@ def _with_outlast(database_url: str, budget: float) -> FastAPI:
     return app
 
 
+def _serve_metrics(app: FastAPI) -> None:
+    """``GET /metrics`` (outlast.prometheus) when prometheus-client is installed.
+
+    The drill scrapes it around each scenario and shows what the Guard, the
+    pool and the web layer counted (outages, retries, breaker, 503s by reason).
+    """
+    try:
+        import outlast.prometheus
+    except ModuleNotFoundError:  # the demo runs without the metrics view
+        return
+    outlast.prometheus.install(app)
+
+
 def _plain(database_url: str) -> FastAPI:
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -193,7 +192,7 @@ def _plain(database_url: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _create_table(engine)
+        await create_table(engine)
         state["task"] = asyncio.create_task(count_leads_forever())
         try:
             yield
@@ -207,7 +206,7 @@ def _plain(database_url: str) -> FastAPI:
     @app.get("/api/leads")
     async def list_leads(ids: str | None = None) -> list[dict[str, Any]]:
         async with engine.connect() as conn:
-            return await _select(conn, _parse_ids(ids))
+            return await select(conn, parse_ids(ids))
 
     @app.post("/api/leads", status_code=201)
     async def create_lead(lead: LeadIn) -> dict[str, Any]:

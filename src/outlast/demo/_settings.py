@@ -4,6 +4,9 @@
   ``postgresql+psycopg://user@host:port/db``), ``OUTLAST_ENABLED`` (``1``, the
   default, runs a service with outlast; ``0`` runs the very same code without
   it) and ``OUTLAST_BUDGET`` (the request budget in seconds, default 5).
+  ``OUTLAST_MODE`` (``outlast``, ``plain`` or ``seeds``), when set, chooses
+  among the reference service's three builds instead of ``OUTLAST_ENABLED``:
+  ``seeds`` is the service fixed by hand the usual way (`outlast.demo._seeds`).
 - `CREATE_TABLE`: the ``leads`` table the Flask and Django examples use (the
   lead's id is its primary key, so those writes are idempotent).
 - `CREATE_WRITES_TABLE`, `CREATE_WRITES_INDEX`: the ``lead_writes`` table of
@@ -26,6 +29,7 @@ __all__ = [
     "CREATE_WRITES_INDEX",
     "CREATE_WRITES_TABLE",
     "DEFAULT_URL",
+    "MODES",
     "Settings",
     "attempt_reserve",
     "settings_from_env",
@@ -52,6 +56,7 @@ CREATE_WRITES_TABLE = (
 CREATE_WRITES_INDEX = "CREATE INDEX IF NOT EXISTS lead_writes_lead_id ON lead_writes (lead_id)"
 
 _OFF = frozenset({"0", "false", "no", "off"})
+MODES = ("outlast", "plain", "seeds")
 
 
 @dataclass(frozen=True)
@@ -59,29 +64,43 @@ class Settings:
     database_url: str
     enabled: bool
     budget: float
+    #: ``outlast`` (enabled), ``plain`` or ``seeds`` (the usual fix by hand).
+    mode: str = "outlast"
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """`Settings` from ``DATABASE_URL``, ``OUTLAST_ENABLED`` and ``OUTLAST_BUDGET``."""
+    """`Settings` from ``DATABASE_URL``, ``OUTLAST_ENABLED``/``MODE``, ``OUTLAST_BUDGET``."""
     env = os.environ if environ is None else environ
+    enabled = env.get("OUTLAST_ENABLED", "1").strip().lower() not in _OFF
+    mode = env.get("OUTLAST_MODE", "").strip().lower() or ("outlast" if enabled else "plain")
+    if mode not in MODES:
+        raise outlast.ConfigurationError(
+            f"OUTLAST_MODE must be one of {', '.join(MODES)}, not {mode!r}"
+        )
     return Settings(
         database_url=env.get("DATABASE_URL") or DEFAULT_URL,
-        enabled=env.get("OUTLAST_ENABLED", "1").strip().lower() not in _OFF,
+        enabled=mode == "outlast",
         budget=float(env.get("OUTLAST_BUDGET", "5")),
+        mode=mode,
     )
 
 
 def web_guard(name: str = "main") -> outlast.Guard:
-    """A Guard tuned for a web service: short breaker periods, so recovery is fast.
+    """A Guard tuned for a web service run as a fleet: short, jittered breaker periods.
 
-    Open after 3 straight failures for 0.5 s, and never longer: once the
-    database is back, the next probe (one request, admitted when the period
-    ends) finds it, so the first 200 comes within about half a second plus one
-    request, even after a long outage (a period that grew to 1 s made that up
-    to 1.0 s). One probe every 0.5 s is no load for the database.
+    Open after 3 straight failures for 0.5 s at first, then 1 s, each period
+    shortened by up to half at random: once the database is back, the next
+    probe (one request, admitted when the period ends) finds it, so the first
+    200 comes within a second plus one request, even after a long outage.
+    One worker probes about 1.3 times a second during a long outage, and the
+    workers of a fleet, whose breakers all tripped at the same moment, probe
+    at different moments (``outlast demo --fleet`` measures both).
     """
     return outlast.Guard(
-        name, breaker=outlast.Breaker(failure_threshold=3, open_for=0.5, max_open_for=0.5)
+        name,
+        breaker=outlast.Breaker(
+            failure_threshold=3, open_for=0.5, max_open_for=1.0, open_jitter=0.5
+        ),
     )
 
 

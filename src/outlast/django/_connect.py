@@ -29,6 +29,7 @@ from typing import Any
 
 from outlast._core.connections.socket_deadline import connection_fileno, socket_deadline
 from outlast._core.faults.errors import RequestBudgetExceeded
+from outlast._core.guard.first_use import reaching
 from outlast._core.timing.budget import budget_remaining
 from outlast.django._commit import MARGIN
 
@@ -47,12 +48,20 @@ def _connect_timeout(params: dict[str, Any]) -> float:
 
 
 @contextlib.contextmanager
-def guard_connects(conn: Any, faulted: Callable[[], bool], armed: list[int]) -> Iterator[None]:
+def guard_connects(
+    conn: Any,
+    faulted: Callable[[], bool],
+    armed: list[int],
+    guard: Callable[[], Any] | None = None,
+) -> Iterator[None]:
     """For one request: connects of `conn` within the budget (see the module docstring).
 
     `faulted` says whether the request already met a database fault; the
     socket deadlines armed on new connections are appended to `armed`, for
-    the caller to disarm when the request ends.
+    the caller to disarm when the request ends. `guard` gives the request's
+    Guard: a request admitted on first use is admitted by its first connect
+    (``ATOMIC_REQUESTS`` connects before the view), refused while the
+    breaker is open.
     """
     if "get_new_connection" in vars(conn):
         yield
@@ -60,6 +69,8 @@ def guard_connects(conn: Any, faulted: Callable[[], bool], armed: list[int]) -> 
     original = type(conn).get_new_connection
 
     def get_new_connection(conn_params: dict[str, Any]) -> Any:
+        if guard is not None:
+            reaching(guard())
         remaining = budget_remaining()
         if remaining is None:
             return original(conn, conn_params)

@@ -20,12 +20,13 @@ from outlast._core.faults.errors import (
     RequestBudgetExceeded,
 )
 from outlast._core.guard.breaker import Breaker
+from outlast._core.guard.first_use import FirstUse, reaching
 from outlast._core.guard.guard import Guard
 from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.health import HealthAnswer
 from outlast._core.web.mapping import Mapped, record_success
-from outlast._core.web.options import _MARK, OPTION_NAMES
+from outlast._core.web.options import _MARK, BEFORE_VIEW, OPTION_NAMES
 from outlast.django._commit import MARGIN, guard_commits, note_statement_failure
 from outlast.django._connect import guard_connects
 from outlast.django._routes import (
@@ -180,6 +181,9 @@ class Runtime(WebBase):
         the worker.
         """
         wrapper = context.get("connection")
+        # A request admitted on first use is admitted here, by its first
+        # query (raises DatabaseUnavailable -> 503 when the breaker refuses).
+        reaching(self.guard)
         try:
             result = _bounded_query(execute, sql, params, many, context)
         except Exception as exc:
@@ -285,11 +289,11 @@ def _release(
     healthy: bool,
 ) -> None:
     """End the request's admission: the probe's verdict, and its slot freed."""
-    admission = request.__dict__.pop("_outlast_admission", None)
-    if admission is None:
+    first_use = request.__dict__.pop("_outlast_first_use", None)
+    if first_use is None:
         return
     error = getattr(request, "_outlast_error", None) or escaped
-    admission.release(error, verdict=error is not None or healthy)
+    first_use.release(error, verdict=error is not None or healthy)
 
 
 def _atomic_requests() -> bool:
@@ -321,7 +325,9 @@ class OutlastMiddleware:
                     stack.enter_context(
                         guard_commits(conn, lambda: rt.guard, lambda: _route(request))
                     )
-                    stack.enter_context(guard_connects(conn, lambda: flags.faulted, armed))
+                    stack.enter_context(
+                        guard_connects(conn, lambda: flags.faulted, armed, lambda: rt.guard)
+                    )
                 response = self.get_response(request)
         except BaseException as exc:
             escaped = exc
@@ -362,13 +368,20 @@ class OutlastMiddleware:
         # The work part of the budget (RequestBudget keeps an answer margin):
         # these fire before the budget-tagged statement deadlines, as before.
         request._outlast_deadlines = _arm_open_connections(rt.budget.work)
-        try:
-            # While the breaker is half-open, only one request at a time is let
-            # through (the probe); `__call__` releases it after the response.
-            request._outlast_admission = rt.guard.admit(op=_route(request))
-        except DatabaseUnavailable as exc:
-            return self.process_exception(request, exc)
+        # Admission on first use: the request asks the breaker when it first
+        # connects or queries, so a view that answers without the database (a
+        # 401 from an authentication check, a cached page) is neither refused
+        # during an outage nor taken for the half-open probe. While the breaker
+        # is half-open only one request at a time gets through (the probe);
+        # `__call__` releases it after the response.
+        first_use = FirstUse(rt.guard, _route(request)).enter()
+        request._outlast_first_use = first_use
         request._outlast_clean = True
+        if mark_of(view_func, _MARK) or rt.config.admission == BEFORE_VIEW:
+            try:
+                first_use.take()
+            except DatabaseUnavailable as exc:
+                return self.process_exception(request, exc)
         return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

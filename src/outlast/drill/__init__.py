@@ -10,6 +10,10 @@ flows, keep a ledger of every write, and judge the result.
     # minutes of faults; passes only if the service's resources stay flat
     outlast drill --url ... --proxy-admin ... --soak 10m --pid "$SERVICE_PID" --dsn "$DSN"
 
+The fleet drill (`run_fleet`, ``outlast demo --fleet``) runs the reference
+service as many worker processes against one small server and measures the
+reconnect storm; it needs the ``demo`` extra.
+
 Tool layer: needs the ``drill`` extra (``pip install 'outlast[drill]'``: httpx,
 rich). The names below are imported on first use, so the command's options
 (and ``outlast --help``) work without it.
@@ -22,6 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from outlast.drill._checks import CHECK_TITLES, Check, ScenarioResult, evaluate
+    from outlast.drill._fleet import run_fleet
+    from outlast.drill._fleet_model import (
+        FLEET_SCENARIOS,
+        FleetConfig,
+        FleetResult,
+        FleetSide,
+    )
+    from outlast.drill._fleet_plot import fleet_svg
     from outlast.drill._ledger import Ledger, LedgerResult, extract_ids, write_outcome
     from outlast.drill._report import render_html, write_report
     from outlast.drill._route import Route
@@ -47,7 +59,11 @@ _EXPORTS = {
     "DrillConfig": "_runner",
     "DrillResult": "_runner",
     "DrillRun": "_runner",
+    "FLEET_SCENARIOS": "_fleet_model",
     "FaultWindow": "_scenarios",
+    "FleetConfig": "_fleet_model",
+    "FleetResult": "_fleet_model",
+    "FleetSide": "_fleet_model",
     "Injector": "_scenarios",
     "Ledger": "_ledger",
     "LedgerResult": "_ledger",
@@ -64,10 +80,12 @@ _EXPORTS = {
     "builtin": "_scenarios",
     "evaluate": "_checks",
     "extract_ids": "_ledger",
+    "fleet_svg": "_fleet_plot",
     "load_scenarios": "_scenarios",
     "render_html": "_report",
     "resolve": "_scenarios",
     "run_drill": "_runner",
+    "run_fleet": "_fleet",
     "run_soak": "_soak",
     "write_outcome": "_ledger",
     "write_report": "_report",
@@ -77,11 +95,15 @@ _EXPORTS = {
 __all__ = [
     "BUILTIN_SCENARIOS",
     "CHECK_TITLES",
+    "FLEET_SCENARIOS",
     "Check",
     "DrillConfig",
     "DrillResult",
     "DrillRun",
     "FaultWindow",
+    "FleetConfig",
+    "FleetResult",
+    "FleetSide",
     "Injector",
     "Ledger",
     "LedgerResult",
@@ -98,10 +120,12 @@ __all__ = [
     "builtin",
     "evaluate",
     "extract_ids",
+    "fleet_svg",
     "load_scenarios",
     "render_html",
     "resolve",
     "run_drill",
+    "run_fleet",
     "run_soak",
     "write_outcome",
     "write_report",

@@ -1,4 +1,10 @@
-"""What the drill checks in each scenario, from the recorded traffic alone."""
+"""What the drill checks in each scenario, from the recorded traffic alone.
+
+Each check's ``detail`` says what happened in words a reader understands at
+once ("289 answered 500", "background loop died", "31 writes left unknown
+(12 of them stored)"), from counts kept in `Tally`; `ScenarioResult.in_words`
+joins the failed ones into the one line the comparison tables show.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from outlast.drill._ledger import LedgerResult
+from outlast.drill._metrics import MetricsDelta
 from outlast.drill._scenarios import FaultWindow
 from outlast.drill._traffic import HealthSample, RequestRecord
 
-__all__ = ["CHECK_TITLES", "Check", "ScenarioResult", "evaluate"]
+__all__ = ["CHECK_TITLES", "Check", "ScenarioResult", "Tally", "evaluate", "plural"]
 
 CHECK_TITLES = {
     "no_500": "no 5xx but 503",
@@ -45,6 +52,37 @@ class Check:
         }
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 request``, ``2 requests`` (``many`` for irregular plurals)."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
+
+
+@dataclass
+class Tally:
+    """What happened to one scenario's requests, counted (the numbers behind the words)."""
+
+    answered_5xx: dict[int, int] = field(default_factory=dict)  # status -> n, 503 excluded
+    answered_503: int = 0
+    without_retry_after: int = 0
+    past_budget: int = 0
+    unanswered: int = 0  # no answer before the client gave up (budget + margin)
+    worst: float = 0.0  # the slowest request, in seconds
+    probes_failed: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (bad, all)
+    dead_loops: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "answered_5xx": {str(k): v for k, v in sorted(self.answered_5xx.items())},
+            "answered_503": self.answered_503,
+            "without_retry_after": self.without_retry_after,
+            "past_budget": self.past_budget,
+            "unanswered": self.unanswered,
+            "worst_seconds": round(self.worst, 3),
+            "probes_failed": {k: list(v) for k, v in self.probes_failed.items()},
+            "dead_loops": self.dead_loops,
+        }
+
+
 @dataclass
 class ScenarioResult:
     name: str
@@ -61,6 +99,26 @@ class ScenarioResult:
     #: Did its faults fire? False: the proxy saw none of them act (a commit_lost
     #: against a service that never sends COMMIT), so nothing was tested.
     exercised: bool | None = None
+    tally: Tally = field(default_factory=Tally)
+    #: The service's own metrics over the scenario (``/metrics``), when it serves them.
+    metrics: MetricsDelta | None = None
+
+    @property
+    def in_words(self) -> str:
+        """What happened, in one line: the failed checks' details, or how it passed."""
+        if self.error is not None:
+            return f"error: {self.error}"
+        if self.exercised is False:
+            return "not exercised: its fault never fired"
+        failed = [c.detail or c.title for c in self.checks if c.passed is False]
+        if failed:
+            return ", ".join(failed)
+        parts = []
+        if self.tally.answered_503:
+            parts.append(f"{self.tally.answered_503} answered 503")
+        if self.recovery is not None:
+            parts.append(f"recovered in {self.recovery:.1f} s")
+        return ", ".join(parts) or "every check passed"
 
     @property
     def passed(self) -> bool:
@@ -116,7 +174,10 @@ class ScenarioResult:
             "outcomes": self.outcomes,
             "time_to_first_503": _r(self.first_503),
             "recovery_seconds": _r(self.recovery),
+            "in_words": self.in_words,
+            "tally": self.tally.as_dict(),
             "checks": [c.as_dict() for c in self.checks],
+            "metrics": self.metrics.as_dict() if self.metrics else None,
             "writes": self.ledger.as_dict() if self.ledger else None,
             "error": self.error,
         }
@@ -140,66 +201,95 @@ def evaluate(
     """Fill ``result.checks`` and metrics from the records inside its time span."""
     recs = [r for r in records if result.start <= r.start < result.end]
     result.outcomes = dict(Counter(r.outcome for r in recs))
+    tally = result.tally = Tally()
     checks: list[Check] = []
 
     bad = [r for r in recs if r.outcome == "5xx"]
-    statuses = Counter(r.status for r in bad)
+    statuses = Counter(r.status for r in bad if r.status is not None)
+    tally.answered_5xx = dict(sorted(statuses.items()))
+    u = [r for r in recs if r.status == 503]
+    tally.answered_503 = len(u)
+    answered = ", ".join(f"{n} answered {s}" for s, n in sorted(statuses.items()))
+    others = len(bad) - sum(statuses.values())
+    if others:
+        answered = ", ".join(x for x in (answered, f"{others} other server errors") if x)
     checks.append(
         Check(
             "no_500",
             not bad,
-            ", ".join(f"{n}x {s}" for s, n in sorted(statuses.items(), key=lambda x: str(x[0])))
-            or f"{sum(1 for r in recs if r.outcome == '503')} clean 503s",
+            answered if bad else (f"{len(u)} answered 503 instead" if u else "no 5xx"),
         )
     )
 
-    u = [r for r in recs if r.status == 503]
     missing = [r for r in u if not r.retry_after]
+    tally.without_retry_after = len(missing)
     checks.append(
         Check(
             "retry_after",
             not missing if u else None,
-            f"{len(missing)} of {len(u)} 503s without Retry-After" if u else "no 503 seen",
+            (
+                f"{len(missing)} of {plural(len(u), '503')} without Retry-After"
+                if missing
+                else f"all {plural(len(u), '503')} carry Retry-After"
+            )
+            if u
+            else "no 503 seen",
         )
     )
 
     slow = [r for r in recs if r.outcome == "timeout" or r.latency > budget]
+    unanswered = sum(1 for r in slow if r.outcome == "timeout")
     worst = max((r.latency for r in recs), default=0.0)
-    checks.append(
-        Check(
-            "budget",
-            not slow,
-            f"{len(slow)} over {budget:g} s (worst {worst:.1f} s)"
-            if slow
-            else f"worst {worst:.2f} s",
-        )
-    )
+    tally.past_budget, tally.unanswered, tally.worst = len(slow), unanswered, worst
+    if slow:
+        detail = f"{plural(len(slow), 'request')} past the {budget:g} s budget"
+        detail += f" ({unanswered} timed out)" if unanswered else f" (worst {worst:.1f} s)"
+    else:
+        detail = f"worst {worst:.2f} s"
+    checks.append(Check("budget", not slow, detail))
 
-    for name, kind, present in (("ping", "ping", has_ping), ("live", "live", has_live)):
+    for name, kind, present, what in (
+        ("ping", "ping", has_ping, "no-database route"),
+        ("live", "live", has_live, "liveness"),
+    ):
         sub = [r for r in recs if r.kind == kind]
         if not present or not sub:
             checks.append(Check(name, None, "not configured" if not present else "no request"))
             continue
         failed = [r for r in sub if r.outcome != "ok"]
-        checks.append(Check(name, not failed, f"{len(failed)} of {len(sub)} failed"))
+        tally.probes_failed[kind] = (len(failed), len(sub))
+        checks.append(
+            Check(
+                name,
+                not failed,
+                f"{what} failed {len(failed)} of {plural(len(sub), 'time')}"
+                if failed
+                else f"{what} up ({len(sub)} of {len(sub)})",
+            )
+        )
 
     samples = [h for h in health if result.start <= h.at < result.end]
     components = sorted({k for h in samples for k in h.background})
     if health_supported is False or not components:
         checks.append(Check("background", None, "no background task reported"))
     else:
-        answered = [h for h in samples if h.status is not None and h.background]
-        last = answered[-1] if answered else None
+        answered_health = [h for h in samples if h.status is not None and h.background]
+        last = answered_health[-1] if answered_health else None
         dead = sorted(k for k, ok in (last.background.items() if last else []) if not ok)
+        tally.dead_loops = dead
         if last is None:
             checks.append(Check("background", False, "health endpoint never answered"))
-        else:
+        elif not dead:
             checks.append(
-                Check(
-                    "background",
-                    not dead,
-                    f"dead: {', '.join(dead)}" if dead else f"{len(components)} alive",
-                )
+                Check("background", True, f"{plural(len(components), 'background loop')} alive")
+            )
+        else:
+            # Dead already when the scenario began: an earlier fault killed it.
+            at_start = answered_health[0].background
+            before = all(at_start.get(k) is False for k in dead)
+            what = "background loop" if len(dead) == 1 else f"{len(dead)} background loops"
+            checks.append(
+                Check("background", False, f"{what} {'still dead' if before else 'died'}")
             )
 
     fs, fe = result.fault_start, result.fault_end
@@ -215,38 +305,54 @@ def evaluate(
         result.recovered_at = data[0].start + data[0].latency
         result.recovery = max(0.0, result.recovered_at - fe)
     if result.recovery is None:
-        checks.append(Check("recovery", False, f"no success within {result.end - fe:.1f} s"))
+        checks.append(
+            Check("recovery", False, f"not recovered {result.end - fe:.1f} s after the fault")
+        )
     else:
+        ok = result.recovery <= max_recovery
         checks.append(
             Check(
                 "recovery",
-                result.recovery <= max_recovery,
-                f"{result.recovery:.1f} s after the fault cleared",
+                ok,
+                f"recovered in {result.recovery:.1f} s"
+                if ok
+                else f"recovered only after {result.recovery:.1f} s",
             )
         )
 
     if result.ledger is not None:
         lg = result.ledger
         if not lg.read_ok:
-            checks.append(Check("writes", False, lg.read_error or "read-back failed"))
+            checks.append(
+                Check("writes", False, f"writes not read back: {lg.read_error or 'failed'}")
+            )
         else:
-            parts = [f"{lg.acknowledged} ok, {lg.failed} failed, {lg.unknown} unknown"]
-            if lg.unknown:
-                parts.append(f"{lg.unknown_present} of the unknown present")
-            if lg.unchecked:
-                parts.append(f"{lg.unchecked} could not be looked up")
-            for label, items in (
-                ("LOST", lg.lost),
-                ("DOUBLED", lg.duplicated),
-                ("failed but applied", lg.failed_present),
-                ("never attempted", lg.unexpected),
-            ):
-                if items:
-                    parts.append(f"{len(items)} {label}")
-            checks.append(Check("writes", lg.passed if lg.attempted else None, "; ".join(parts)))
+            checks.append(_writes(lg))
             checks.append(_settled(lg))
     result.checks = checks
     return result
+
+
+def _writes(lg: LedgerResult) -> Check:
+    """Every acknowledged write stored once, no failed one stored, nothing made up."""
+    wrong = [
+        f"{plural(len(items), what[0], what[1])} {what[2]}"
+        for items, what in (
+            (lg.lost, ("acknowledged write", "acknowledged writes", "lost")),
+            (lg.duplicated, ("write", "writes", "stored twice")),
+            (lg.failed_present, ("write", "writes", "answered as failed but stored")),
+            (lg.unexpected, ("write", "writes", "stored that were never sent")),
+        )
+        if items
+    ]
+    parts = [f"{lg.acknowledged} ok, {lg.failed} failed, {lg.unknown} unknown"]
+    if lg.unchecked:
+        parts.append(f"{lg.unchecked} could not be looked up")
+    if not lg.attempted:
+        return Check("writes", None, "no write attempted")
+    if not lg.passed:
+        return Check("writes", False, ", ".join(wrong))
+    return Check("writes", True, "; ".join(parts))
 
 
 def _settled(lg: LedgerResult) -> Check:
@@ -262,8 +368,14 @@ def _settled(lg: LedgerResult) -> Check:
     silent = lg.unknown - lg.unknown_told
     if not lg.unknown:
         return Check("settled", True, f"all {lg.attempted} writes definitely ok or failed")
-    detail = (
-        f"{silent} of {lg.attempted} writes left the client guessing, "
-        f"{lg.unknown_told} reported unknown ({lg.unknown_present} of all unknown applied)"
+    if silent:
+        detail = f"{plural(silent, 'write')} left unknown ({lg.silent_present} of them stored)"
+        if lg.unknown_told:
+            detail += f", {lg.unknown_told} more said so"
+        return Check("settled", False, detail)
+    return Check(
+        "settled",
+        True,
+        f"{plural(lg.unknown_told, 'write')} reported unknown by the service "
+        f"({lg.unknown_present} of them stored), none left unknown silently",
     )
-    return Check("settled", silent == 0, detail)

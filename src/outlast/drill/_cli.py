@@ -162,6 +162,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-recovery", type=float, default=10.0, help="seconds to recover")
     p.add_argument("--restart-command", help="shell command that restarts the database")
     p.add_argument("--label", default=None, help="name of the service in the report")
+    p.add_argument(
+        "--metrics-path",
+        default="/metrics",
+        help="outlast's Prometheus metrics on the service, scraped around each scenario for "
+        "the report's metrics view (default /metrics; 'none' to switch off)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--report", default=None, help="write an HTML report to this file")
     add_soak_arguments(p)
@@ -212,6 +218,10 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
     if not 0 < args.budget <= 120 or not 0 < duration <= 600:
         raise ValueError("--budget must be in (0, 120] and --duration in (0, 600]")
     health = None if str(args.health).lower() in {"none", "off", ""} else args.health
+    metrics = str(args.metrics_path)
+    metrics_path = None if metrics.lower() in {"none", "off", ""} else metrics
+    if metrics_path is not None and not metrics_path.startswith("/"):
+        raise ValueError("--metrics-path must be a path starting with / (or none)")
     read_one = _route(args.read_one)
     if read_one is not None and "{id}" not in read_one.path:
         raise ValueError("--read-one needs {id} in its path, e.g. 'GET /api/leads/{id}/'")
@@ -225,6 +235,7 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
         ping=_route(args.ping),
         live=_route(args.live),
         health_path=health,
+        metrics_path=metrics_path,
         readback=_route(args.readback),
         budget=args.budget,
         warmup=warmup,

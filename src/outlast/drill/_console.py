@@ -59,7 +59,7 @@ def scorecard_table(result: DrillResult, *, details: bool = True) -> Table:
             if name == "recovery" and s.recovery is not None:
                 mark.append(f" {s.recovery:.1f}s")
             if details and c is not None and c.passed is False and c.detail:
-                mark.append("\n" + c.detail[:40], style="dim")
+                mark.append("\n" + c.detail[:60], style="dim")
             cells.append(mark)
         if s.error is not None:
             label = f"{s.name}\n[red]{s.error[:60]}[/]"

@@ -86,6 +86,7 @@ class LedgerResult:
     unknown: int = 0
     unknown_told: int = 0  # of the unknown: the service itself said "outcome unknown"
     unknown_present: int = 0
+    silent_present: int = 0  # of the unknown the service did not report so: stored anyway
     lost: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
     failed_present: list[str] = field(default_factory=list)
@@ -108,6 +109,7 @@ class LedgerResult:
             "unknown": self.unknown,
             "unknown_told": self.unknown_told,
             "unknown_present": self.unknown_present,
+            "silent_present": self.silent_present,
             "lost": len(self.lost),
             "duplicated": len(self.duplicated),
             "failed_present": len(self.failed_present),
@@ -197,6 +199,7 @@ class Ledger:
                     res.failed_present.append(entry.id)
             elif n:
                 res.unknown_present += 1
+                res.silent_present += not entry.told
         if window is None and listed:
             res.unexpected = sorted(i for i in present if i not in self.entries)
         return res

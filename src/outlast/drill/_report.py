@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from outlast.drill._checks import CHECK_TITLES, ScenarioResult
+from outlast.drill._metrics import COLUMNS as METRIC_COLUMNS
 from outlast.drill._runner import DrillResult
 
 __all__ = ["render_html", "write_report"]
@@ -30,6 +31,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1f2933;
 background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px}
+h3{font-size:14px;margin:16px 0 2px}
 .meta{color:#52606d;margin-bottom:14px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
 color:#fff;vertical-align:middle;margin-left:6px}
@@ -196,20 +198,36 @@ def _summary(results: Sequence[DrillResult]) -> str:
             elif found.exercised is False:
                 cells.append('<td class="na">not exercised (its fault never fired)</td>')
             else:
-                failed = [c.title for c in found.checks if c.passed is False]
                 cls = "ok" if found.passed else "bad"
-                text = (
-                    "✓ pass"
-                    if found.passed
-                    else "✗ " + ", ".join(failed or [found.error or "error"])
-                )
-                if found.passed and found.recovery is not None:
-                    text += f" (recovered in {found.recovery:.1f} s)"
+                text = ("✓ pass: " if found.passed else "✗ ") + found.in_words
                 cells.append(f'<td class="{cls}">{_e(text)}</td>')
         rows.append(f"<tr><td><b>{_e(n)}</b></td>{''.join(cells)}</tr>")
     return (
         f'<table class="summary"><thead><tr><th>scenario</th>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _metrics(result: DrillResult) -> str:
+    """What the service's own metrics counted in each scenario (when it serves them)."""
+    rows = [s for s in result.scenarios if s.metrics is not None]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_e(t)}</th>" for t in METRIC_COLUMNS.values())
+    body = []
+    for s in rows:
+        assert s.metrics is not None
+        cells = s.metrics.cells()
+        body.append(
+            f"<tr><td><b>{_e(s.name)}</b></td>"
+            + "".join(f"<td>{_e(cells[k])}</td>" for k in METRIC_COLUMNS)
+            + "</tr>"
+        )
+    return (
+        "<h3>what the service counted (its <code>/metrics</code>, "
+        "change over each scenario)</h3>"
+        f'<table class="metrics"><thead><tr><th>scenario</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
@@ -248,6 +266,7 @@ def render_html(results: Sequence[DrillResult], *, title: str = "outlast outage 
         parts.append(_chart(r))
         parts.append(_legend())
         parts.append(_scorecard(r))
+        parts.append(_metrics(r))
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -14,6 +14,7 @@ import httpx
 from outlast.drill._api import Auth, AuthError, JsonTemplate
 from outlast.drill._checks import ScenarioResult, evaluate
 from outlast.drill._ledger import Ledger, LedgerResult, read_back, read_each
+from outlast.drill._metrics import MetricsPoller, delta
 from outlast.drill._scenarios import FaultWindow, Injector, Scenario, exercised, play
 from outlast.drill._traffic import HealthSample, RequestRecord, Route, Traffic
 
@@ -29,6 +30,9 @@ class DrillConfig:
     ping: Route | None = None
     live: Route | None = field(default_factory=lambda: Route("GET", "/health/live"))
     health_path: str | None = "/health/ready"
+    #: outlast's Prometheus metrics, scraped around each scenario when the
+    #: service serves them (None: never asked for).
+    metrics_path: str | None = "/metrics"
     readback: Route | None = None  # default: the read route with ?ids={ids}
     budget: float = 5.0
     margin: float = 1.0
@@ -140,6 +144,13 @@ class DrillRun:
             headers=config.headers,
             write_id=config.write_id,
         )
+        self.metrics = (
+            MetricsPoller(
+                config.url, config.metrics_path, clock=self.clock, headers=self.traffic.headers
+            )
+            if config.metrics_path
+            else None
+        )
         self.scenario: str = "starting"
         self.phase: str = "waiting for the service"
         self.done = False
@@ -245,6 +256,9 @@ class DrillRun:
             for s in cfg.scenarios
         )
         traffic_task = asyncio.create_task(self.traffic.run(self.clock() + bound))
+        metrics_task = (
+            asyncio.create_task(self.metrics.run(self.clock() + bound)) if self.metrics else None
+        )
         results: list[ScenarioResult] = []
         try:
             for scenario in cfg.scenarios:
@@ -252,6 +266,9 @@ class DrillRun:
         finally:
             self.traffic.stop()
             await traffic_task
+            if self.metrics is not None and metrics_task is not None:
+                self.metrics.stop()
+                await metrics_task
             if self.injector is not None:
                 try:
                     await asyncio.to_thread(self.injector.clear)
@@ -270,6 +287,8 @@ class DrillRun:
                 has_live=cfg.live is not None,
                 health_supported=self.traffic.health_supported,
             )
+            if self.metrics is not None and self.metrics.supported:
+                res.metrics = delta(self.metrics.scrapes, res.start, res.end)
         self.done = True
         self.phase = "done"
         return DrillResult(
@@ -288,6 +307,7 @@ class DrillRun:
         self.scenario = scenario.name
         start = self.clock()
         self.phase = "baseline"
+        await self._scrape()
         await asyncio.sleep(cfg.warmup)
         self.phase = "fault"
         error: str | None = None
@@ -308,9 +328,16 @@ class DrillRun:
             await asyncio.sleep(0.1)
         self.phase = "settling"
         await asyncio.sleep(cfg.settle)
+        end = self.clock()
+        await self._scrape()
         return ScenarioResult(
-            scenario.name, start, self.clock(), windows, error=error, exercised=exercised(windows)
+            scenario.name, start, end, windows, error=error, exercised=exercised(windows)
         )
+
+    async def _scrape(self) -> None:
+        """Scrape the metrics at a scenario's edge (the poller fills in between)."""
+        if self.metrics is not None:
+            await self.metrics.scrape()
 
     async def _check_ledger(self, results: list[ScenarioResult]) -> LedgerResult | None:
         """Read every write back (a listing, per-id reads, or both) and judge the ledger."""

@@ -59,6 +59,12 @@ async def boom() -> Any:
     raise Unrelated("a bug in the view")
 
 
+@app.get("/api/cached")
+async def cached() -> Any:
+    # An ordinary (unmarked) route that happens not to need the database.
+    return {"ok": True}
+
+
 @app.get("/api/stats")
 @no_db
 async def get_stats() -> Any:

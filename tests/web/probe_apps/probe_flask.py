@@ -50,6 +50,12 @@ def boom() -> Any:
     raise Unrelated("a bug in the view")
 
 
+@app.get("/api/cached")
+def cached() -> Any:
+    # An ordinary (unmarked) route that happens not to need the database.
+    return {"ok": True}
+
+
 @app.get("/api/stats")
 @no_db
 def get_stats() -> Any:

@@ -11,6 +11,12 @@ States::
     half_open ──probe succeeds──> closed
     half_open ──probe fails──> open (for longer: the period grows per trip, up to a cap)
 
+With `open_jitter`, each open period is shortened by a random share: the
+breakers of a fleet (every worker of every container, each with its own
+Guard) trip on the same outage at the same moment, and without jitter they
+would all probe at the same moments too, a login burst from the whole fleet
+every period. The cap stays the worst case, so recovery is never slower.
+
 A probe that neither succeeds nor fails (cancelled, or a non-database error)
 frees its slot for the next caller; a probe that runs longer than
 `probe_timeout` is presumed stuck and another probe is admitted.
@@ -19,7 +25,9 @@ frees its slot for the next caller; a probe that runs longer than
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from outlast._core.faults.errors import ConfigurationError
@@ -52,7 +60,10 @@ class Breaker:
     `count_timeouts` is set. While open, calls fail at once with
     `DatabaseUnavailable`. After `open_for` seconds one probe is let through;
     each consecutive trip doubles (`open_multiplier`) the open period, up to
-    `max_open_for`. ``enabled=False`` keeps the statistics but never opens.
+    `max_open_for`. `open_jitter` (0 to under 1) shortens each open period
+    by up to that share at random, so many processes that tripped together
+    probe at different moments. ``enabled=False`` keeps the statistics but
+    never opens.
     """
 
     failure_threshold: int
@@ -65,6 +76,7 @@ class Breaker:
     probe_timeout: float
     count_timeouts: bool
     enabled: bool
+    open_jitter: float
 
     def __init__(
         self,
@@ -79,6 +91,7 @@ class Breaker:
         probe_timeout: Seconds = 30.0,
         count_timeouts: bool = False,
         enabled: bool = True,
+        open_jitter: float = 0.0,
     ) -> None:
         for option, value in (("failure_threshold", failure_threshold), ("min_calls", min_calls)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -89,6 +102,12 @@ class Breaker:
             raise ConfigurationError(
                 f"open_multiplier must be a number >= 1, got {open_multiplier!r}"
             )
+        if (
+            isinstance(open_jitter, bool)
+            or not isinstance(open_jitter, int | float)
+            or not 0.0 <= open_jitter < 1.0
+        ):
+            raise ConfigurationError(f"open_jitter must be in [0, 1), got {open_jitter!r}")
         open_s = seconds(open_for, "open_for", allow_zero=False)
         max_open_s = seconds(max_open_for, "max_open_for", allow_zero=False)
         if max_open_s < open_s:
@@ -106,6 +125,7 @@ class Breaker:
             "probe_timeout": seconds(probe_timeout, "probe_timeout", allow_zero=False),
             "count_timeouts": bool(count_timeouts),
             "enabled": bool(enabled),
+            "open_jitter": float(open_jitter),
         }
         for name, converted in values.items():
             object.__setattr__(self, name, converted)
@@ -132,6 +152,10 @@ class Breaker:
             return self.max_open_for
         return min(self.max_open_for, self.open_for * self.open_multiplier**exponent)
 
+    def jittered_open_period(self, trips: int, rand: float) -> float:
+        """`open_period` shortened by up to `open_jitter` of it; `rand` is uniform in [0, 1)."""
+        return self.open_period(trips) * (1.0 - self.open_jitter * rand)
+
 
 class BreakerCore:
     """The breaker's mutable state. Not thread-safe: the Guard holds its lock."""
@@ -142,6 +166,7 @@ class BreakerCore:
         "_next_token",
         "_probe_started",
         "_probe_token",
+        "_rand",
         "consecutive",
         "open_until",
         "opened_at",
@@ -151,8 +176,9 @@ class BreakerCore:
         "windowed",
     )
 
-    def __init__(self, policy: Breaker) -> None:
+    def __init__(self, policy: Breaker, rand: Callable[[], float] = random.random) -> None:
         self.policy = policy
+        self._rand = rand
         self.state = CLOSED
         self.consecutive = 0
         self.trips = 0  # consecutive trips without a successful close
@@ -285,7 +311,11 @@ class BreakerCore:
         self.trips += 1
         self.state = OPEN
         self.opened_at = now
-        self.open_until = now + self.policy.open_period(self.trips)
+        policy = self.policy
+        if policy.open_jitter:
+            self.open_until = now + policy.jittered_open_period(self.trips, self._rand())
+        else:
+            self.open_until = now + policy.open_period(self.trips)
         self.consecutive = 0
         self._probe_token = 0
         self._clear_window()

@@ -9,4 +9,5 @@ urlpatterns = [
     path("api/boom", views.boom),
     path("api/stats", views.get_stats),
     path("api/ping", views.ping),
+    path("api/cached", views.cached),
 ]

@@ -19,6 +19,11 @@ def boom(request: HttpRequest) -> HttpResponse:
     raise Unrelated("a bug in the view")
 
 
+def cached(request: HttpRequest) -> HttpResponse:
+    # An ordinary (not exempt) route that happens not to need the database.
+    return JsonResponse({"ok": True})
+
+
 def get_stats(request: HttpRequest) -> HttpResponse:
     return JsonResponse(stats())
 

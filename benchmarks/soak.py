@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="outlast-soak-"))
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)  # last: the server's files, the log
         pg = EmbeddedPostgres(workdir / "pg")
         stack.callback(pg.cleanup)
         stack.callback(pg.stop)

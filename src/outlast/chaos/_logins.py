@@ -44,9 +44,7 @@ _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "credential")
 # literal `""x`, so stopping after `""` would show the rest; a quote later in a
 # value is an ordinary character there.
 _NAME_RE = re.compile(r"(?<![\w.])(?P<name>[A-Za-z_][\w.\-]*)\s*=\s*")
-_VALUE_RE = re.compile(
-    r"""(?:'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?)?(?:\\.|[^\s\\])*\\?""", re.S
-)
+_VALUE_RE = re.compile(r"""(?:'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?)?(?:\\.|[^\s\\])*\\?""", re.S)
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]]*:(?P<pw>\S*)@")
 
 

@@ -19,9 +19,7 @@ from outlast._core.faults.errors import (
     DatabaseUnavailable,
     RequestBudgetExceeded,
 )
-from outlast._core.guard.breaker import Breaker
 from outlast._core.guard.first_use import FirstUse, reaching
-from outlast._core.guard.guard import Guard
 from outlast._core.timing.budget import RequestBudget, budget_remaining
 from outlast._core.web.base import WebBase
 from outlast._core.web.health import HealthAnswer
@@ -42,7 +40,7 @@ from outlast.django._routes import (
 )
 from outlast.django._transaction import alias_of, require_postgresql
 
-__all__ = ["OutlastMiddleware", "Runtime", "default_guard", "runtime"]
+__all__ = ["OutlastMiddleware", "Runtime", "runtime"]
 
 logger = logging.getLogger("outlast")
 
@@ -56,17 +54,6 @@ _OBJECTS = frozenset({"GUARD", "SUPERVISOR", "SESSION", "ENGINE", "PING", "READY
 
 def _load(value: Any) -> Any:
     return import_string(value) if isinstance(value, str) else value
-
-
-def default_guard(name: str) -> Guard:
-    """The Guard the middleware makes when ``OUTLAST`` names none.
-
-    A breaker for web requests: it opens after 3 straight failures, for 0.5 s
-    and never longer, so once the database is back the next request (the
-    probe) finds it within about half a second, even after a long outage (the
-    Guard's general default lets the open period grow to 5 s).
-    """
-    return Guard(name, breaker=Breaker(failure_threshold=3, open_for=0.5, max_open_for=0.5))
 
 
 class Runtime(WebBase):
@@ -88,13 +75,16 @@ class Runtime(WebBase):
             for key, value in options.items()
             if key != "DATABASE"
         }
-        super().__init__(**web)
-        if self._guard is None:
-            self.guard = default_guard(alias)
         self.alias: str = alias
+        super().__init__(**web)
         if self.ping is None:
             self.ping = self._ping
         self._checked_urlconfs: set[str] = set()
+
+    def _default_guard_name(self) -> str:
+        # Made on first use when OUTLAST names no GUARD: `Guard.for_web`, as
+        # in Flask and FastAPI, named after the database alias.
+        return self.alias
 
     def _ping(self) -> None:
         # A connection of its own: the probe runs in a helper thread, and

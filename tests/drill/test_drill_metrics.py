@@ -9,9 +9,7 @@ service (uvicorn, the chaos proxy, a real PostgreSQL) that serves
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -97,31 +95,10 @@ def test_not_the_exposition_format_is_refused():
 
 
 def _start(mode: str, url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    from outlast.testing import free_port
+    from outlast.demo._process import start_service
 
-    port = free_port()
     log = tmp / f"{mode}.log"
-    env = {**os.environ, "DATABASE_URL": url, "OUTLAST_MODE": mode, "OUTLAST_BUDGET": "2.5"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "outlast.demo._service:app_from_env",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],  # fmt: skip
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_service(log, url, mode=mode, budget=2.5)
     end = time.monotonic() + 60
     while time.monotonic() < end and proc.poll() is None:
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from outlast.demo._process import start_service
 from outlast.drill._fleet_cli import add_fleet_arguments
 
 __all__ = ["DEMO_SCENARIOS", "SERVICES", "add_arguments", "run_demo"]
@@ -81,40 +81,9 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _start_service(
     name: str, db_url: str, *, mode: str, budget: float, workdir: Path
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    from outlast.testing import free_port
-
-    port = free_port()
     log = workdir / f"{name}.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "OUTLAST_ENABLED": "1" if mode == "outlast" else "0",
-        "OUTLAST_MODE": mode,
-        "OUTLAST_BUDGET": str(budget),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "outlast.demo._service:app_from_env",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=workdir,
-        )
-    return proc, f"http://127.0.0.1:{port}", log
+    proc, url = start_service(log, db_url, mode=mode, budget=budget, cwd=workdir)
+    return proc, url, log
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -107,42 +105,15 @@ class _Fleet:
         )
 
     def start_workers(self) -> None:
-        from outlast.testing import free_port
+        from outlast.demo._process import start_service
 
         budget = max(0.5, self.config.budget - 0.5)
         url = f"postgresql+psycopg://{ROLE}@127.0.0.1:{self.proxy.port}/leads"
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "OUTLAST_ENABLED": "1" if self.enabled else "0",
-            "OUTLAST_BUDGET": str(budget),
-            "PYTHONUNBUFFERED": "1",
-        }
+        mode = "outlast" if self.enabled else "plain"
         for i in range(self.config.size):
-            port = free_port()
             log = self.workdir / f"{self.name}-{i // self.config.workers}-{i}.log"
-            with open(log, "wb") as fh:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "--factory",
-                        "outlast.demo._service:app_from_env",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                        "--no-access-log",
-                    ],
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.workdir,
-                )
-            self.workers.append(_Worker(i, proc, f"http://127.0.0.1:{port}", log))
+            proc, base = start_service(log, url, mode=mode, budget=budget, cwd=self.workdir)
+            self.workers.append(_Worker(i, proc, base, log))
 
     def stop_workers(self) -> None:
         for w in self.workers:

@@ -28,7 +28,7 @@ def test_small_soak_with_kills_and_two_outages() -> None:
             sys.executable,
             str(SOAK),
             *("--jobs", "8000", "--keys", "200", "--lease", "4", "--kill-every", "6"),
-            *("--outage", "2", "--min-ms", "5", "--max-ms", "100", "--timeout", "300"),
+            *("--outage", "2", "--min-ms", "20", "--max-ms", "200", "--timeout", "300"),
         ],
         capture_output=True,
         text=True,

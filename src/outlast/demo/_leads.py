@@ -7,13 +7,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outlast.demo._settings import CREATE_WRITES_INDEX, CREATE_WRITES_TABLE
 
-__all__ = ["BY_IDS", "COUNT", "INSERT", "LATEST", "LeadIn", "create_table", "parse_ids", "select"]
+__all__ = [
+    "BY_IDS",
+    "COUNT",
+    "INSERT",
+    "LATEST",
+    "LeadIn",
+    "add_hand_written_routes",
+    "create_table",
+    "parse_ids",
+    "select",
+]
 
 log = logging.getLogger("outlast.demo")
 
@@ -46,3 +57,33 @@ async def create_table(engine: AsyncEngine) -> None:
             await conn.exec_driver_sql(CREATE_WRITES_INDEX)
     except Exception as exc:  # the database may be late: serve anyway
         log.warning("could not create the leads table yet: %s", type(exc).__name__)
+
+
+def add_hand_written_routes(app: FastAPI, state: dict[str, Any]) -> None:
+    """``/api/ping`` and hand-written ``/health/live`` and ``/health/ready``.
+
+    The two services without outlast (plain and fixed by hand) share them:
+    readiness is whether their background loop's task is still running.
+    """
+    from fastapi.responses import JSONResponse
+
+    @app.get("/api/ping")
+    async def ping() -> dict[str, Any]:
+        return {"ok": True, "leads_seen_by_loop": state["leads"]}
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "pass"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        task = state["task"]
+        alive = task is not None and not task.done()
+        status = "pass" if alive else "fail"
+        return JSONResponse(
+            {
+                "status": status,
+                "checks": {"loop:count_leads": [{"componentType": "loop", "status": status}]},
+            },
+            status_code=200 if alive else 503,
+        )

@@ -40,7 +40,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from outlast.demo._leads import COUNT, INSERT, LeadIn, create_table, parse_ids, select
+from outlast.demo._leads import (
+    COUNT,
+    INSERT,
+    LeadIn,
+    add_hand_written_routes,
+    create_table,
+    parse_ids,
+    select,
+)
 
 __all__ = ["create_seeds_app", "db_retry"]
 
@@ -180,25 +188,5 @@ def create_seeds_app(database_url: str) -> FastAPI:
             row_id = int(result.scalar_one())
         return {"id": lead.id, "row_id": row_id}
 
-    @app.get("/api/ping")
-    async def ping() -> dict[str, Any]:
-        return {"ok": True, "leads_seen_by_loop": state["leads"]}
-
-    @app.get("/health/live")
-    async def live() -> dict[str, str]:
-        return {"status": "pass"}
-
-    @app.get("/health/ready")
-    async def ready() -> JSONResponse:
-        task = state["task"]
-        alive = task is not None and not task.done()
-        status = "pass" if alive else "fail"
-        return JSONResponse(
-            {
-                "status": status,
-                "checks": {"loop:count_leads": [{"componentType": "loop", "status": status}]},
-            },
-            status_code=200 if alive else 503,
-        )
-
+    add_hand_written_routes(app, state)
     return app
